@@ -1,0 +1,34 @@
+# Two commands for a newcomer: `make quickstart` (install, then a real study end to end on the
+# embedded defaults) and `make test` (install the test extra, then the test suite).
+PYTHON ?= python3
+# Use the active virtual environment if there is one, else create .venv here.
+VENV := $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+
+.PHONY: install quickstart test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+install: $(BIN)/python
+	$(PIP) -e .
+
+quickstart: install
+	$(BIN)/hpo simulate data/quickstart.h5 --n 600 --seed 0 --quiet
+	$(BIN)/hpo launch search_spaces/quickstart.yaml --workers 2
+	$(BIN)/hpo promote quickstart --model xray-cluster-mass
+	$(BIN)/hpo status quickstart
+	@echo
+	@echo "Done. Where to look:"
+	@echo "  $(BIN)/hpo status quickstart          # the study's trials (Optuna storage sqlite:///hpo.db)"
+	@echo "  $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000"
+	@echo "                                        # then open http://127.0.0.1:5000 (experiment 'quickstart')"
+	@echo "  model: models:/xray-cluster-mass@champion (artifacts under ./mlartifacts)"
+
+test: $(BIN)/python
+	$(PIP) -e ".[test]"
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf hpo.db mlflow.db mlartifacts data/quickstart.h5

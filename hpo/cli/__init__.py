@@ -1,0 +1,52 @@
+"""The `hpo` command line: thin commands over the library; an HpoError is one line and exit 1.
+
+    hpo --help
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+
+from hpo.errors import HpoError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Hyperparameter optimisation, tracked in MLflow, of a CNN that measures galaxy-cluster masses.",
+)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
+) -> None:
+    if debug:
+        os.environ["HPO_DEBUG"] = "1"
+    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not debug:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+
+
+from hpo.cli import data as _data  # noqa: E402,F401  (registers commands)
+from hpo.cli import model as _model  # noqa: E402,F401
+from hpo.cli import run as _run  # noqa: E402,F401
+from hpo.cli import study as _study  # noqa: E402,F401
+
+
+def main() -> None:
+    """Entry point of the `hpo` script."""
+    try:
+        app()
+    except HpoError as exc:
+        if os.environ.get("HPO_DEBUG"):
+            raise
+        typer.echo(f"hpo: error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("hpo: interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,85 @@
+"""The Optuna objective: config from the trial, train with pruning, log the trial's MLflow run.
+
+    hpo worker --study quickstart --storage sqlite:///hpo.db
+"""
+
+from __future__ import annotations
+
+import logging
+
+import optuna
+
+from hpo.data.contract import Dataset
+from hpo.errors import TrialFailed
+from hpo.objective.pruning import PruningCallback
+from hpo.objective.space import SearchSpace
+from hpo.objective.suggest import config_for_trial
+from hpo.tracking.callback import MlflowEpochLogger
+from hpo.objective.keys import CONFIG_KEY
+from hpo.objective.keys import EPOCHS_RUN_KEY
+from hpo.objective.keys import FAIL_REASON_KEY
+from hpo.objective.keys import MLFLOW_RUN_ID_KEY
+from hpo.objective.keys import MODEL_URI_KEY
+from hpo.tracking.runs import Tracker
+from hpo.tracking.trial_artifacts import log_trial_artifacts
+from hpo.training.loop import train
+
+_logger = logging.getLogger(__name__)
+
+
+class Objective:
+    """Callable for study.optimize; every trial ends with its MLflow run ended too."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        dataset: Dataset,
+        tracker: Tracker,
+        *,
+        experiment_id: str,
+        parent_run_id: str | None,
+    ) -> None:
+        self.space, self.dataset, self.tracker = space, dataset, tracker
+        self.experiment_id, self.parent_run_id = experiment_id, parent_run_id
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        cfg = config_for_trial(trial, self.space)
+        trial.set_user_attr(CONFIG_KEY, cfg.model_dump(mode="json"))
+        run_id = self.tracker.start_trial_run(
+            self.experiment_id, self.parent_run_id, self.space.study.name, trial.number, cfg
+        )
+        trial.set_user_attr(MLFLOW_RUN_ID_KEY, run_id)
+        pruning = PruningCallback(trial, self.space.study.metric)
+        try:
+            result = train(
+                cfg, self.dataset, callbacks=[pruning, MlflowEpochLogger(self.tracker, run_id)]
+            )
+        except optuna.TrialPruned:
+            epochs = pruning.last_epoch + 1
+            trial.set_user_attr(EPOCHS_RUN_KEY, epochs)
+            self.tracker.set_tags(run_id, {"hpo.state": "PRUNED", "hpo.pruned_at_epoch": epochs})
+            self.tracker.end_run(run_id, "FINISHED")
+            raise
+        except TrialFailed as exc:
+            self._fail(trial, run_id, str(exc), "FAILED")
+            raise
+        except KeyboardInterrupt:
+            self._fail(trial, run_id, "interrupted", "KILLED")
+            raise
+        except Exception as exc:
+            self._fail(trial, run_id, f"{type(exc).__name__}: {exc}", "FAILED")
+            raise
+
+        trial.set_user_attr(EPOCHS_RUN_KEY, result.epochs_run)
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        model_uri = log_trial_artifacts(self.tracker, run_id, result, self.dataset)
+        trial.set_user_attr(MODEL_URI_KEY, model_uri)
+        self.tracker.set_tags(run_id, {"hpo.state": "COMPLETE"})
+        self.tracker.end_run(run_id, "FINISHED")
+        return result.val_metrics["residual_std"]
+
+    def _fail(self, trial: optuna.Trial, run_id: str, reason: str, status: str) -> None:
+        trial.set_user_attr(FAIL_REASON_KEY, reason[:2000])
+        self.tracker.set_tags(run_id, {"hpo.state": "FAIL", "hpo.fail_reason": reason})
+        self.tracker.end_run(run_id, status)
+        _logger.warning("trial %d failed: %s", trial.number, reason)

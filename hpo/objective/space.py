@@ -1,0 +1,207 @@
+"""The search-space file: study settings, base overrides and dotted-path distributions.
+
+    hpo launch search_spaces/dropout.yaml --dry-run
+
+    study:  {name: dropout, sampler: {type: tpe, seed: 0}, pruner: {type: median}, n_trials: 30}
+    data:   {path: data/mock.h5}                       # overrides of the config's data section
+    base:   {train: {epochs: 400, batch_size: 200}}     # overrides of the default run config
+    params: {model.dropout.rate: {float: [0.0, 0.5], step: 0.05}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any
+from typing import Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel
+from pydantic import ConfigDict
+from pydantic import Field
+from pydantic import ValidationError
+from pydantic import model_validator
+
+from hpo.config.overrides import apply_overrides
+from hpo.config.overrides import check_path
+from hpo.config.overrides import flatten
+from hpo.config.overrides import read_yaml
+from hpo.config.tree import RunConfig
+from hpo.errors import ConfigError
+
+Scalar = bool | int | float | str | None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Distribution(_Strict):
+    """One parameter's range: exactly one of float, int or categorical."""
+
+    float_: tuple[float, float] | None = Field(None, alias="float", description="[low, high]")
+    int_: tuple[int, int] | None = Field(None, alias="int", description="[low, high], inclusive")
+    categorical: list[Any] | None = Field(None, description="choices; lists become JSON strings")
+    step: float | None = Field(None, gt=0, description="grid step for float and int")
+    log: bool = Field(False, description="sample on a log scale")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Distribution:
+        kinds = [k for k in ("float_", "int_", "categorical") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of float: [low, high], int: [low, high], categorical: [...]")
+        rng = self.float_ or self.int_
+        if rng is not None and not rng[0] <= rng[1]:
+            raise ValueError(f"low must be <= high, got {list(rng)}")
+        if self.log and rng is not None and rng[0] <= 0:
+            raise ValueError(f"a log range needs low > 0, got {list(rng)}")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined")
+        if self.categorical is not None and not self.categorical:
+            raise ValueError("categorical needs at least one choice")
+        return self
+
+    def grid(self) -> list[Any] | None:
+        """Every value of a discrete distribution, or None when it is continuous."""
+        if self.categorical is not None:
+            return [encode_choice(c) for c in self.categorical]
+        if self.int_ is not None:
+            return list(range(self.int_[0], self.int_[1] + 1, int(self.step or 1)))
+        if self.float_ is not None and self.step is not None:
+            lo, hi = self.float_
+            n = int(math.floor((hi - lo) / self.step + 1e-9)) + 1
+            return [round(lo + i * self.step, 12) for i in range(n)]
+        return None
+
+
+class SamplerSpec(_Strict):
+    type: Literal["grid", "random", "qmc", "tpe", "cmaes"] = "tpe"
+    seed: int | None = 0
+    options: dict[str, Any] = Field({}, description="extra keyword arguments of the Optuna sampler")
+
+
+class PrunerSpec(_Strict):
+    type: Literal["none", "median", "percentile", "hyperband", "successive_halving"] = "median"
+    n_startup_trials: int = Field(3, ge=0)
+    n_warmup_steps: int = Field(2, ge=0, description="epochs before a trial may be pruned")
+    options: dict[str, Any] = {}
+
+
+class StudySpec(_Strict):
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    metric: Literal["val_residual_std"] = "val_residual_std"
+    sampler: SamplerSpec = SamplerSpec()
+    pruner: PrunerSpec = PrunerSpec()
+    n_trials: int | None = Field(None, ge=1, description="COMPLETE + PRUNED trials; grid: its size")
+    timeout_s: float | None = Field(None, gt=0, description="stop starting trials after this long")
+    repeats: int = Field(1, ge=1, description="seeds per grid point (train.seed 0..repeats-1)")
+
+
+class SearchSpace(_Strict):
+    """A whole search-space file, validated; `resolved_base()` and `params` drive every trial."""
+
+    study: StudySpec
+    data: dict[str, Any] = {}
+    base: dict[str, Any] = {}
+    params: dict[str, Distribution] = {}
+    source: str = Field("", exclude=True)
+
+    def resolved_base(self) -> RunConfig:
+        """The run config every trial starts from: defaults + data + base."""
+        return apply_overrides({**self.base, "data": {**self.base.get("data", {}), **self.data}},
+                               where=f"{self.source}, base")
+
+    def grid(self) -> dict[str, list[Any]]:
+        """The full grid, `train.seed` included when repeats > 1; ConfigError if a param is continuous."""
+        out: dict[str, list[Any]] = {}
+        for path, dist in self.params.items():
+            values = dist.grid()
+            if values is None:
+                raise ConfigError(
+                    f"{self.source}: params key '{path}': a grid needs a step or categorical choices"
+                )
+            out[path] = values
+        if self.study.repeats > 1:
+            out["train.seed"] = list(range(self.study.repeats))
+        return out
+
+    def grid_size(self) -> int:
+        return int(np.prod([len(v) for v in self.grid().values()])) if self.params else 1
+
+    def budget(self) -> int:
+        """n_trials, defaulting to the grid size for a grid sampler."""
+        if self.study.n_trials is not None:
+            return self.study.n_trials
+        if self.study.sampler.type == "grid":
+            return self.grid_size()
+        raise ConfigError(f"{self.source}: study.n_trials is required for sampler {self.study.sampler.type}")
+
+    def digest(self) -> str:
+        """A hash of what decides the study's trials; a changed space under the same name differs."""
+        payload = self.model_dump(mode="json", by_alias=True)
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)
+
+
+def encode_choice(value: Any) -> Scalar:
+    """Optuna choices must be scalars: lists and mappings travel as JSON strings."""
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
+def decode_choice(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in "[{":
+        return json.loads(value)
+    return value
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Reads and validates a search-space file.
+
+    Raises:
+        ConfigError: naming the file, the key and what was expected.
+    """
+    path = Path(path)
+    return parse_space(read_yaml(path), source=str(path))
+
+
+def parse_space(raw: dict[str, Any], *, source: str) -> SearchSpace:
+    """Validates a search space given as a mapping (from a file or a study's stored copy)."""
+    try:
+        space = SearchSpace.model_validate({**raw, "source": source})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise ConfigError(f"{source}: key '{loc}': {msg}{more}") from None
+    for path in space.params:
+        check_path(path, f"{source}, params")
+    for path in flatten(space.base):
+        check_path(path, f"{source}, base")
+    # Every corner of the space must be a valid config, so a typo in a choice fails now, not in trial 7.
+    space.resolved_base()
+    for path, dist in space.params.items():
+        values = dist.grid()
+        if values is None:
+            values = list(dist.float_ or dist.int_ or ())
+        for value in values:
+            apply_overrides({path: decode_choice(value)}, base=space.resolved_base(),
+                            where=f"{source}, params")
+    if space.study.sampler.type == "grid":
+        space.grid()
+    return space
+
+
+def grid_points(space: SearchSpace) -> list[dict[str, Any]]:
+    """Every point of the grid as {path: value}, for dry runs and reports."""
+    grid = space.grid()
+    keys = list(grid)
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*grid.values())]

@@ -1,0 +1,79 @@
+"""Creates a study from a search space, or joins the existing one if the space is unchanged.
+
+    hpo launch search_spaces/quickstart.yaml --workers 0     # create or update, start nothing
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import optuna
+
+from hpo.config.overrides import flatten
+from hpo.errors import ConfigError
+from hpo.errors import HpoError
+from hpo.objective.space import SearchSpace
+from hpo.objective.space import parse_space
+from hpo.study.pruners import make_pruner
+from hpo.study.samplers import make_sampler
+
+SPACE_KEY = "hpo_space"  # study user attr: the search space, as validated JSON
+DIGEST_KEY = "hpo_space_digest"
+TRACKING_URI_KEY = "mlflow_tracking_uri"
+
+
+def create_or_join(storage: optuna.storages.BaseStorage, space: SearchSpace) -> tuple[optuna.Study, bool]:
+    """The study named in `space`, and whether it was just created.
+
+    Raises:
+        ConfigError: a study of that name exists with a different space; says what changed.
+    """
+    name = space.study.name
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        direction="minimize",
+        sampler=make_sampler(space),
+        pruner=make_pruner(space.study.pruner, space.source),
+        load_if_exists=True,
+    )
+    if name in existing and SPACE_KEY in study.user_attrs:
+        if study.user_attrs.get(DIGEST_KEY) != space.digest():
+            old = flatten(study.user_attrs[SPACE_KEY])
+            new = flatten(_stored(space))
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
+            raise ConfigError(
+                f"{space.source}: study '{name}' already exists with a different search space "
+                f"({shown}{' ...' if len(changed) > 5 else ''}); rename study.name to start a new "
+                "study, or restore the old values to resume it"
+            )
+        return study, False
+    study.set_user_attr(SPACE_KEY, _stored(space))
+    study.set_user_attr(DIGEST_KEY, space.digest())
+    return study, True
+
+
+def load_study(storage: optuna.storages.BaseStorage, name: str, worker_index: int = 0) -> tuple[optuna.Study, SearchSpace]:
+    """An existing study with its sampler and pruner rebuilt from the stored space."""
+    try:
+        plain = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+        raise HpoError(f"no study '{name}' in this storage; it has: {', '.join(names) or 'none'}") from None
+    if SPACE_KEY not in plain.user_attrs:
+        raise HpoError(f"study '{name}' was not created by `hpo launch` (no stored search space)")
+    space = parse_space(plain.user_attrs[SPACE_KEY], source=f"study '{name}'")
+    study = optuna.load_study(
+        study_name=name,
+        storage=storage,
+        sampler=make_sampler(space, worker_index),
+        pruner=make_pruner(space.study.pruner, space.source),
+    )
+    return study, space
+
+
+def _stored(space: SearchSpace) -> dict[str, Any]:
+    return json.loads(json.dumps(space.model_dump(mode="json", by_alias=True, exclude_none=True)))

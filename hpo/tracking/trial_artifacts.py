@@ -1,0 +1,29 @@
+"""What a finished training run leaves in its MLflow run: final metrics, plots and the model."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hpo.data.contract import Dataset
+from hpo.tracking import plots
+from hpo.tracking.runs import Tracker
+from hpo.training.evaluate import predict
+from hpo.training.loop import TrainResult
+
+
+def log_trial_artifacts(tracker: Tracker, run_id: str, result: TrainResult, ds: Dataset) -> str:
+    """Logs final validation metrics, the loss-curve and predicted-vs-true plots, and the model.
+
+    Returns:
+        The logged model's URI.
+    """
+    val = ds.subset(result.split.val)  # max_clusters keeps the first N, so indices still hold
+    tracker.log_metrics(run_id, {f"final_val_{k}": v for k, v in result.val_metrics.items()})
+    tracker.log_metrics(run_id, {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+                                 "train_seconds": result.seconds})
+    tracker.log_figure(run_id, plots.loss_curves(result.history), "plots/loss_curves.png")
+    mu, sigma = predict(result.model, val.images, val.redshift)
+    assert val.log_mass is not None
+    tracker.log_figure(run_id, plots.predicted_vs_true(mu, val.log_mass, sigma), "plots/predicted_vs_true.png")
+    example = {"images": val.images[:2], "redshift": val.redshift[:2]}
+    return tracker.log_model(run_id, result.model, {k: np.asarray(v) for k, v in example.items()})

@@ -1,0 +1,55 @@
+"""Predictions of a trained model on arrays, optionally averaged over the 8 symmetries of the square."""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+import numpy as np
+
+# Each trial builds a new model, so TensorFlow sees "retracing" that is expected and harmless.
+logging.getLogger("tensorflow").addFilter(lambda record: "retracing" not in record.getMessage())
+
+
+def dihedral_views(images: np.ndarray) -> list[np.ndarray]:
+    """The 8 flips and right-angle rotations of (N, H, W, C) square images."""
+    views = []
+    for transposed in (images, np.swapaxes(images, 1, 2)):
+        for flip_h in (False, True):
+            for flip_v in (False, True):
+                v = transposed[:, :, ::-1] if flip_h else transposed
+                views.append(v[:, ::-1] if flip_v else v)
+    return views
+
+
+def predict(
+    model: keras.Model,
+    images: np.ndarray,
+    redshift: np.ndarray,
+    *,
+    tta: bool = False,
+    batch_size: int = 256,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predicted log mass and, for a model with a sigma head, its 1-sigma uncertainty.
+
+    Args:
+        model: a network from hpo.model.build_model.
+        images: (N, H, W, C) counts.
+        redshift: (N,) or (N, 1).
+        tta: average over the 8 dihedral views (mu averaged; sigma as the root mean square).
+
+    Returns:
+        mu (N,) float64 and sigma (N,) float64 or None.
+    """
+    z = np.asarray(redshift, np.float32).reshape(-1, 1)
+    views = dihedral_views(images) if tta else [images]
+    outs = [
+        np.asarray(model.predict({"images": v, "redshift": z}, batch_size=batch_size, verbose=0))
+        for v in views
+    ]
+    out = np.mean(outs, axis=0, dtype=np.float64)
+    mu = out[:, 0]
+    if out.shape[1] < 2:
+        return mu, None
+    sigma = np.sqrt(np.mean([np.square(o[:, 1].astype(np.float64)) for o in outs], axis=0))
+    return mu, sigma

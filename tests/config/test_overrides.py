@@ -1,0 +1,47 @@
+"""Dotted overrides of the one config tree: applied, validated once, unknown paths named."""
+
+from __future__ import annotations
+
+import pytest
+
+from hpo.config import RunConfig
+from hpo.config import apply_overrides
+from hpo.config import load_run_config
+from hpo.errors import ConfigError
+
+
+def test_defaults_are_the_report_architecture():
+    # Rule: the default model is the lab report's section 6.1 network.
+    cfg = RunConfig()
+    assert cfg.model.conv_blocks == [[20, 20, 20], [20, 20]]
+    assert cfg.model.kernel_size == 2 and cfg.model.pool.size == 4 and cfg.model.pool.type == "max"
+    assert cfg.model.dense == [512, 256, 128, 64] and cfg.model.use_redshift
+    assert cfg.train.batch_size == 64 and cfg.train.optimizer.type == "adam"
+    assert cfg.train.loss.type == "mse"
+
+
+def test_dotted_and_nested_overrides_agree():
+    # Rule: `a.b: v` and `a: {b: v}` are the same override.
+    dotted = apply_overrides({"model.dropout.rate": 0.2, "train.epochs": 7})
+    nested = apply_overrides({"model": {"dropout": {"rate": 0.2}}, "train": {"epochs": 7}})
+    assert dotted == nested and dotted.model.dropout.rate == 0.2
+
+
+def test_unknown_path_is_named_with_the_valid_keys():
+    # Rule: a misspelt path names itself and lists what exists at that level.
+    with pytest.raises(ConfigError, match=r"x.yaml: 'model.dropuot.rate' is not a config path; model has: .*dropout"):
+        apply_overrides({"model.dropuot.rate": 0.1}, where="x.yaml")
+
+
+def test_bad_value_names_the_key_and_the_value():
+    # Rule: a value the tree refuses names the key and repeats the value.
+    with pytest.raises(ConfigError, match=r"'train.optimizer.type'.*'adamm'"):
+        apply_overrides({"train.optimizer.type": "adamm"})
+
+
+def test_yaml_file_errors_name_the_file(tmp_path):
+    # Rule: a config file's errors name the file.
+    path = tmp_path / "run.yaml"
+    path.write_text("train: {epochs: -1}\n")
+    with pytest.raises(ConfigError, match=str(path)):
+        load_run_config(path)

@@ -1,0 +1,82 @@
+"""Search-space files: every shipped file validates; a malformed one names its file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from hpo.errors import ConfigError
+from hpo.errors import TrialFailed
+from hpo.objective.space import load_space
+from hpo.objective.space import parse_space
+from hpo.objective.suggest import config_for_trial
+
+SPACES = sorted((Path(__file__).parents[2] / "search_spaces").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SPACES, ids=[p.stem for p in SPACES])
+def test_every_shipped_space_validates(path):
+    # Rule: each file in search_spaces/ is a valid space with a finite budget.
+    space = load_space(path)
+    assert space.budget() >= 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ({"study": {"name": "x"}, "params": {"model.dropuot.rate": {"float": [0, 0.5]}}}, "'model.dropuot.rate' is not a config path"),
+        ({"study": {"name": "x"}, "params": {"model.dropout.rate": {"float": [0, 2]}}}, "'model.dropout.rate'"),
+        ({"study": {"name": "x"}, "params": {"model.dropout.rate": {"floot": [0, 1]}}}, "key 'params.model.dropout.rate.floot'"),
+        ({"study": {"name": "x"}, "params": {"model.dropout.rate": {"float": [0.5, 0.1]}}}, "low must be <= high"),
+        ({"study": {"name": "x", "sampler": {"type": "annealing"}}}, "key 'study.sampler.type'"),
+        ({"study": {"name": "x"}, "base": {"train": {"epoch": 3}}}, "'train.epoch' is not a config path"),
+        ({"study": {"name": "x", "sampler": {"type": "grid"}}, "params": {"train.optimizer.learning_rate": {"float": [1e-4, 1e-2], "log": True}}}, "a grid needs a step"),
+        ({"study": {"name": "x"}}, "study.n_trials is required"),
+    ],
+)
+def test_malformed_space_names_file_and_key(raw, fragment):
+    # Rule: the message names the file, the key and what was expected.
+    with pytest.raises(ConfigError) as err:
+        parse_space(raw, source="spaces/bad.yaml").budget()
+    assert "spaces/bad.yaml" in str(err.value) and fragment in str(err.value)
+
+
+def test_grid_with_repeats_scans_every_point_per_seed():
+    # Rule: a grid's budget is its size; repeats multiply it through train.seed.
+    space = parse_space(
+        {"study": {"name": "g", "sampler": {"type": "grid"}, "repeats": 3},
+         "params": {"model.filters": {"int": [1, 91], "step": 10}}},
+        source="g.yaml",
+    )
+    assert space.grid()["model.filters"] == [1, 11, 21, 31, 41, 51, 61, 71, 81, 91]
+    assert space.budget() == 30
+
+
+def test_list_valued_choices_reach_the_config():
+    # Rule: categorical choices may be lists (conv layouts); trials get them back as lists.
+    space = parse_space(
+        {"study": {"name": "c", "n_trials": 1},
+         "params": {"model.conv_blocks": {"categorical": [[[8]], [[8, 8], [4]]]}}},
+        source="c.yaml",
+    )
+    study = optuna.create_study()
+    cfg = config_for_trial(study.ask(), space)
+    assert cfg.model.conv_blocks in ([[8]], [[8, 8], [4]])
+
+
+def test_impossible_combination_fails_only_the_trial():
+    # Rule: a sampled combination the config refuses is a TrialFailed, not a crash.
+    space = parse_space(
+        {"study": {"name": "d", "n_trials": 1},
+         "base": {"model": {"dense": [8, 8], "dropout": {"placement": "one_dense"}}},
+         "params": {"model.dropout.index": {"int": [0, 1]}}},
+        source="d.yaml",
+    )
+    assert config_for_trial(optuna.create_study().ask(), space).model.dropout.index in (0, 1)
+    space.base["model"]["dense"] = [8]  # now index 1 addresses no layer
+    study = optuna.create_study()
+    study.enqueue_trial({"model.dropout.index": 1})
+    with pytest.raises(TrialFailed, match="dropout.index"):
+        config_for_trial(study.ask(), space)
