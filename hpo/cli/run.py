@@ -21,10 +21,11 @@ def train(
 ) -> None:
     """Train one configuration on its data file and log params, epochs, plots and model to MLflow."""
     from hpo.config import load_run_config
-    from hpo.data.contract import load_dataset
+    from hpo.data.lazy import open_dataset
 
     cfg = load_run_config(config)
-    dataset = load_dataset(cfg.data.path)  # bad input fails here, before TensorFlow loads
+    # Bad input fails here, before TensorFlow loads.
+    dataset = open_dataset(cfg.data.path, max_in_memory_gb=cfg.data.max_in_memory_gb)
 
     from hpo.tracking import Tracker
     from hpo.tracking.callback import MlflowEpochLogger

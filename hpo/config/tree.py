@@ -37,6 +37,9 @@ class DataConfig(_Section):
     max_clusters: int | None = Field(
         None, gt=10, description="Use only the first N clusters of the file (quick studies)."
     )
+    max_in_memory_gb: float = Field(
+        4.0, gt=0, description="Files whose float32 images are larger stream from HDF5 in blocks."
+    )
 
 
 # ---------------------------------------------------------------------------------------------

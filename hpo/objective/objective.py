@@ -10,6 +10,7 @@ import logging
 import optuna
 
 from hpo.data.contract import Dataset
+from hpo.data.lazy import H5Source
 from hpo.errors import TrialFailed
 from hpo.objective.pruning import PruningCallback
 from hpo.objective.space import SearchSpace
@@ -33,7 +34,7 @@ class Objective:
     def __init__(
         self,
         space: SearchSpace,
-        dataset: Dataset,
+        dataset: Dataset | H5Source,
         tracker: Tracker,
         *,
         experiment_id: str,

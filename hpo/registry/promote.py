@@ -15,7 +15,8 @@ from optuna.trial import TrialState
 
 from hpo.config.tree import RunConfig
 from hpo.data.contract import Dataset
-from hpo.data.contract import load_dataset
+from hpo.data.lazy import H5Source
+from hpo.data.lazy import open_dataset
 from hpo.errors import HpoError
 from hpo.model.metrics import residual_metrics
 from hpo.objective.keys import CONFIG_KEY
@@ -58,7 +59,8 @@ def promote(
     )[:top_k]
     if not trials:
         raise HpoError(f"study '{study_name}' has no complete trial with a logged model to promote")
-    dataset = load_dataset(space.resolved_base().data.path)
+    data_cfg = space.resolved_base().data
+    dataset = open_dataset(data_cfg.path, max_in_memory_gb=data_cfg.max_in_memory_gb)
 
     scored = []
     for t in trials:
@@ -85,7 +87,7 @@ def promote(
                          f"{ALIAS} -> version {version} (test residual std {metrics['residual_std']:.4f})")
 
 
-def _test_split(cfg: RunConfig, dataset: Dataset) -> Dataset:
+def _test_split(cfg: RunConfig, dataset: Dataset | H5Source) -> Dataset:
     ds, split = prepare(cfg, dataset)
     if len(split.test) == 0:
         raise HpoError("the study's data.test_fraction is 0: there is no held-out test split to promote on")
@@ -98,7 +100,7 @@ def _score(uri: str, test: Dataset) -> dict[str, float]:
     return residual_metrics(mu, test.log_mass, sigma)
 
 
-def _register(tracker: Tracker, name: str, trial, metrics: dict[str, float], study: str, ds: Dataset) -> str:  # noqa: ANN001
+def _register(tracker: Tracker, name: str, trial, metrics: dict[str, float], study: str, ds: Dataset | H5Source) -> str:  # noqa: ANN001
     client = tracker.client
     run_id = trial.user_attrs[MLFLOW_RUN_ID_KEY]
     try:

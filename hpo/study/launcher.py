@@ -13,9 +13,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import optuna
 
-from hpo.data.contract import load_dataset
+from hpo.data.contract import Dataset
+from hpo.data.lazy import H5Source
+from hpo.data.lazy import open_dataset
 from hpo.errors import HpoError
 from hpo.objective.space import SearchSpace
 from hpo.objective.space import load_space
@@ -67,7 +70,9 @@ def launch(
     storage_url = storage_url or default_storage_url()
     tracker = Tracker(tracking_uri)
     tracker.check()  # a dead tracking server is an error now, not in every trial
-    dataset = load_dataset(space.resolved_base().data.path)  # a broken file fails before any trial
+    data_cfg = space.resolved_base().data
+    # A broken file fails here, before any trial starts.
+    dataset = open_dataset(data_cfg.path, max_in_memory_gb=data_cfg.max_in_memory_gb)
     storage = make_storage(storage_url)
     study, created = create_or_join(storage, space)
     name = space.study.name
@@ -138,15 +143,14 @@ def _report(study: optuna.Study, space: SearchSpace, last: Progress | None, t0: 
     return p
 
 
-def _data_info(dataset: object) -> dict:
-    from hpo.data.contract import Dataset
+FLOORS_MAX_CLUSTERS = 20_000  # enough for floors to 3 digits; a streamed file is not read whole
 
-    assert isinstance(dataset, Dataset)
+
+def _data_info(dataset: Dataset | H5Source) -> dict:
+    from hpo.data.baseline import floors
+
     info: dict = {"fingerprint": dataset.fingerprint(), "path": str(dataset.path)}
-    try:
-        from hpo.data.baseline import floors
-    except ImportError:  # the floors module is optional for the skeleton
-        return info
     if dataset.log_mass is not None:
-        info["floors"] = {k: v for k, v in floors(dataset).items() if v is not None}
+        sample = dataset if isinstance(dataset, Dataset) else dataset.subset(np.arange(min(len(dataset), FLOORS_MAX_CLUSTERS)))
+        info["floors"] = {k: v for k, v in floors(sample).items() if v is not None}
     return info

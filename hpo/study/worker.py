@@ -11,7 +11,7 @@ import time
 
 import optuna
 
-from hpo.data.contract import load_dataset
+from hpo.data.lazy import open_dataset
 from hpo.errors import HpoError
 from hpo.errors import TrialFailed
 from hpo.objective.objective import Objective
@@ -49,7 +49,8 @@ def run_worker(
     study, space = load_study(storage, study_name, worker_index)
     tracker = Tracker(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or study.user_attrs.get(TRACKING_URI_KEY))
     tracker.check()
-    dataset = load_dataset(space.resolved_base().data.path)
+    data_cfg = space.resolved_base().data
+    dataset = open_dataset(data_cfg.path, max_in_memory_gb=data_cfg.max_in_memory_gb)
     objective = Objective(
         space,
         dataset,

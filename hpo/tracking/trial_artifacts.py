@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from hpo.data.contract import Dataset
+from hpo.data.lazy import H5Source
 from hpo.tracking import plots
 from hpo.tracking.runs import Tracker
 from hpo.training.evaluate import predict
 from hpo.training.loop import TrainResult
 
 
-def log_trial_artifacts(tracker: Tracker, run_id: str, result: TrainResult, ds: Dataset) -> str:
+def log_trial_artifacts(tracker: Tracker, run_id: str, result: TrainResult, ds: Dataset | H5Source) -> str:
     """Logs final validation metrics, the loss-curve and predicted-vs-true plots, and the model.
 
     Returns:

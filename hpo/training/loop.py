@@ -15,6 +15,7 @@ import numpy as np
 
 from hpo.config.tree import RunConfig
 from hpo.data.contract import Dataset
+from hpo.data.lazy import H5Source
 from hpo.data.split import Split
 from hpo.data.split import split_indices
 from hpo.errors import TrialFailed
@@ -22,6 +23,7 @@ from hpo.model.builder import InputStats
 from hpo.model.builder import build_model
 from hpo.model.losses import LOSSES
 from hpo.model.metrics import residual_metrics
+from hpo.pipeline import fit_inputs
 from hpo.training.callbacks import MONITOR
 from hpo.training.callbacks import EpochEvaluator
 from hpo.training.evaluate import predict
@@ -52,12 +54,11 @@ class TrainResult:
     split: Split = field(repr=False)
 
 
-def prepare(cfg: RunConfig, ds: Dataset) -> tuple[Dataset, Split]:
-    """The clusters a run may use (first `max_clusters`) and their deterministic split."""
-    if cfg.data.max_clusters is not None and cfg.data.max_clusters < len(ds):
-        ds = ds.subset(np.arange(cfg.data.max_clusters))
+def prepare(cfg: RunConfig, ds: Dataset | H5Source) -> tuple[Dataset | H5Source, Split]:
+    """The clusters a run may use and their deterministic split (first `max_clusters` only)."""
+    n = len(ds) if cfg.data.max_clusters is None else min(cfg.data.max_clusters, len(ds))
     split = split_indices(
-        len(ds),
+        n,
         val_fraction=cfg.data.val_fraction,
         test_fraction=cfg.data.test_fraction,
         seed=cfg.data.split_seed,
@@ -67,7 +68,7 @@ def prepare(cfg: RunConfig, ds: Dataset) -> tuple[Dataset, Split]:
 
 def train(
     cfg: RunConfig,
-    ds: Dataset,
+    ds: Dataset | H5Source,
     *,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 0,
@@ -76,7 +77,8 @@ def train(
 
     Args:
         cfg: the resolved run config.
-        ds: the whole data set; it is split here by `cfg.data` (the test split is never touched).
+        ds: the whole data set, in memory or streamed from disk; it is split here by `cfg.data`
+            (the test split is never touched).
         callbacks: extra Keras callbacks (pruning, tracking); they see the val_* metrics in `logs`.
         verbose: Keras fit verbosity.
 
@@ -91,15 +93,18 @@ def train(
     if cfg.train.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     ds, split = prepare(cfg, ds)
-    tr, va = ds.subset(split.train), ds.subset(split.val)
-    assert tr.log_mass is not None and va.log_mass is not None
-    x_train = {"images": tr.images, "redshift": tr.redshift.reshape(-1, 1)}
-    sample = np.random.default_rng(cfg.train.seed).permutation(len(tr))[:TRAIN_METRIC_SAMPLE]
+    va = ds.subset(split.val)
+    # Scored every epoch and used for the input statistics: a fixed sample of the training split.
+    sample = np.sort(np.random.default_rng(cfg.train.seed).permutation(split.train)[:TRAIN_METRIC_SAMPLE])
+    tr_sample = ds.subset(sample)
+    assert tr_sample.log_mass is not None and va.log_mass is not None
+    feed = fit_inputs(ds, split.train, cfg.train.batch_size, cfg.train.seed)
 
     # ---------------------------------------------------------------- model
     loss_cfg = cfg.train.loss
     sigma_head = loss_cfg.sigma_param if loss_cfg.type == "gaussian_nll" else None
-    stats = InputStats.fit(tr.images, tr.redshift, tr.log_mass, cfg.model.input.transform)
+    stats = InputStats.fit(tr_sample.images, ds.redshift[split.train], ds.log_mass[split.train],
+                           cfg.model.input.transform)
     model = build_model(
         cfg.model,
         image_shape=ds.image_shape,
@@ -108,7 +113,7 @@ def train(
         augment=cfg.train.augment,
         seed=cfg.train.seed,
     )
-    steps = int(np.ceil(len(tr) / cfg.train.batch_size))
+    steps = int(np.ceil(len(split.train) / cfg.train.batch_size))
 
     def compile_for(loss_name: str, epochs: int) -> None:
         model.compile(
@@ -119,7 +124,7 @@ def train(
 
     evaluator = EpochEvaluator(
         (va.images, va.redshift, va.log_mass),
-        (tr.images[sample], tr.redshift[sample], tr.log_mass[sample]),
+        (tr_sample.images, tr_sample.redshift, tr_sample.log_mass),
         patience=cfg.train.early_stopping_patience,
     )
     all_callbacks = [evaluator, *callbacks]
@@ -127,21 +132,19 @@ def train(
     # ---------------------------------------------------------------- fit
     t0 = time.perf_counter()
     warm = min(loss_cfg.warm_start_epochs, cfg.train.epochs) if sigma_head else 0
-    fit_kw = dict(batch_size=cfg.train.batch_size, shuffle=True, verbose=verbose)
     try:
         if warm:
             # The mean first, with MSE; the likelihood then only has to learn sigma and refine.
             compile_for("mse", warm)
-            model.fit(x_train, tr.log_mass, epochs=warm, callbacks=all_callbacks, **fit_kw)
+            model.fit(**feed, epochs=warm, callbacks=all_callbacks, verbose=verbose)
         if cfg.train.epochs > warm and not getattr(model, "stop_training", False):
             compile_for(loss_cfg.type, cfg.train.epochs - warm)
             model.fit(
-                x_train,
-                tr.log_mass,
+                **feed,
+                verbose=verbose,
                 initial_epoch=warm,
                 epochs=cfg.train.epochs,
                 callbacks=all_callbacks,
-                **fit_kw,
             )
     except MemoryError as exc:
         raise TrialFailed(f"out of memory: {exc}") from exc
