@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hpo.data.sim_config import SimConfig
 from hpo.data.simulator import CHUNK_CLUSTERS
-from hpo.data.simulator import SimConfig
 from hpo.data.simulator import simulate_chunk
 from hpo.data.simulator import write_mock
 

@@ -30,7 +30,7 @@ def fit_inputs(source: Dataset | H5Source, idx: np.ndarray, batch_size: int, see
         sub = source.subset(idx)
         x = {"images": sub.images, "redshift": sub.redshift.reshape(-1, 1)}
         return {"x": x, "y": sub.log_mass, "batch_size": batch_size, "shuffle": True}
-    return {"x": _stream(source, np.sort(idx), batch_size, seed)}
+    return {"x": _stream(source, np.sort(idx), batch_size, seed), "shuffle": False}  # shuffled in the stream
 
 
 def _stream(source: H5Source, idx: np.ndarray, batch_size: int, seed: int) -> Any:

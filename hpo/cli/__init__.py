@@ -34,6 +34,7 @@ def _root(
 
 from hpo.cli import data as _data  # noqa: E402,F401  (registers commands)
 from hpo.cli import model as _model  # noqa: E402,F401
+from hpo.cli import report as _report  # noqa: E402,F401
 from hpo.cli import run as _run  # noqa: E402,F401
 from hpo.cli import study as _study  # noqa: E402,F401
 

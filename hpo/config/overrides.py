@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 from typing import Any
+from typing import TypeVar
 
 import yaml
 from pydantic import BaseModel
@@ -15,6 +16,8 @@ from pydantic import ValidationError
 
 from hpo.config.tree import RunConfig
 from hpo.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -29,14 +32,15 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_path(path: str, where: str) -> None:
-    """Raises ConfigError unless `path` names a field of RunConfig.
+def check_path(path: str, where: str, root: type[BaseModel] = RunConfig) -> None:
+    """Raises ConfigError unless `path` names a field of the `root` config tree.
 
     Args:
         path: dotted path such as "model.dropout.rate".
         where: the file and section, for the message ("search_spaces/x.yaml, params").
+        root: the pydantic tree the path walks (RunConfig, or the simulator's SimConfig).
     """
-    node: type[BaseModel] = RunConfig
+    node: type[BaseModel] = root
     walked: list[str] = []
     for part in path.split("."):
         fields = node.model_fields
@@ -53,33 +57,40 @@ def check_path(path: str, where: str) -> None:
             raise ConfigError(f"{where}: '{path}' goes below '{'.'.join(walked)}', which is a value")
 
 
-def apply_overrides(
-    overrides: dict[str, Any], *, base: RunConfig | None = None, where: str = "overrides"
-) -> RunConfig:
-    """Applies dotted or nested overrides to `base` (default RunConfig()) and validates once.
+def override_model(root: type[M], overrides: dict[str, Any], *, base: M | None = None,
+                   where: str = "overrides") -> M:
+    """Applies dotted or nested overrides to `base` (default root()) and validates once.
 
     Raises:
         ConfigError: an unknown path, or a value the tree refuses; names `where` and the key.
     """
-    tree = (base or RunConfig()).model_dump(mode="python")
+    tree = (base or root()).model_dump(mode="python")
     for path, value in flatten(overrides).items():
-        check_path(path, where)
+        check_path(path, where, root)
         node = tree
         *parents, leaf = path.split(".")
         for part in parents:
             node = node[part]
         node[leaf] = copy.deepcopy(value)
     try:
-        return RunConfig.model_validate(tree)
+        return root.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(f"{where}: {_describe(exc)}") from None
 
 
+def apply_overrides(
+    overrides: dict[str, Any], *, base: RunConfig | None = None, where: str = "overrides"
+) -> RunConfig:
+    """override_model for the run config: the one way every override reaches a RunConfig."""
+    return override_model(RunConfig, overrides, base=base, where=where)
+
+
 def load_run_config(path: str | Path) -> RunConfig:
-    """Reads a YAML file of overrides (nested or dotted keys) into a validated RunConfig."""
+    """Reads a YAML file of overrides (nested or dotted keys, optional `preset:`) into a RunConfig."""
+    from hpo.config.presets import resolve
+
     path = Path(path)
-    data = read_yaml(path)
-    return apply_overrides(data, where=str(path))
+    return resolve(read_yaml(path), where=str(path))
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

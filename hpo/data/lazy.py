@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 
 from hpo.data.contract import Dataset
+from hpo.data.contract import fingerprint
 from hpo.data.contract import load_dataset
 from hpo.data.contract import read_h5
 from hpo.data.contract import validate_arrays
@@ -65,15 +66,8 @@ class H5Source:
         )
 
     def fingerprint(self) -> dict[str, Any]:
-        """Size, generator attributes and a hash of the labels (images are not read for it)."""
-        import hashlib
-
-        h = hashlib.sha256(self.redshift.tobytes())
-        if self.log_mass is not None:
-            h.update(self.log_mass.tobytes())
-        return {"sha256": h.hexdigest()[:16], "n": self.n, "image_shape": list(self.image_shape),
-                "generator": str(self.attrs.get("generator", "unknown")),
-                "seed": str(self.attrs.get("seed", "unknown"))}
+        """As Dataset.fingerprint: the same file gives the same fingerprint either way."""
+        return fingerprint(self.redshift, self.log_mass, self.image_shape, self.attrs)
 
 
 def open_dataset(path: str | Path, *, max_in_memory_gb: float = 4.0, require_labels: bool = True) -> Dataset | H5Source:

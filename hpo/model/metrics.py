@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import keras
 import numpy as np
 
 OUTLIER_DEX = 0.5  # |predicted - true| above this counts as an outlier (about a factor of 3 in mass)
@@ -35,3 +36,58 @@ def residual_metrics(
         out["nll"] = float(np.mean(np.log(s) + 0.5 * (resid / s) ** 2 + 0.5 * math.log(2 * math.pi)))
         out["coverage68"] = float(np.mean(np.abs(resid) <= s))
     return out
+
+
+STREAMING_KINDS = ("residual_std", "bias", "rmse", "outlier_frac", "coverage68", "nll")
+
+
+def streaming_metrics(with_sigma: bool) -> list:
+    """Keras metrics that score the training batches as they pass, at no extra forward pass."""
+    kinds = STREAMING_KINDS if with_sigma else STREAMING_KINDS[:4]
+    return [StreamingResidual(kind) for kind in kinds]
+
+
+class StreamingResidual(keras.metrics.Metric):
+    """One of residual_metrics' numbers, accumulated over an epoch's batches.
+
+    y_pred is (N, 1) = [mu] or (N, 2) = [mu, sigma]; y_true is (N,) log10 M.
+    """
+
+    def __init__(self, kind: str = "residual_std", **kwargs: object) -> None:
+        if kind not in STREAMING_KINDS:
+            raise ValueError(f"kind must be one of {STREAMING_KINDS}, got {kind!r}")
+        super().__init__(name=kwargs.pop("name", kind), **kwargs)  # type: ignore[arg-type]
+        self.kind = kind
+        self._sums = [self.add_variable(shape=(), initializer="zeros", name=f"s{i}") for i in range(6)]
+
+    def update_state(self, y_true, y_pred, sample_weight=None):  # noqa: ANN001, ANN201
+        from keras import ops
+
+        y_pred = ops.cast(y_pred, "float32")
+        r = y_pred[:, 0] - ops.reshape(ops.cast(y_true, "float32"), (-1,))
+        parts = [ops.cast(ops.shape(r)[0], "float32"), ops.sum(r), ops.sum(r * r),
+                 ops.sum(ops.cast(ops.abs(r) > OUTLIER_DEX, "float32"))]
+        if self.kind in ("coverage68", "nll"):
+            s = ops.maximum(y_pred[:, 1], 1e-12)
+            parts.append(ops.sum(ops.cast(ops.abs(r) <= s, "float32")))
+            parts.append(ops.sum(ops.log(s) + 0.5 * ops.square(r / s) + 0.5 * math.log(2 * math.pi)))
+        for var, value in zip(self._sums, parts, strict=False):
+            var.assign_add(value)
+
+    def result(self):  # noqa: ANN201
+        from keras import ops
+
+        n, s1, s2, out, cov, nll = (v.value for v in self._sums)
+        n = ops.maximum(n, 1.0)
+        mean = s1 / n
+        return {
+            "residual_std": ops.sqrt(ops.maximum(s2 / n - mean * mean, 0.0)),
+            "bias": mean,
+            "rmse": ops.sqrt(s2 / n),
+            "outlier_frac": out / n,
+            "coverage68": cov / n,
+            "nll": nll / n,
+        }[self.kind]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "kind": self.kind}

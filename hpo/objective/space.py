@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -101,21 +100,39 @@ class StudySpec(_Strict):
     n_trials: int | None = Field(None, ge=1, description="COMPLETE + PRUNED trials; grid: its size")
     timeout_s: float | None = Field(None, gt=0, description="stop starting trials after this long")
     repeats: int = Field(1, ge=1, description="seeds per grid point (train.seed 0..repeats-1)")
+    heartbeat_s: int = Field(30, ge=1, description="seconds between a running trial's heartbeats")
+    grace_s: int | None = Field(
+        None, ge=1, description="a RUNNING trial silent this long is failed and re-queued; "
+        "default 4 x heartbeat_s; keep it above the longest database outage you expect"
+    )
+    max_retry: int = Field(2, ge=0, description="times a lost trial's parameters are re-queued")
+
+    @model_validator(mode="after")
+    def _grace_above_heartbeat(self) -> StudySpec:
+        if self.grace_s is not None and self.grace_s <= self.heartbeat_s:
+            raise ValueError(
+                f"grace_s must be greater than heartbeat_s, got grace_s={self.grace_s}, "
+                f"heartbeat_s={self.heartbeat_s}; leave grace_s out for 4 x heartbeat_s"
+            )
+        return self
 
 
 class SearchSpace(_Strict):
     """A whole search-space file, validated; `resolved_base()` and `params` drive every trial."""
 
     study: StudySpec
+    preset: str | None = Field(None, description="named preset (hpo/presets/) applied before base")
     data: dict[str, Any] = {}
     base: dict[str, Any] = {}
     params: dict[str, Distribution] = {}
     source: str = Field("", exclude=True)
 
     def resolved_base(self) -> RunConfig:
-        """The run config every trial starts from: defaults + data + base."""
+        """The run config every trial starts from: defaults + preset + data + base."""
+        from hpo.config.presets import preset_config
+
         return apply_overrides({**self.base, "data": {**self.base.get("data", {}), **self.data}},
-                               where=f"{self.source}, base")
+                               base=preset_config(self.preset, self.source), where=f"{self.source}, base")
 
     def grid(self) -> dict[str, list[Any]]:
         """The full grid, `train.seed` included when repeats > 1; ConfigError if a param is continuous."""
@@ -142,10 +159,14 @@ class SearchSpace(_Strict):
             return self.grid_size()
         raise ConfigError(f"{self.source}: study.n_trials is required for sampler {self.study.sampler.type}")
 
-    def digest(self) -> str:
-        """A hash of what decides the study's trials; a changed space under the same name differs."""
-        payload = self.model_dump(mode="json", by_alias=True)
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    def describe(self) -> str:
+        """The validated space as YAML plus its grid size or trial budget (for --dry-run)."""
+        lines = [self.to_yaml().rstrip(), "---"]
+        if self.study.sampler.type == "grid":
+            lines.append(f"grid: {self.grid_size()} points; budget: {self.budget()} trials")
+        else:
+            lines.append(f"sampler: {self.study.sampler.type}; budget: {self.budget()} trials")
+        return "\n".join(lines)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)

@@ -1,1 +1,2 @@
-"""Study: storages, samplers and pruners by name, the worker loop, the launcher and status."""
+"""Study: storages (with retries and heartbeats), samplers and pruners by name, the worker loop,
+the launchers (local processes, docker containers), the storage proxy and status."""

@@ -1,4 +1,7 @@
-"""How much of a study's budget is spent: COMPLETE + PRUNED trials across all workers."""
+"""How much of a study's budget is spent: COMPLETE + PRUNED trials across all workers.
+
+hpo status dropout
+"""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ class Progress:
     pruned: int
     failed: int
     running: int
+    waiting: int
     budget: int
     best: float | None
 
@@ -31,6 +35,7 @@ class Progress:
 
 
 def progress(study: optuna.Study, space: SearchSpace) -> Progress:
+    """The study's trials counted by state, against the space's budget."""
     trials = study.get_trials(deepcopy=False)
     count = {s: 0 for s in TrialState}
     for t in trials:
@@ -41,6 +46,7 @@ def progress(study: optuna.Study, space: SearchSpace) -> Progress:
         pruned=count[TrialState.PRUNED],
         failed=count[TrialState.FAIL],
         running=count[TrialState.RUNNING],
+        waiting=count[TrialState.WAITING],
         budget=space.budget(),
         best=min(values) if values else None,
     )

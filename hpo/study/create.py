@@ -1,6 +1,6 @@
 """Creates a study from a search space, or joins the existing one if the space is unchanged.
 
-    hpo launch search_spaces/quickstart.yaml --workers 0     # create or update, start nothing
+hpo launch search_spaces/quickstart.yaml --workers 0     # create or update, start nothing
 """
 
 from __future__ import annotations
@@ -19,18 +19,23 @@ from hpo.study.pruners import make_pruner
 from hpo.study.samplers import make_sampler
 
 SPACE_KEY = "hpo_space"  # study user attr: the search space, as validated JSON
-DIGEST_KEY = "hpo_space_digest"
 TRACKING_URI_KEY = "mlflow_tracking_uri"
+# How workers keep the study alive, not which trials it runs: a relaunch may change them.
+OPERATIONAL_KEYS = {"study.heartbeat_s", "study.grace_s", "study.max_retry"}
 
 
-def create_or_join(storage: optuna.storages.BaseStorage, space: SearchSpace) -> tuple[optuna.Study, bool]:
+def create_or_join(
+    storage: optuna.storages.BaseStorage, space: SearchSpace
+) -> tuple[optuna.Study, bool]:
     """The study named in `space`, and whether it was just created.
 
     Raises:
         ConfigError: a study of that name exists with a different space; says what changed.
     """
     name = space.study.name
-    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    existing = {
+        s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+    }
     study = optuna.create_study(
         study_name=name,
         storage=storage,
@@ -40,10 +45,15 @@ def create_or_join(storage: optuna.storages.BaseStorage, space: SearchSpace) -> 
         load_if_exists=True,
     )
     if name in existing and SPACE_KEY in study.user_attrs:
-        if study.user_attrs.get(DIGEST_KEY) != space.digest():
-            old = flatten(study.user_attrs[SPACE_KEY])
-            new = flatten(_stored(space))
-            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        # Compare contents, not digests, the stored copy revalidated: a field added to the schema
+        # since (left unset, or at its default) changes no study.
+        old = flatten(_stored(parse_space(study.user_attrs[SPACE_KEY], source=f"study '{name}'")))
+        new = flatten(_stored(space))
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if changed and set(changed) <= OPERATIONAL_KEYS:
+            study.set_user_attr(SPACE_KEY, _stored(space))  # workers started from now on use them
+            changed = []
+        if changed:
             shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
             raise ConfigError(
                 f"{space.source}: study '{name}' already exists with a different search space "
@@ -52,17 +62,22 @@ def create_or_join(storage: optuna.storages.BaseStorage, space: SearchSpace) -> 
             )
         return study, False
     study.set_user_attr(SPACE_KEY, _stored(space))
-    study.set_user_attr(DIGEST_KEY, space.digest())
     return study, True
 
 
-def load_study(storage: optuna.storages.BaseStorage, name: str, worker_index: int = 0) -> tuple[optuna.Study, SearchSpace]:
+def load_study(
+    storage: optuna.storages.BaseStorage, name: str, worker_index: int = 0
+) -> tuple[optuna.Study, SearchSpace]:
     """An existing study with its sampler and pruner rebuilt from the stored space."""
     try:
         plain = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
-        raise HpoError(f"no study '{name}' in this storage; it has: {', '.join(names) or 'none'}") from None
+        names = [
+            s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+        ]
+        raise HpoError(
+            f"no study '{name}' in this storage; it has: {', '.join(names) or 'none'}"
+        ) from None
     if SPACE_KEY not in plain.user_attrs:
         raise HpoError(f"study '{name}' was not created by `hpo launch` (no stored search space)")
     space = parse_space(plain.user_attrs[SPACE_KEY], source=f"study '{name}'")

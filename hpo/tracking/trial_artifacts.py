@@ -1,4 +1,7 @@
-"""What a finished training run leaves in its MLflow run: final metrics, plots and the model."""
+"""What a finished training run leaves in its MLflow run: final metrics, plots and the model.
+
+    hpo train run.yaml     # or every COMPLETE trial of `hpo worker`
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,11 @@ from hpo.training.loop import TrainResult
 
 
 def log_trial_artifacts(tracker: Tracker, run_id: str, result: TrainResult, ds: Dataset | H5Source) -> str:
-    """Logs final validation metrics, the loss-curve and predicted-vs-true plots, and the model.
+    """Logs final validation metrics, the plots and the model of a finished run.
+
+    Plots (validation split): plots/loss_curves.png, plots/predicted_vs_true.png (1:1 line),
+    plots/residuals_vs_mass.png, plots/residuals_vs_redshift.png, and for a model with a sigma
+    head plots/sigma_calibration.png.
 
     Returns:
         The logged model's URI.
@@ -24,7 +31,14 @@ def log_trial_artifacts(tracker: Tracker, run_id: str, result: TrainResult, ds: 
                                  "train_seconds": result.seconds})
     tracker.log_figure(run_id, plots.loss_curves(result.history), "plots/loss_curves.png")
     mu, sigma = predict(result.model, val.images, val.redshift)
-    assert val.log_mass is not None
-    tracker.log_figure(run_id, plots.predicted_vs_true(mu, val.log_mass, sigma), "plots/predicted_vs_true.png")
+    true = val.log_mass
+    assert true is not None  # train() refuses a data set without labels
+    tracker.log_figure(run_id, plots.predicted_vs_true(mu, true, sigma), "plots/predicted_vs_true.png")
+    tracker.log_figure(run_id, plots.residuals_vs(true, mu, true, xlabel="true log10 M500"),
+                       "plots/residuals_vs_mass.png")
+    tracker.log_figure(run_id, plots.residuals_vs(val.redshift, mu, true, xlabel="redshift z"),
+                       "plots/residuals_vs_redshift.png")
+    if sigma is not None:
+        tracker.log_figure(run_id, plots.sigma_calibration(mu, true, sigma), "plots/sigma_calibration.png")
     example = {"images": val.images[:2], "redshift": val.redshift[:2]}
     return tracker.log_model(run_id, result.model, {k: np.asarray(v) for k, v in example.items()})

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 from hpo.errors import TrialFailed
+from hpo.model.metrics import STREAMING_KINDS
 from hpo.model.metrics import residual_metrics
 from hpo.training.evaluate import predict
 
@@ -16,7 +17,10 @@ MONITOR = "val_residual_std"
 
 
 class EpochEvaluator(keras.callbacks.Callback):
-    """Adds `val_*` and `train_*` residual metrics to each epoch's logs, before other callbacks.
+    """Adds `val_*` residual metrics to each epoch's logs, before the other callbacks see them.
+
+    Training-split metrics come from the streaming metrics compiled into the model (scored on the
+    training batches as they pass, dropout and augmentation on); they are renamed `train_*`.
 
     Keeps the weights of the epoch with the lowest val_residual_std, stops after `patience`
     epochs without improvement, and fails the trial on a non-finite loss.
@@ -25,15 +29,12 @@ class EpochEvaluator(keras.callbacks.Callback):
     def __init__(
         self,
         val: tuple[np.ndarray, np.ndarray, np.ndarray],
-        train_sample: tuple[np.ndarray, np.ndarray, np.ndarray],
         *,
         patience: int | None = None,
         batch_size: int = 256,
     ) -> None:
         super().__init__()
-        self.val, self.train_sample = val, train_sample
-        self._x = np.concatenate([val[0], train_sample[0]])
-        self._z = np.concatenate([val[1], train_sample[1]])
+        self.val = val
         self.patience, self.batch_size = patience, batch_size
         self.best_value = math.inf
         self.best_epoch = -1
@@ -45,16 +46,15 @@ class EpochEvaluator(keras.callbacks.Callback):
         loss = float(logs.get("loss", math.nan))
         if not math.isfinite(loss):
             raise TrialFailed(f"training loss became {loss} at epoch {epoch}")
-        # One predict call over both sets keeps batch shapes fixed across epochs (no retracing).
-        mu, sigma = predict(self.model, self._x, self._z, batch_size=self.batch_size)
+        for kind in STREAMING_KINDS:
+            if kind in logs:
+                logs["train_" + kind] = logs.pop(kind)
+        x, z, y = self.val
+        mu, sigma = predict(self.model, x, z, batch_size=self.batch_size)
         if not np.all(np.isfinite(mu)):
             raise TrialFailed(f"predictions became non-finite at epoch {epoch}")
-        n_val = len(self.val[2])
-        for prefix, part, y in (("val_", slice(0, n_val), self.val[2]),
-                                ("train_", slice(n_val, None), self.train_sample[2])):
-            s = None if sigma is None else sigma[part]
-            for name, value in residual_metrics(mu[part], y, s).items():
-                logs[prefix + name] = value
+        for name, value in residual_metrics(mu, y, sigma).items():
+            logs["val_" + name] = value
         for name, value in logs.items():
             self.history.setdefault(name, []).append(float(value))
 

@@ -23,13 +23,14 @@ from hpo.model.builder import InputStats
 from hpo.model.builder import build_model
 from hpo.model.losses import LOSSES
 from hpo.model.metrics import residual_metrics
+from hpo.model.metrics import streaming_metrics
 from hpo.pipeline import fit_inputs
 from hpo.training.callbacks import MONITOR
 from hpo.training.callbacks import EpochEvaluator
 from hpo.training.evaluate import predict
 from hpo.training.optimizers import build_optimizer
 
-TRAIN_METRIC_SAMPLE = 1024  # training-split clusters scored each epoch (a full pass would double cost)
+STATS_SAMPLE = 4096  # training clusters the input statistics are fitted on
 
 
 @dataclass
@@ -94,10 +95,10 @@ def train(
         keras.mixed_precision.set_global_policy("mixed_float16")
     ds, split = prepare(cfg, ds)
     va = ds.subset(split.val)
-    # Scored every epoch and used for the input statistics: a fixed sample of the training split.
-    sample = np.sort(np.random.default_rng(cfg.train.seed).permutation(split.train)[:TRAIN_METRIC_SAMPLE])
+    # The input statistics need only a sample of the training split (a streamed file is not read whole).
+    sample = np.sort(np.random.default_rng(cfg.train.seed).permutation(split.train)[:STATS_SAMPLE])
     tr_sample = ds.subset(sample)
-    assert tr_sample.log_mass is not None and va.log_mass is not None
+    assert ds.log_mass is not None and va.log_mass is not None
     feed = fit_inputs(ds, split.train, cfg.train.batch_size, cfg.train.seed)
 
     # ---------------------------------------------------------------- model
@@ -119,13 +120,12 @@ def train(
         model.compile(
             optimizer=build_optimizer(cfg.train.optimizer, cfg.train.schedule, steps, epochs),
             loss=LOSSES[loss_name],
+            metrics=streaming_metrics(with_sigma=sigma_head is not None),
             jit_compile=cfg.train.jit_compile,
         )
 
     evaluator = EpochEvaluator(
-        (va.images, va.redshift, va.log_mass),
-        (tr_sample.images, tr_sample.redshift, tr_sample.log_mass),
-        patience=cfg.train.early_stopping_patience,
+        (va.images, va.redshift, va.log_mass), patience=cfg.train.early_stopping_patience
     )
     all_callbacks = [evaluator, *callbacks]
 

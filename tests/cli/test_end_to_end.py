@@ -89,7 +89,8 @@ def test_trials_are_nested_runs_with_epoch_metrics_plots_and_model(workdir):
     history = client.get_metric_history(run.info.run_id, "val_residual_std")
     assert [m.step for m in history] == [0, 1, 2]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert artifacts == {"plots/loss_curves.png", "plots/predicted_vs_true.png"}
+    assert artifacts == {"plots/loss_curves.png", "plots/predicted_vs_true.png", "plots/residuals_vs_mass.png",
+                         "plots/residuals_vs_redshift.png"}  # and sigma_calibration.png for likelihood models
     assert "search_space.yaml" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
 
 

@@ -45,3 +45,22 @@ def test_yaml_file_errors_name_the_file(tmp_path):
     path.write_text("train: {epochs: -1}\n")
     with pytest.raises(ConfigError, match=str(path)):
         load_run_config(path)
+
+
+def test_report_preset_restores_the_report_settings(tmp_path):
+    # Rule: `preset: report` gives raw counts, Adam 1e-4, no dropout, no augmentation; the file's
+    # own overrides still apply on top.
+    path = tmp_path / "run.yaml"
+    path.write_text("preset: report\ntrain: {epochs: 5}\n")
+    cfg = load_run_config(path)
+    assert cfg.model.input.transform == "none" and not cfg.model.input.standardize
+    assert cfg.train.optimizer.learning_rate == 1e-4 and cfg.model.dropout.placement == "none"
+    assert not (cfg.train.augment.flips or cfg.train.augment.rot90) and cfg.train.epochs == 5
+
+
+def test_unknown_preset_lists_the_presets(tmp_path):
+    # Rule: a misspelt preset names itself and the valid ones.
+    path = tmp_path / "run.yaml"
+    path.write_text("preset: reprot\n")
+    with pytest.raises(ConfigError, match="unknown preset 'reprot'; presets are: report"):
+        load_run_config(path)

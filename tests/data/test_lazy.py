@@ -51,3 +51,8 @@ def test_training_learns_from_a_streamed_file(signal_h5):
                            "train.batch_size": 32, "train.optimizer.learning_rate": 3e-3, "train.epochs": 20})
     result = train(cfg, source)
     assert result.val_metrics["residual_std"] < 0.5 * float(np.std(source.log_mass))
+
+
+def test_fingerprint_is_the_same_in_memory_and_streamed(signal_h5):
+    # Rule: a file's fingerprint does not depend on how it was opened.
+    assert open_dataset(signal_h5).fingerprint() == open_dataset(signal_h5, max_in_memory_gb=TINY_GB).fingerprint()

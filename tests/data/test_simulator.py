@@ -15,6 +15,14 @@ from scipy.integrate import quad
 from hpo.data import simulator as sim
 from hpo.data.contract import load_dataset
 from hpo.data.cosmology import FlatLCDM
+from hpo.data.imaging import expected_counts
+from hpo.data.response import KEV_ERG
+from hpo.data.response import channel_counts
+from hpo.data.response import effective_area
+from hpo.data.sim_config import PRESETS
+from hpo.data.sim_config import SimConfig
+from hpo.data.sim_config import apply_sim_overrides
+from hpo.data.sim_config import load_sim_config
 from hpo.errors import ConfigError
 
 NO_SCATTER = {
@@ -36,7 +44,7 @@ IDEAL = {
 }
 
 
-def _expected(cfg: sim.SimConfig, log_mass: list[float], z: list[float]) -> tuple[dict, dict]:
+def _expected(cfg: SimConfig, log_mass: list[float], z: list[float]) -> tuple[dict, dict]:
     params = sim.draw_clusters(
         np.random.default_rng(0),
         len(log_mass),
@@ -44,7 +52,7 @@ def _expected(cfg: sim.SimConfig, log_mass: list[float], z: list[float]) -> tupl
         log_mass=np.array(log_mass),
         redshift=np.array(z),
     )
-    return params, sim.expected_counts(params, cfg)
+    return params, expected_counts(params, cfg)
 
 
 def _file_digest(path: Path) -> str:
@@ -74,7 +82,7 @@ def test_cosmology_matches_astropy() -> None:
 
 def test_counts_rise_with_mass_at_fixed_z() -> None:
     # More mass -> more luminosity -> more cluster counts in the cut-out (PSF on).
-    cfg = sim.apply_sim_overrides(NO_SCATTER)
+    cfg = apply_sim_overrides(NO_SCATTER)
     _, exp = _expected(cfg, [13.0, 13.5, 14.0, 14.5, 15.0], [0.3] * 5)
     counts = exp["cluster"].sum(axis=(1, 2, 3))
     assert np.all(np.diff(counts) > 0), counts
@@ -82,7 +90,7 @@ def test_counts_rise_with_mass_at_fixed_z() -> None:
 
 def test_counts_fall_with_z_at_fixed_mass() -> None:
     # Farther clusters give fewer counts, despite the E(z)^2 evolution of L.
-    cfg = sim.apply_sim_overrides(NO_SCATTER)
+    cfg = apply_sim_overrides(NO_SCATTER)
     _, exp = _expected(cfg, [14.0] * 5, [0.1, 0.2, 0.4, 0.7, 1.0])
     counts = exp["cluster"].sum(axis=(1, 2, 3))
     assert np.all(np.diff(counts) < 0), counts
@@ -91,7 +99,7 @@ def test_counts_fall_with_z_at_fixed_mass() -> None:
 def test_sanity_targets_at_erass8() -> None:
     # log M 14.5 at z=0.1 gives thousands of counts, 13.0 at z=0.8 about one; background a few
     # 1e-3 counts/s/arcmin^2.
-    cfg = sim.apply_sim_overrides(NO_SCATTER)
+    cfg = apply_sim_overrides(NO_SCATTER)
     params, exp = _expected(cfg, [14.5, 13.0], [0.1, 0.8])
     counts = exp["cluster"].sum(axis=(1, 2, 3))
     assert 1e3 < counts[0] < 3e4 and 0.2 < counts[1] < 30, counts
@@ -102,10 +110,10 @@ def test_sanity_targets_at_erass8() -> None:
 
 def test_spectrum_hardens_with_temperature() -> None:
     # Hotter gas puts a larger share of its (background-free) counts above 2 keV.
-    cfg = sim.SimConfig()
+    cfg = SimConfig()
     kt = np.array([1.0, 2.0, 4.0, 8.0])
     ones = np.ones_like(kt)
-    counts = sim.channel_counts(44 * ones, kt, 0.3 * ones, 3e20 * ones, 2000 * ones, cfg)
+    counts = channel_counts(44 * ones, kt, 0.3 * ones, 3e20 * ones, 2000 * ones, cfg)
     edges = np.array(cfg.spectrum.channel_edges_kev)
     hard = counts[:, edges[:-1] >= 2.0].sum(axis=1)
     soft = counts[:, edges[1:] <= 1.0].sum(axis=1)
@@ -114,7 +122,7 @@ def test_spectrum_hardens_with_temperature() -> None:
 
 def test_angular_size_shrinks_with_z() -> None:
     # R500 in arcsec and the image's count-weighted radius both shrink with z at fixed mass.
-    cfg = sim.apply_sim_overrides(IDEAL)
+    cfg = apply_sim_overrides(IDEAL)
     params, exp = _expected(cfg, [14.0] * 4, [0.1, 0.3, 0.6, 1.0])
     assert np.all(np.diff(params["r500_arcsec"]) < 0)
     img = exp["cluster"].sum(axis=3)
@@ -124,7 +132,7 @@ def test_angular_size_shrinks_with_z() -> None:
 
 
 def _folded_counts(
-    log_lx: float, kt: float, z: float, nh: float, exposure: float, cfg: sim.SimConfig
+    log_lx: float, kt: float, z: float, nh: float, exposure: float, cfg: SimConfig
 ) -> np.ndarray:
     """Counts per channel by adaptive quadrature, with astropy's D_L: an independent check."""
     g = cfg.spectrum.gaunt_index
@@ -135,7 +143,7 @@ def _folded_counts(
     def rate(e: float) -> float:
         flux = (1 + z) * norm * shape(e * (1 + z)) / (4 * np.pi * d_l**2)
         absorbed = np.exp(-nh * 2.4e-22 * e ** (-8 / 3))
-        return flux / (e * sim.KEV_ERG) * float(sim.effective_area(np.array(e), cfg)) * absorbed
+        return flux / (e * KEV_ERG) * float(effective_area(np.array(e), cfg)) * absorbed
 
     edges = cfg.spectrum.channel_edges_kev
     kinks = cfg.instrument.area_energy_kev
@@ -150,7 +158,7 @@ def _folded_counts(
 def test_ideal_cutout_holds_the_folded_luminosity() -> None:
     # With PSF, background and AGN off, a cluster that fits in the cut-out puts exactly its
     # luminosity, folded through the response, into the image (to a few percent).
-    cfg = sim.apply_sim_overrides(IDEAL)
+    cfg = apply_sim_overrides(IDEAL)
     params, exp = _expected(cfg, [13.0, 13.3], [0.8, 1.0])
     assert np.all(cfg.profile.truncation_r500 * params["r500_arcsec"] < 190)  # fits in 200"
     for i in range(2):
@@ -164,9 +172,9 @@ def test_ideal_cutout_holds_the_folded_luminosity() -> None:
 
 def test_psf_keeps_the_flux_of_a_small_cluster() -> None:
     # The PSF only redistributes counts: a compact cluster keeps its total in the cut-out.
-    on = sim.apply_sim_overrides({**IDEAL, "instrument.psf_enabled": True})
+    on = apply_sim_overrides({**IDEAL, "instrument.psf_enabled": True})
     _, with_psf = _expected(on, [13.0], [0.8])
-    _, without = _expected(sim.apply_sim_overrides(IDEAL), [13.0], [0.8])
+    _, without = _expected(apply_sim_overrides(IDEAL), [13.0], [0.8])
     assert with_psf["cluster"].sum() == pytest.approx(without["cluster"].sum(), rel=0.01)
     assert with_psf["cluster"].max() < without["cluster"].max()  # but blurs the peak
 
@@ -174,7 +182,7 @@ def test_psf_keeps_the_flux_of_a_small_cluster() -> None:
 def test_mass_function_options_stay_in_range() -> None:
     # The power-law and cutoff mass functions draw inside the range and favour low masses.
     for name in ("power_law", "cutoff_power_law"):
-        cfg = sim.apply_sim_overrides({"population.mass_function": name})
+        cfg = apply_sim_overrides({"population.mass_function": name})
         lm = sim.draw_clusters(np.random.default_rng(1), 2000, cfg)["log_mass"]
         assert lm.min() >= 13.0 and lm.max() <= 15.0 and np.median(lm) < 13.6
 
@@ -185,7 +193,7 @@ def test_mass_function_options_stay_in_range() -> None:
 
 def test_simulate_chunk_shapes_and_truth() -> None:
     # Images are integer counts (n, 50, 50, 10); every hidden draw is under truth/.
-    out = sim.simulate_chunk(np.random.default_rng(3), 20, sim.SimConfig())
+    out = sim.simulate_chunk(np.random.default_rng(3), 20, SimConfig())
     assert out["images"].shape == (20, 50, 50, 10)
     assert np.issubdtype(out["images"].dtype, np.integer)
     needed = {
@@ -213,7 +221,7 @@ def test_same_seed_same_file_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     # Same (n, seed, config) -> the same file byte for byte, across several chunks;
     # another seed -> other images.
     monkeypatch.setattr(sim, "CHUNK_CLUSTERS", 40)
-    cfg = sim.SimConfig()
+    cfg = SimConfig()
     a = sim.write_mock(tmp_path / "a.h5", 90, 7, cfg)
     b = sim.write_mock(tmp_path / "b.h5", 90, 7, cfg)
     c = sim.write_mock(tmp_path / "c.h5", 90, 8, cfg)
@@ -224,7 +232,7 @@ def test_same_seed_same_file_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_written_file_passes_the_contract(tmp_path: Path) -> None:
     # The file loads through the data contract, with attrs and truth.
-    path = sim.write_mock(tmp_path / "mock.h5", 30, 0, sim.load_sim_config(None, "eFEDS"))
+    path = sim.write_mock(tmp_path / "mock.h5", 30, 0, load_sim_config(None, "eFEDS"))
     ds = load_dataset(path)
     assert ds.images.shape == (30, 50, 50, 10) and ds.log_mass is not None
     assert ds.attrs["generator"] == sim.GENERATOR and ds.attrs["seed"] == 0
@@ -243,7 +251,7 @@ def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
     path = tmp_path / "sim.yaml"
     path.write_text("profile:\n  betta_range: [0.6, 0.7]\n")
     with pytest.raises(ConfigError, match=r"sim\.yaml.*profile\.betta_range"):
-        sim.load_sim_config(path, None)
+        load_sim_config(path, None)
 
 
 def test_bad_value_names_the_key(tmp_path: Path) -> None:
@@ -251,19 +259,19 @@ def test_bad_value_names_the_key(tmp_path: Path) -> None:
     path = tmp_path / "sim.yaml"
     path.write_text("profile.beta_range: [0.4, 0.7]\n")
     with pytest.raises(ConfigError, match=r"profile\.beta_range"):
-        sim.load_sim_config(path, None)
+        load_sim_config(path, None)
 
 
 def test_unknown_preset_lists_valid_ones() -> None:
     # An unknown preset is refused with the list of valid ones.
     with pytest.raises(ConfigError, match=r"eRASS:9.*eRASS1, eRASS:4, eRASS:8, eFEDS"):
-        sim.load_sim_config(None, "eRASS:9")
+        load_sim_config(None, "eRASS:9")
 
 
 def test_preset_sets_exposure_and_overrides_file(tmp_path: Path) -> None:
     # The preset picks the exposure range; --preset beats the file's survey.preset.
     path = tmp_path / "sim.yaml"
     path.write_text("survey: {preset: eFEDS}\n")
-    assert sim.load_sim_config(path, None).survey.exposure_range() == sim.PRESETS["eFEDS"]
-    assert sim.load_sim_config(path, "eRASS1").survey.exposure_range() == sim.PRESETS["eRASS1"]
-    assert sim.load_sim_config(None, None).survey.preset == "eRASS:8"
+    assert load_sim_config(path, None).survey.exposure_range() == PRESETS["eFEDS"]
+    assert load_sim_config(path, "eRASS1").survey.exposure_range() == PRESETS["eRASS1"]
+    assert load_sim_config(None, None).survey.preset == "eRASS:8"

@@ -39,3 +39,28 @@ def test_nan_loss_fails_the_run(signal_h5):
                            "model.input.transform": "none", "model.input.standardize": False})
     with pytest.raises(TrialFailed, match="epoch"):
         train(cfg, ds)
+
+
+@pytest.mark.slow
+def test_likelihood_training_predicts_a_calibrated_sigma(signal_h5):
+    # Rule: the Gaussian NLL model outputs sigma; with an MSE warm start it trains, and the
+    # coverage and NLL metrics are reported every epoch.
+    ds = load_dataset(signal_h5)
+    cfg = apply_overrides({**SMALL, "train.epochs": 20,
+                           "train.loss": {"type": "gaussian_nll", "warm_start_epochs": 5}})
+    result = train(cfg, ds)
+    assert {"val_nll", "val_coverage68", "train_coverage68"} <= set(result.history)
+    assert len(result.history["val_nll"]) == 20
+    assert 0.3 < result.val_metrics["coverage68"] <= 1.0
+    assert result.val_metrics["residual_std"] < 0.6 * float(np.std(ds.log_mass))
+
+
+def test_early_stopping_and_best_weights(signal_h5):
+    # Rule: patience stops the run early; the returned model is the best epoch's.
+    ds = load_dataset(signal_h5)
+    cfg = apply_overrides({**SMALL, "train.epochs": 40, "train.early_stopping_patience": 1,
+                           "train.optimizer.learning_rate": 0.05})
+    result = train(cfg, ds)
+    assert result.epochs_run < 40
+    best = min(result.history["val_residual_std"])
+    assert result.val_metrics["residual_std"] == pytest.approx(best, rel=1e-4)

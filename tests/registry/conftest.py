@@ -1,0 +1,59 @@
+"""A tiny study whose best trial is registered as the champion, shared by the registry tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.cli.test_end_to_end import TINY
+from tests.conftest import make_signal_data
+from tests.conftest import write_h5
+
+MODEL = "xray-cluster-mass"
+
+
+@dataclass(frozen=True)
+class Registry:
+    """Where the study ran and what promote registered."""
+
+    cwd: Path
+    storage_url: str
+    tracking_uri: str
+    study: str
+    champion_run_id: str  # the MLflow run of version 1, the champion
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory) -> Registry:
+    """2 TPE trials of the tiny CNN (3 epochs, 300 clusters of 16x16x2), run in this process."""
+    from mlflow import MlflowClient
+
+    from hpo.registry.promote import promote
+    from hpo.study.launcher import launch
+    from hpo.study.worker import run_worker
+
+    cwd = tmp_path_factory.mktemp("registry")
+    write_h5(cwd / "signal.h5", make_signal_data(300))
+    space = {
+        "study": {"name": "reg", "n_trials": 2, "sampler": {"type": "tpe", "seed": 1},
+                  "pruner": {"type": "none"}},
+        "data": {"path": str(cwd / "signal.h5")},
+        "base": TINY,
+        "params": {"train.optimizer.learning_rate": {"float": [1e-3, 1e-2], "log": True}},
+    }
+    (cwd / "space.yaml").write_text(yaml.safe_dump(space))
+    reg = Registry(cwd, f"sqlite:///{cwd / 'hpo.db'}", f"sqlite:///{cwd / 'mlflow.db'}", "reg", "")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)  # local artifacts go to ./mlartifacts
+        mp.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        launch(cwd / "space.yaml", workers=0, storage_url=reg.storage_url, tracking_uri=reg.tracking_uri,
+               echo=lambda line: None)
+        run_worker("reg", reg.storage_url, reg.tracking_uri)
+        result = promote("reg", MODEL, storage_url=reg.storage_url, tracking_uri=reg.tracking_uri)
+    assert result.champion_moved and result.version == "1"
+    run_id = MlflowClient(reg.tracking_uri).get_model_version(MODEL, "1").run_id
+    return Registry(cwd, reg.storage_url, reg.tracking_uri, "reg", run_id)

@@ -1,0 +1,79 @@
+"""`hpo pull` and `hpo predict` accept every model reference form and say clearly when one is wrong."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from hpo.errors import TrackingError
+from hpo.registry import models
+from hpo.registry.predict import predict_file
+from tests.conftest import make_signal_data
+from tests.conftest import write_h5
+from tests.registry.conftest import MODEL
+
+pytestmark = pytest.mark.slow
+
+
+def _forms(registry) -> list[str]:
+    return [f"{MODEL}@champion", f"models:/{MODEL}@champion", f"models:/{MODEL}/1", f"{MODEL}/1",
+            f"runs:/{registry.champion_run_id}/model"]
+
+
+def test_every_reference_form_predicts_the_same_csv(registry, tmp_path):
+    # Rule: NAME@alias, models:/NAME@alias, models:/NAME/version, NAME/version and runs:/ name one
+    # model; predictions on a file without log_mass are index, log_mass, sigma per cluster.
+    arrays = make_signal_data(12, seed=3)
+    arrays.pop("log_mass")
+    data = write_h5(tmp_path / "unlabelled.h5", arrays)
+    columns = []
+    for i, ref in enumerate(_forms(registry)):
+        summary = predict_file(ref, data, tmp_path / f"p{i}.csv", registry.tracking_uri)
+        rows = list(csv.DictReader((tmp_path / f"p{i}.csv").open()))
+        assert summary["n"] == 12 and [r["index"] for r in rows] == [str(k) for k in range(12)]
+        assert list(rows[0]) == ["index", "log_mass", "sigma"]
+        columns.append([float(r["log_mass"]) for r in rows])
+    np.testing.assert_allclose(columns, [columns[0]] * len(columns))
+
+
+@pytest.mark.parametrize("form", [0, 2, 4])
+def test_pull_downloads_a_loadable_model(registry, tmp_path, form):
+    # Rule: pull writes an MLmodel folder that mlflow.pyfunc.load_model takes, for alias, version and run URIs.
+    ref = _forms(registry)[form]
+    path = models.pull(ref, tmp_path / "out", registry.tracking_uri)
+    assert (path / "MLmodel").exists()
+    assert models.load(str(path)) is not None
+
+
+def test_pull_command_takes_a_runs_uri(registry, tmp_path):
+    # Rule: the command line accepts runs:/RUN_ID/model as it accepts registry references.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HPO_"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpo", "pull", f"runs:/{registry.champion_run_id}/model", "-o", str(tmp_path / "m"),
+         "--tracking-uri", registry.tracking_uri], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "m" / "MLmodel").exists()
+
+
+@pytest.mark.parametrize(("ref", "fragment"), [
+    ("xray-cluster-mass", "is not a model reference"),
+    ("xray-cluster-mass/latest", "is not a model reference"),
+])
+def test_a_malformed_reference_lists_the_accepted_forms(ref, fragment):
+    # Rule: a reference of no accepted form is refused before MLflow is asked, listing the forms.
+    with pytest.raises(TrackingError) as info:
+        models.model_uri(ref)
+    assert fragment in str(info.value) and "NAME@alias" in str(info.value) and "runs:/" in str(info.value)
+
+
+def test_an_unknown_alias_is_one_line_naming_the_uri(registry, tmp_path):
+    # Rule: a reference that resolves to nothing is a TrackingError naming the URI and the store.
+    with pytest.raises(TrackingError) as info:
+        models.pull(f"{MODEL}@nope", tmp_path, registry.tracking_uri)
+    message = str(info.value)
+    assert f"models:/{MODEL}@nope" in message and registry.tracking_uri in message and "\n" not in message

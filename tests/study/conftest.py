@@ -1,0 +1,253 @@
+"""Fixtures for study tests: a PostgreSQL database per module, worker subprocesses, tiny spaces."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import make_signal_data
+from tests.conftest import write_h5
+
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+PG_USERS = ("postgres", "root")
+PG_RESTART = "pg_ctlcluster --skip-systemctl-redirect {version} main restart"
+
+TINY = {
+    "model": {"conv_blocks": [[4], [4]], "pool": {"size": 2}, "dense": [16]},
+    "train": {"epochs": 3, "batch_size": 32, "optimizer": {"learning_rate": 3e-3}},
+}
+
+
+def admin_conninfo() -> str | None:
+    """A libpq conninfo for the maintenance database, or None when no server answers."""
+    import psycopg
+
+    for user in PG_USERS:
+        info = f"host={PG_HOST} port={PG_PORT} user={user} dbname=postgres connect_timeout=3"
+        try:
+            with psycopg.connect(info):
+                return info
+        except psycopg.Error:
+            continue
+    return None
+
+
+def admin_execute(sql: str, params: tuple = (), *, wait_s: float = 60.0) -> list[tuple]:
+    """Runs `sql` on the maintenance database, retrying while the server (re)starts."""
+    import psycopg
+
+    info = admin_conninfo_or_skip()
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with psycopg.connect(info, autocommit=True) as conn:
+                cur = conn.execute(sql, params)
+                return cur.fetchall() if cur.description else []
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def admin_conninfo_or_skip() -> str:
+    info = admin_conninfo()
+    if info is None:
+        pytest.skip(
+            f"no PostgreSQL server answers on {PG_HOST}:{PG_PORT} "
+            "(trust auth, user postgres or root)"
+        )
+    return info
+
+
+@pytest.fixture(scope="module")
+def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test module, dropped afterwards."""
+    info = admin_conninfo_or_skip()
+    user = info.split("user=")[1].split()[0]
+    name = f"hpo_{request.module.__name__.rsplit('.', 1)[-1]}_{os.getpid()}".lower()
+    admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin_execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}"
+    finally:
+        admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def db_name(url: str) -> str:
+    return url.rsplit("/", 1)[-1]
+
+
+def terminate_backends(url: str) -> int:
+    """Ends every connection to the database of `url`; returns how many were ended."""
+    rows = admin_execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = %s AND pid <> pg_backend_pid()",
+        (db_name(url),),
+    )
+    return sum(1 for (ok,) in rows if ok)
+
+
+def restart_postgres() -> None:
+    """Restarts the local cluster (every connection drops) and waits until it answers again."""
+    (version,) = os.listdir("/etc/postgresql")
+    cmd = PG_RESTART.format(version=version).split()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed: {proc.stderr.strip()}"
+    admin_execute("SELECT 1", wait_s=60)
+
+
+def ensure_postgres_running() -> None:
+    """Starts the local cluster if a test left it stopped."""
+    if admin_conninfo() is None and os.path.isdir("/etc/postgresql"):
+        (version,) = os.listdir("/etc/postgresql")
+        subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
+            check=False,
+            capture_output=True,
+            timeout=120,
+        )
+
+
+# ---------------------------------------------------------------------------- spaces and workers
+def write_study_files(
+    cwd: Path,
+    name: str,
+    *,
+    n_trials: int | None,
+    n_data: int = 200,
+    base: dict | None = None,
+    params: dict | None = None,
+    **study: Any,
+) -> Path:
+    """signal.h5 and space.yaml in `cwd`: a tiny study; `study` adds StudySpec fields."""
+    write_h5(cwd / "signal.h5", make_signal_data(n_data))
+    budget = {} if n_trials is None else {"n_trials": n_trials}
+    space = {
+        "study": {
+            "name": name,
+            **budget,
+            "sampler": {"type": "random", "seed": 0},
+            "pruner": {"type": "none"},
+            **study,
+        },
+        "data": {"path": "signal.h5"},
+        "base": base or TINY,
+        "params": params or {"model.dropout.rate": {"float": [0.0, 0.2], "step": 0.1}},
+    }
+    path = cwd / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HPO_", "CUDA_"))}
+    return {**env, "HPO_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def hpo_cmd(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "hpo", *args],
+        cwd=cwd,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start_hpo(cwd: Path, *args: str, log: str) -> subprocess.Popen:
+    """`hpo ARGS` in the background, output in cwd/log."""
+    out = open(cwd / log, "w")  # noqa: SIM115  closed with the process
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpo", *args],
+        cwd=cwd,
+        env=clean_env(),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def start_worker(cwd: Path, study: str, storage: str, log: str) -> subprocess.Popen:
+    return start_hpo(
+        cwd,
+        "worker",
+        "--study",
+        study,
+        "--storage",
+        storage,
+        "--tracking-uri",
+        f"sqlite:///{cwd / 'mlflow.db'}",
+        log=log,
+    )
+
+
+def wait_for(predicate: Any, timeout: float, what: str, poll: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def running_trial_of(storage_url: str, study: str, pid: int, need_run: bool = True) -> Any:
+    """The RUNNING trial of worker `pid` once it has started its MLflow run, else None."""
+    import optuna
+
+    s = optuna.load_study(study_name=study, storage=storage_url)
+    for t in s.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if str(t.user_attrs.get("worker", "")).endswith(f":{pid}") and (
+            not need_run or "mlflow_run_id" in t.user_attrs
+        ):
+            return t
+    return None
+
+
+def finish(proc: subprocess.Popen, timeout: float, log: Path) -> int:
+    """Waits for `proc`; on timeout kills it; the assertion message carries its log."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        raise AssertionError(
+            f"{log.name} did not finish in {timeout:.0f} s:\n{log.read_text()[-3000:]}"
+        ) from None
+
+
+def trials_of(storage_url: str, study: str) -> list:
+    import optuna
+
+    return optuna.load_study(study_name=study, storage=storage_url).get_trials()
+
+
+def mlflow_client(cwd: Path) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
+
+
+def create_study(cwd: Path, storage_url: str) -> None:
+    """`hpo launch space.yaml --workers 0` in this process (TensorFlow imported once a session)."""
+    import contextlib
+
+    from hpo.study.launcher import launch
+
+    with contextlib.chdir(cwd):
+        launch(
+            "space.yaml",
+            workers=0,
+            storage_url=storage_url,
+            tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}",
+            echo=lambda line: None,
+        )

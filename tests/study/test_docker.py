@@ -1,0 +1,136 @@
+"""`hpo launch --launcher docker`: the exact `docker run` commands (no Docker engine needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hpo.errors import ConfigError
+from hpo.study.docker import CONTAINER_WORKDIR
+from hpo.study.docker import DEFAULT_IMAGE
+from hpo.study.docker import data_mount
+from hpo.study.docker import docker_workers
+from hpo.study.launcher import LAUNCHERS
+from hpo.study.launcher import Plan
+
+ROOT = Path(__file__).resolve().parents[2]
+PG = "postgresql+psycopg://hpo:s3cret@127.0.0.1:5432/optuna"
+ML = "http://127.0.0.1:5000"
+
+
+def _workers(**kw):
+    args = dict(
+        storage_url=PG,
+        tracking_uri=ML,
+        data_path="data/mock.h5",
+        gpus=["0", "1"],
+        cwd=Path("/home/u/proj"),
+        launch_id="42",
+    )
+    return docker_workers("dropout", **{**args, **kw})
+
+
+def test_one_container_per_gpu_with_the_worker_command():
+    # Rule: one `docker run` per GPU, each pinned to its GPU, running the image's `hpo worker` with
+    # its index.
+    first, second = _workers(
+        env_present=frozenset({"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"})
+    )
+    assert first.run == [
+        "docker",
+        "run",
+        "--rm",
+        "--name",
+        "hpo-dropout-42-0",
+        "--network",
+        "host",
+        "--gpus",
+        "device=0",
+        "-e",
+        "HPO_STUDY=dropout",
+        "-e",
+        f"MLFLOW_TRACKING_URI={ML}",
+        "-e",
+        "HPO_STORAGE",
+        "-e",
+        "MLFLOW_TRACKING_USERNAME",
+        "-e",
+        "MLFLOW_TRACKING_PASSWORD",
+        "-v",
+        "/home/u/proj/data:/app/data:ro",
+        DEFAULT_IMAGE,
+        "worker",
+        "--worker-index",
+        "0",
+    ]
+    assert second.run[second.run.index("--gpus") + 1] == "device=1"
+    assert second.run[-1] == "1" and second.name == "hpo-dropout-42-1"
+    assert first.kill == ["docker", "kill", "hpo-dropout-42-0"]
+
+
+def test_no_secret_on_the_command_line():
+    # Rule: the database password travels in the environment (`-e HPO_STORAGE`), never on argv.
+    for w in _workers():
+        assert not any("s3cret" in arg for arg in w.run)
+    plan = Plan("dropout", PG, ML, "data/mock.h5", None, ["0"], Path("/p"), env={"PATH": "/bin"})
+    (proc,) = LAUNCHERS["docker"](plan)
+    assert proc.env["HPO_STORAGE"] == PG and "s3cret" not in " ".join(proc.argv)
+    assert proc.kill_argv == ["docker", "kill", proc.label]
+
+
+def test_more_workers_than_gpus_round_robin_and_cpu_containers():
+    # Rule: --workers N gives N containers over the GPUs round robin; with no GPU, N CPU
+    # containers.
+    assert [w.run[w.run.index("--gpus") + 1] for w in _workers(workers=3)] == [
+        "device=0",
+        "device=1",
+        "device=0",
+    ]
+    cpu = _workers(gpus=[], workers=2)
+    assert len(cpu) == 2 and all("--gpus" not in w.run for w in cpu)
+    with pytest.raises(ConfigError, match="found no GPU.*--workers N"):
+        _workers(gpus=[])
+
+
+def test_file_stores_and_loopback_on_a_bridge_network_are_refused():
+    # Rule: containers cannot share a SQLite file, nor reach 127.0.0.1 of the host off the host
+    # network.
+    with pytest.raises(ConfigError, match="--storage sqlite://... is a file"):
+        _workers(storage_url="sqlite:///hpo.db")
+    with pytest.raises(ConfigError, match="--tracking-uri sqlite://... is a file"):
+        _workers(tracking_uri="sqlite:///mlflow.db")
+    with pytest.raises(ConfigError, match="127.0.0.1.*network 'xray-hpo_default'"):
+        _workers(network="xray-hpo_default")
+    ok = _workers(
+        network="xray-hpo_default",
+        storage_url="postgresql+psycopg://hpo:pw@postgres:5432/optuna",
+        tracking_uri="http://mlflow:5000",
+    )
+    assert ok[0].run[ok[0].run.index("--network") + 1] == "xray-hpo_default"
+
+
+def test_data_is_mounted_where_the_worker_looks_for_it():
+    # Rule: a relative data.path resolves under /app in the container as under the launch directory
+    # here.
+    assert data_mount("data/mock.h5", Path("/p")) == ("/p/data", "/app/data")
+    assert data_mount("mock.h5", Path("/p")) == ("/p", "/app")
+    assert data_mount("/scratch/d/mock.h5", Path("/p")) == ("/scratch/d", "/scratch/d")
+
+
+def test_defaults_agree_with_the_worker_image_and_compose():
+    # Rule: the launcher runs the image docker-compose.yml builds, whose entrypoint is `hpo`, in
+    # /app.
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert compose["services"]["worker"]["image"] == DEFAULT_IMAGE
+    dockerfile = (ROOT / "docker" / "worker.Dockerfile").read_text()
+    assert f"WORKDIR {CONTAINER_WORKDIR}" in dockerfile and 'ENTRYPOINT ["hpo"]' in dockerfile
+    env = set(compose["services"]["worker"]["environment"])
+    assert {
+        "HPO_STUDY",
+        "HPO_STORAGE",
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+    } <= env

@@ -1,0 +1,217 @@
+"""Bad input before any trial: a dead MLflow server, broken search spaces and data files.
+
+Each gets one line on stderr naming the rule, the value and the fix, exit code 1, no traceback.
+"""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from hpo.errors import TrackingError
+from hpo.study.preflight import probe_tracking
+from tests.conftest import make_signal_data
+from tests.conftest import write_h5
+from tests.study.conftest import hpo_cmd
+from tests.study.conftest import write_study_files
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_probe_fails_fast_on_a_dead_server():
+    # Rule: nothing listening at the tracking URI is a TrackingError within seconds, naming the
+    # URI.
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    t0 = time.monotonic()
+    with pytest.raises(TrackingError, match=f"MLflow tracking server {uri} is unreachable"):
+        probe_tracking(uri)
+    assert time.monotonic() - t0 < 5
+
+
+def test_probe_accepts_any_http_answer():
+    # Rule: a server that answers, even 401 (basic auth), is reachable; the client check judges the
+    # rest.
+    class Deny(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Deny)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        probe_tracking(f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.slow
+def test_launch_with_dead_mlflow_stops_before_any_trial(tmp_path):
+    # Rule: `hpo launch` against an unreachable MLflow server exits 1 within seconds with one line,
+    # before the study exists or any trial starts.
+    write_study_files(tmp_path, "deadml", n_trials=2)
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    t0 = time.monotonic()
+    proc = hpo_cmd(
+        tmp_path,
+        "launch",
+        "space.yaml",
+        "--workers",
+        "1",
+        "--storage",
+        "sqlite:///hpo.db",
+        "--tracking-uri",
+        uri,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"hpo: error: MLflow tracking server {uri} is unreachable" in proc.stderr
+    assert time.monotonic() - t0 < 60  # imports included; MLflow's own retries would take minutes
+    assert not (tmp_path / "hpo.db").exists()
+
+
+# ---------------------------------------------------------------------------- the corpus
+GOOD_STUDY = {"name": "bad", "n_trials": 2}
+GOOD_PARAMS = {"model.dropout.rate": {"float": [0.0, 0.2], "step": 0.1}}
+
+BROKEN_SPACES = {
+    "unknown study key": (
+        {"study": {**GOOD_STUDY, "n_trial": 3}},
+        ["'study.n_trial'", "Extra inputs"],
+    ),
+    "budget not a number": ({"study": {**GOOD_STUDY, "n_trials": "many"}}, ["'study.n_trials'"]),
+    "no budget": ({"study": {"name": "bad"}}, ["study.n_trials is required for sampler tpe"]),
+    "unknown sampler": (
+        {"study": {**GOOD_STUDY, "sampler": {"type": "bayes"}}},
+        ["'study.sampler.type'", "'grid'"],
+    ),
+    "bad study name": ({"study": {**GOOD_STUDY, "name": "a b"}}, ["'study.name'"]),
+    "grace below heartbeat": (
+        {"study": {**GOOD_STUDY, "heartbeat_s": 10, "grace_s": 5}},
+        ["grace_s must be greater than heartbeat_s", "grace_s=5"],
+    ),
+    "two kinds": (
+        {"params": {"model.dropout.rate": {"float": [0, 1], "int": [0, 1]}}},
+        ["exactly one of"],
+    ),
+    "low above high": (
+        {"params": {"model.dropout.rate": {"float": [0.5, 0.1]}}},
+        ["low must be <= high", "[0.5, 0.1]"],
+    ),
+    "log from zero": (
+        {"params": {"train.optimizer.learning_rate": {"float": [0, 1], "log": True}}},
+        ["low > 0"],
+    ),
+    "unknown path": (
+        {"params": {"model.dropout.rat": {"float": [0, 0.5]}}},
+        ["'model.dropout.rat'"],
+    ),
+    "grid of a continuous range": (
+        {
+            "study": {**GOOD_STUDY, "sampler": {"type": "grid"}},
+            "params": {"model.dropout.rate": {"float": [0, 0.5]}},
+        },
+        ["a grid needs a step"],
+    ),
+    "bad choice value": (
+        {"params": {"model.dropout.placement": {"categorical": ["everywhere"]}}},
+        ["model.dropout.placement"],
+    ),
+}
+
+
+def _data(**change):
+    arrays = make_signal_data(20)
+    arrays.update(change)
+    return {k: v for k, v in arrays.items() if v is not None}
+
+
+BROKEN_DATA = {
+    "missing redshift": (_data(redshift=None), ["'redshift'"]),
+    "zero redshift": (_data(redshift=np.zeros(20, "f4")), ["'redshift'", "> 0"]),
+    "negative counts": (_data(images=-make_signal_data(20)["images"] - 1), ["'images'"]),
+    "NaN counts": (_data(images=np.full((20, 16, 16, 2), np.nan, "f4")), ["'images'"]),
+    "wrong rank": (_data(images=np.zeros((20, 16, 16), "f4")), ["'images'"]),
+    "mismatched N": (_data(log_mass=np.full(19, 14.0, "f4")), ["'log_mass'"]),
+}
+
+
+def _run_cli(monkeypatch, capsys, cwd: Path, *args: str) -> tuple[int, str]:
+    from hpo.cli import main
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("HPO_DEBUG", raising=False)
+    monkeypatch.setattr(sys, "argv", ["hpo", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return int(exit_info.value.code or 0), capsys.readouterr().err
+
+
+def _assert_one_line(code: int, err: str, fragments: list[str]) -> None:
+    assert code == 1, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("hpo: error:")]
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("case", list(BROKEN_SPACES))
+def test_broken_space_is_one_clear_line(case, tmp_path, monkeypatch, capsys):
+    # Rule: a broken search space is refused before anything starts, naming the file and the key.
+    raw, fragments = BROKEN_SPACES[case]
+    space = {"study": GOOD_STUDY, "data": {"path": "signal.h5"}, "params": GOOD_PARAMS, **raw}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    code, err = _run_cli(
+        monkeypatch,
+        capsys,
+        tmp_path,
+        "launch",
+        "space.yaml",
+        "--workers",
+        "0",
+        "--storage",
+        "sqlite:///hpo.db",
+        "--tracking-uri",
+        "sqlite:///mlflow.db",
+    )
+    _assert_one_line(code, err, ["space.yaml", *fragments])
+
+
+@pytest.mark.parametrize("case", list(BROKEN_DATA))
+def test_broken_data_file_is_one_clear_line(case, tmp_path, monkeypatch, capsys):
+    # Rule: a data file that breaks the contract is refused at launch, naming the file and the key.
+    arrays, fragments = BROKEN_DATA[case]
+    write_h5(tmp_path / "signal.h5", arrays)
+    (tmp_path / "space.yaml").write_text(
+        yaml.safe_dump({"study": GOOD_STUDY, "data": {"path": "signal.h5"}, "params": GOOD_PARAMS})
+    )
+    code, err = _run_cli(
+        monkeypatch,
+        capsys,
+        tmp_path,
+        "launch",
+        "space.yaml",
+        "--workers",
+        "0",
+        "--storage",
+        "sqlite:///hpo.db",
+        "--tracking-uri",
+        "sqlite:///mlflow.db",
+    )
+    _assert_one_line(code, err, ["signal.h5", *fragments])
+    assert not (tmp_path / "hpo.db").exists()  # no study is created for unusable data

@@ -1,0 +1,67 @@
+"""GPUs of the local launcher: visible devices, round robin, a CUDA_VISIBLE_DEVICES per worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hpo.study.gpus import round_robin
+from hpo.study.gpus import visible_gpus
+from hpo.study.launcher import Plan
+from hpo.study.launcher import local_workers
+
+
+def _no_smi() -> list[str]:
+    raise AssertionError("nvidia-smi must not be asked when CUDA_VISIBLE_DEVICES is set")
+
+
+def test_cuda_visible_devices_decides_when_set():
+    # Rule: CUDA_VISIBLE_DEVICES lists the usable GPUs, indices or UUIDs, read as CUDA reads it.
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}, _no_smi) == ["2", "3"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "GPU-1a2b, MIG-3c4d"}, _no_smi) == [
+        "GPU-1a2b",
+        "MIG-3c4d",
+    ]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "0,-1,1"}, _no_smi) == ["0"]  # CUDA stops at -1
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, _no_smi) == []
+
+
+def test_without_cuda_visible_devices_every_listed_gpu():
+    # Rule: with no CUDA_VISIBLE_DEVICES, every GPU nvidia-smi lists is used.
+    assert visible_gpus({}, lambda: ["0", "1", "2"]) == ["0", "1", "2"]
+    assert visible_gpus({}, lambda: []) == []
+
+
+def test_round_robin_over_gpus():
+    # Rule: worker i gets GPU i mod n; with no GPU, no worker gets one.
+    assert round_robin(5, ["0", "1"]) == ["0", "1", "0", "1", "0"]
+    assert round_robin(2, ["3", "5", "7"]) == ["3", "5"]
+    assert round_robin(3, []) == [None, None, None]
+
+
+def _plan(workers, gpus, env=None):
+    return Plan(
+        "s",
+        "sqlite:///hpo.db",
+        "sqlite:///mlflow.db",
+        "data/x.h5",
+        workers,
+        gpus,
+        Path("/w"),
+        env=env if env is not None else {"PATH": "/bin"},
+    )
+
+
+def test_local_workers_each_get_their_own_gpu_and_index():
+    # Rule: `hpo launch --workers N` starts N `hpo worker` processes, each with one GPU and its own
+    # index.
+    procs = local_workers(_plan(3, ["0", "1"]))
+    assert [p.env["CUDA_VISIBLE_DEVICES"] for p in procs] == ["0", "1", "0"]
+    assert [p.argv[p.argv.index("--worker-index") + 1] for p in procs] == ["0", "1", "2"]
+    assert all(p.argv[2:5] == ["hpo", "worker", "--study"] for p in procs)
+    assert all(p.env["PATH"] == "/bin" for p in procs)
+
+
+def test_local_workers_without_gpu_keep_the_environment():
+    # Rule: with no GPU the workers' CUDA_VISIBLE_DEVICES is left as it was; one worker by default.
+    (proc,) = local_workers(_plan(None, [], env={"CUDA_VISIBLE_DEVICES": ""}))
+    assert proc.env["CUDA_VISIBLE_DEVICES"] == ""

@@ -1,0 +1,135 @@
+"""Bounded retries of tracking calls: transient errors wait, the rest fail at once and clearly."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+import requests
+from mlflow.exceptions import MlflowException
+from mlflow.exceptions import RestException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+from mlflow.protos.databricks_pb2 import UNAUTHENTICATED
+
+from hpo.errors import TrackingError
+from hpo.errors import TrialFailed
+from hpo.tracking import retry
+from hpo.tracking.retry import RetryingClient
+from hpo.tracking.retry import TrackingUnavailable
+from hpo.tracking.retry import is_transient
+
+URI = "http://127.0.0.1:1"
+
+
+class Flaky:
+    """Stands in for an MlflowClient method: fails `failures` times with `error`, then answers."""
+
+    def __init__(self, failures: int, error: BaseException) -> None:
+        self.failures, self.error, self.calls = failures, error, 0
+
+    def log_batch(self, run_id: str) -> str:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        return f"logged {run_id}"
+
+
+def _refused() -> MlflowException:
+    # What MLflow's HTTP client raises when nothing listens: the requests error as __context__.
+    try:
+        raise requests.exceptions.ConnectionError("Connection refused")
+    except requests.exceptions.ConnectionError as exc:
+        try:
+            raise MlflowException(f"API request to {URI}/api/2.0/mlflow/runs/log-batch failed with exception {exc}")
+        except MlflowException as wrapped:
+            return wrapped
+
+
+@pytest.fixture(autouse=True)
+def fast_backoff(monkeypatch):
+    monkeypatch.setattr(retry, "FIRST_DELAY_S", 0.05)
+    monkeypatch.setattr(retry, "MAX_DELAY_S", 0.2)
+
+
+def test_transient_errors_are_retried_until_the_call_succeeds(caplog):
+    # Rule: a server away for less than the window costs nothing but a logged warning per retry.
+    flaky = Flaky(3, _refused())
+    with caplog.at_level(logging.WARNING, logger="hpo.tracking.retry"):
+        assert RetryingClient(flaky, URI, window_s=5).log_batch("r1") == "logged r1"
+    assert flaky.calls == 4
+    assert sum("retry" in r.getMessage() for r in caplog.records) == 3
+
+
+def test_a_server_gone_for_good_fails_the_trial_within_the_window():
+    # Rule: after the window, TrackingUnavailable (a TrialFailed) names the URI, the call and the fix.
+    client = RetryingClient(Flaky(10**6, _refused()), URI, window_s=0.5)
+    t0 = time.monotonic()
+    with pytest.raises(TrackingUnavailable) as info:
+        client.log_batch("r1")
+    assert time.monotonic() - t0 < 2.0
+    assert isinstance(info.value, TrialFailed) and isinstance(info.value, TrackingError)
+    message = str(info.value)
+    assert URI in message and "log_batch" in message and "HPO_TRACKING_RETRY_S" in message
+
+
+def test_after_a_window_ran_out_calls_try_once_until_one_succeeds():
+    # Rule: a failed trial's clean-up does not wait a second window; a success restores retries.
+    flaky = Flaky(10**6, _refused())
+    client = RetryingClient(flaky, URI, window_s=0.3)
+    with pytest.raises(TrackingUnavailable):
+        client.log_batch("r1")
+    before = flaky.calls
+    with pytest.raises(TrackingUnavailable):
+        client.log_batch("r1")
+    assert flaky.calls == before + 1
+    flaky.failures = 0
+    assert client.log_batch("r1") == "logged r1"
+    flaky.failures, flaky.calls = 2, 0
+    assert client.log_batch("r1") == "logged r1" and flaky.calls == 3
+
+
+def test_other_errors_are_not_retried():
+    # Rule: a bad request is a bug or a user error, raised at once as it is.
+    bad = Flaky(1, RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "bad key"}))
+    with pytest.raises(RestException):
+        RetryingClient(bad, URI, window_s=5).log_batch("r1")
+    assert bad.calls == 1
+
+
+def test_a_refused_login_is_one_clear_message(monkeypatch):
+    # Rule: HTTP 401 names the user and the two variables to set, without the password, unretried.
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
+    denied = Flaky(1, MlflowException("API request to endpoint /api/2.0/mlflow/runs/log-batch failed with "
+                                      "error code 401 != 200", error_code=UNAUTHENTICATED))
+    with pytest.raises(TrackingError) as info:
+        RetryingClient(denied, URI, window_s=5).log_batch("r1")
+    message = str(info.value)
+    assert not isinstance(info.value, TrialFailed) and denied.calls == 1
+    assert "'alice'" in message and "HTTP 401" in message and "MLFLOW_TRACKING_PASSWORD" in message
+    assert "s3cret" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize(("error", "transient"), [
+    (requests.exceptions.ConnectionError("refused"), True),
+    (RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "restarting"}), True),
+    (RestException({"error_code": "INTERNAL_ERROR", "message": "database is locked"}), True),
+    (MlflowException("API request to endpoint /x failed with error code 502 != 200"), True),
+    (MlflowException("API request to endpoint /x failed with error code 404 != 200"), False),
+    (MlflowException("Run 'abc' not found", error_code=RESOURCE_DOES_NOT_EXIST), False),
+    (MlflowException("a bug in our code"), False),
+    (ValueError("not a tracking error"), False),
+])
+def test_which_errors_are_transient(error, transient):
+    # Rule: only "no connection", timeouts and 408/429/5xx answers are worth waiting for.
+    assert is_transient(error) is transient
+
+
+def test_the_window_comes_from_the_environment(monkeypatch):
+    # Rule: HPO_TRACKING_RETRY_S sets the window; a bad value names the variable and the value.
+    monkeypatch.setenv("HPO_TRACKING_RETRY_S", "7.5")
+    assert retry.default_window_s() == 7.5
+    monkeypatch.setenv("HPO_TRACKING_RETRY_S", "soon")
+    with pytest.raises(TrackingError, match="HPO_TRACKING_RETRY_S.*'soon'"):
+        retry.default_window_s()
