@@ -50,18 +50,24 @@ class Dataset:
 
     def subset(self, idx: np.ndarray) -> Dataset:
         """The clusters at `idx`, truth included."""
-        return Dataset(
-            images=self.images[idx],
-            redshift=self.redshift[idx],
-            log_mass=None if self.log_mass is None else self.log_mass[idx],
-            truth={k: v[idx] for k, v in self.truth.items()},
-            attrs=self.attrs,
-            path=self.path,
-        )
+        return take_rows(self, self.images[idx], idx)
 
     def fingerprint(self) -> dict[str, Any]:
         """Content hash, size and generator attributes: enough to tell two data sets apart."""
         return fingerprint(self.redshift, self.log_mass, self.image_shape, self.attrs)
+
+
+def take_rows(source: Any, images: np.ndarray, idx: np.ndarray) -> Dataset:
+    """A Dataset of the clusters at `idx` of `source` (a Dataset or an H5Source), their images
+    already read."""
+    return Dataset(
+        images=images,
+        redshift=source.redshift[idx],
+        log_mass=None if source.log_mass is None else source.log_mass[idx],
+        truth={k: v[idx] for k, v in source.truth.items()},
+        attrs=source.attrs,
+        path=source.path,
+    )
 
 
 def fingerprint(

@@ -15,6 +15,7 @@ import numpy as np
 
 from hpo.data.contract import Dataset
 from hpo.data.contract import fingerprint
+from hpo.data.contract import take_rows
 from hpo.data.contract import load_dataset
 from hpo.data.contract import read_h5
 from hpo.data.contract import validate_arrays
@@ -56,14 +57,7 @@ class H5Source:
 
     def subset(self, idx: np.ndarray) -> Dataset:
         """The clusters at `idx`, read into memory."""
-        return Dataset(
-            images=self.read_images(idx),
-            redshift=self.redshift[idx],
-            log_mass=None if self.log_mass is None else self.log_mass[idx],
-            truth={k: v[idx] for k, v in self.truth.items()},
-            attrs=self.attrs,
-            path=self.path,
-        )
+        return take_rows(self, self.read_images(idx), idx)
 
     def fingerprint(self) -> dict[str, Any]:
         """As Dataset.fingerprint: the same file gives the same fingerprint either way."""

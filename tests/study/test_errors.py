@@ -170,25 +170,18 @@ def _assert_one_line(code: int, err: str, fragments: list[str]) -> None:
         assert fragment in lines[0], lines[0]
 
 
+def _launch_study_only(monkeypatch, capsys, cwd):
+    return _run_cli(monkeypatch, capsys, cwd, "launch", "space.yaml", "--workers", "0",
+                    "--storage", "sqlite:///hpo.db", "--tracking-uri", "sqlite:///mlflow.db")
+
+
 @pytest.mark.parametrize("case", list(BROKEN_SPACES))
 def test_broken_space_is_one_clear_line(case, tmp_path, monkeypatch, capsys):
     # Rule: a broken search space is refused before anything starts, naming the file and the key.
     raw, fragments = BROKEN_SPACES[case]
     space = {"study": GOOD_STUDY, "data": {"path": "signal.h5"}, "params": GOOD_PARAMS, **raw}
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
-    code, err = _run_cli(
-        monkeypatch,
-        capsys,
-        tmp_path,
-        "launch",
-        "space.yaml",
-        "--workers",
-        "0",
-        "--storage",
-        "sqlite:///hpo.db",
-        "--tracking-uri",
-        "sqlite:///mlflow.db",
-    )
+    code, err = _launch_study_only(monkeypatch, capsys, tmp_path)
     _assert_one_line(code, err, ["space.yaml", *fragments])
 
 
@@ -200,18 +193,6 @@ def test_broken_data_file_is_one_clear_line(case, tmp_path, monkeypatch, capsys)
     (tmp_path / "space.yaml").write_text(
         yaml.safe_dump({"study": GOOD_STUDY, "data": {"path": "signal.h5"}, "params": GOOD_PARAMS})
     )
-    code, err = _run_cli(
-        monkeypatch,
-        capsys,
-        tmp_path,
-        "launch",
-        "space.yaml",
-        "--workers",
-        "0",
-        "--storage",
-        "sqlite:///hpo.db",
-        "--tracking-uri",
-        "sqlite:///mlflow.db",
-    )
+    code, err = _launch_study_only(monkeypatch, capsys, tmp_path)
     _assert_one_line(code, err, ["signal.h5", *fragments])
     assert not (tmp_path / "hpo.db").exists()  # no study is created for unusable data
