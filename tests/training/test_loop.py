@@ -64,3 +64,15 @@ def test_early_stopping_and_best_weights(signal_h5):
     assert result.epochs_run < 40
     best = min(result.history["val_residual_std"])
     assert result.val_metrics["residual_std"] == pytest.approx(best, rel=1e-4)
+
+
+def test_mixed_precision_and_xla_options_train_and_restore_the_policy(signal_h5):
+    # Rule: the GPU options run (here on the CPU); the global dtype policy is restored afterwards.
+    import keras
+
+    ds = load_dataset(signal_h5)
+    cfg = apply_overrides({**SMALL, "train.epochs": 1, "train.mixed_precision": True,
+                           "train.jit_compile": True})
+    result = train(cfg, ds)
+    assert np.isfinite(result.val_metrics["residual_std"])
+    assert keras.mixed_precision.global_policy().name == "float32"
