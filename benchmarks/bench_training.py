@@ -53,10 +53,33 @@ def rate(n_train: int, timer: EpochTimer) -> float:
     return n_train / statistics.median(timer.seconds[1:])
 
 
+def bare_fit(cfg, ds, tr, epochs: int) -> EpochTimer:  # noqa: ANN001
+    """The baseline: the same network, compiled as Keras compiles by default, plain model.fit."""
+    keras.utils.set_random_seed(0)
+    stats = InputStats.fit(tr.images[:4096], tr.redshift, tr.log_mass, cfg.model.input.transform)
+    model = build_model(cfg.model, image_shape=ds.image_shape, stats=stats, augment=cfg.train.augment, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(cfg.train.optimizer.learning_rate), loss=LOSSES["mse"])
+    timer = EpochTimer()
+    model.fit({"images": tr.images, "redshift": tr.redshift.reshape(-1, 1)}, tr.log_mass,
+              batch_size=cfg.train.batch_size, epochs=epochs, callbacks=[timer], verbose=0)
+    return timer
+
+
+def our_fit(cfg, ds, tracker: Tracker) -> EpochTimer:  # noqa: ANN001
+    """hpo's loop with the callbacks a trial has: pruning and per-epoch MLflow logging."""
+    run_id = tracker.start_single_run("bench", cfg, "bench")
+    trial = optuna.create_study(pruner=optuna.pruners.MedianPruner()).ask()
+    timer = EpochTimer()  # last, so its epoch includes the other callbacks' work
+    train(cfg, ds, callbacks=[PruningCallback(trial), MlflowEpochLogger(tracker, run_id), timer])
+    tracker.end_run(run_id)
+    return timer
+
+
 def main() -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-clusters", type=int, default=7151)
     parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_training_"))
@@ -67,30 +90,19 @@ def main() -> str:
     _, split = prepare(cfg, ds)
     n_train = len(split.train)
 
-    # ------------------------------------------------------------ baseline: bare model.fit
-    keras.utils.set_random_seed(0)
+    # The two alternate, `--repeats` times each, and each keeps its best: on a shared machine the
+    # load drifts, and alternating puts both through the same drift.
     tr = ds.subset(split.train)
-    stats = InputStats.fit(tr.images[:4096], tr.redshift, tr.log_mass, cfg.model.input.transform)
-    model = build_model(cfg.model, image_shape=ds.image_shape, stats=stats, augment=cfg.train.augment, seed=0)
-    model.compile(optimizer=keras.optimizers.Adam(cfg.train.optimizer.learning_rate), loss=LOSSES["mse"])
-    bare = EpochTimer()
-    model.fit({"images": tr.images, "redshift": tr.redshift.reshape(-1, 1)}, tr.log_mass,
-              batch_size=cfg.train.batch_size, epochs=args.epochs, callbacks=[bare], verbose=0)
-    del model
-
-    # ------------------------------------------------------------ ours: the hpo training loop
     tracker = Tracker(f"sqlite:///{tmp / 'mlflow.db'}")
-    run_id = tracker.start_single_run("bench", cfg, "bench")
-    study = optuna.create_study(pruner=optuna.pruners.MedianPruner())
-    trial = study.ask()
-    ours = EpochTimer()
-    train(cfg, ds, callbacks=[PruningCallback(trial), MlflowEpochLogger(tracker, run_id), ours])
-    tracker.end_run(run_id)
+    bare_rates, our_rates = [], []
+    for _ in range(args.repeats):
+        bare_rates.append(rate(n_train, bare_fit(cfg, ds, tr, args.epochs)))
+        our_rates.append(rate(n_train, our_fit(cfg, ds, tracker)))
 
-    base_rate, our_rate = rate(n_train, bare), rate(n_train, ours)
+    base_rate, our_rate = max(bare_rates), max(our_rates)
     table = "\n".join([
         f"Training throughput, {n_train} training clusters, batch {cfg.train.batch_size}, "
-        f"median of epochs 2-{args.epochs}:",
+        f"median of epochs 2-{args.epochs}, best of {args.repeats} alternating runs each:",
         "",
         "| run | clusters/s | ratio |",
         "| --- | ---: | ---: |",

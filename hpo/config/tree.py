@@ -181,7 +181,9 @@ class TrainConfig(_Section):
     )
     restore_best_weights: bool = Field(True, description="Keep the epoch with the best val metric.")
     mixed_precision: bool = Field(False, description="float16 compute (GPUs).")
-    jit_compile: bool = Field(False, description="XLA compilation (GPUs).")
+    jit_compile: bool | Literal["auto"] = Field(
+        "auto", description="XLA compilation of the train step; auto: wherever Keras can (as model.fit)."
+    )
 
 
 class RunConfig(_Section):

@@ -43,51 +43,53 @@ STREAMING_KINDS = ("residual_std", "bias", "rmse", "outlier_frac", "coverage68",
 
 def streaming_metrics(with_sigma: bool) -> list:
     """Keras metrics that score the training batches as they pass, at no extra forward pass."""
-    kinds = STREAMING_KINDS if with_sigma else STREAMING_KINDS[:4]
-    return [StreamingResidual(kind) for kind in kinds]
+    return [StreamingResidual(with_sigma=with_sigma)]
 
 
 class StreamingResidual(keras.metrics.Metric):
-    """One of residual_metrics' numbers, accumulated over an epoch's batches.
+    """residual_metrics' numbers, accumulated over an epoch's batches in one set of sums.
 
-    y_pred is (N, 1) = [mu] or (N, 2) = [mu, sigma]; y_true is (N,) log10 M.
+    y_pred is (N, 1) = [mu] or (N, 2) = [mu, sigma]; y_true is (N,) log10 M. The result is a
+    dict, which Keras spreads into the epoch logs as residual_std, bias, rmse, outlier_frac
+    (and coverage68, nll with sigma).
     """
 
-    def __init__(self, kind: str = "residual_std", **kwargs: object) -> None:
-        if kind not in STREAMING_KINDS:
-            raise ValueError(f"kind must be one of {STREAMING_KINDS}, got {kind!r}")
-        super().__init__(name=kwargs.pop("name", kind), **kwargs)  # type: ignore[arg-type]
-        self.kind = kind
-        self._sums = [self.add_variable(shape=(), initializer="zeros", name=f"s{i}") for i in range(6)]
+    def __init__(self, with_sigma: bool = False, name: str = "residuals", **kwargs: object) -> None:
+        super().__init__(name=name, **kwargs)  # type: ignore[arg-type]
+        self.with_sigma = with_sigma
+        self._sums = self.add_variable(shape=(6,), initializer="zeros", name="sums")
 
     def update_state(self, y_true, y_pred, sample_weight=None):  # noqa: ANN001, ANN201
         from keras import ops
 
         y_pred = ops.cast(y_pred, "float32")
         r = y_pred[:, 0] - ops.reshape(ops.cast(y_true, "float32"), (-1,))
-        parts = [ops.cast(ops.shape(r)[0], "float32"), ops.sum(r), ops.sum(r * r),
-                 ops.sum(ops.cast(ops.abs(r) > OUTLIER_DEX, "float32"))]
-        if self.kind in ("coverage68", "nll"):
+        zero = ops.zeros(())
+        covered = nll = zero
+        if self.with_sigma:
             s = ops.maximum(y_pred[:, 1], 1e-12)
-            parts.append(ops.sum(ops.cast(ops.abs(r) <= s, "float32")))
-            parts.append(ops.sum(ops.log(s) + 0.5 * ops.square(r / s) + 0.5 * math.log(2 * math.pi)))
-        for var, value in zip(self._sums, parts, strict=False):
-            var.assign_add(value)
+            covered = ops.sum(ops.cast(ops.abs(r) <= s, "float32"))
+            nll = ops.sum(ops.log(s) + 0.5 * ops.square(r / s) + 0.5 * math.log(2 * math.pi))
+        self._sums.assign_add(ops.stack([
+            ops.cast(ops.shape(r)[0], "float32"), ops.sum(r), ops.sum(r * r),
+            ops.sum(ops.cast(ops.abs(r) > OUTLIER_DEX, "float32")), covered, nll,
+        ]))
 
     def result(self):  # noqa: ANN201
         from keras import ops
 
-        n, s1, s2, out, cov, nll = (v.value for v in self._sums)
-        n = ops.maximum(n, 1.0)
-        mean = s1 / n
-        return {
-            "residual_std": ops.sqrt(ops.maximum(s2 / n - mean * mean, 0.0)),
+        sums = self._sums.value
+        n = ops.maximum(sums[0], 1.0)
+        mean = sums[1] / n
+        out = {
+            "residual_std": ops.sqrt(ops.maximum(sums[2] / n - mean * mean, 0.0)),
             "bias": mean,
-            "rmse": ops.sqrt(s2 / n),
-            "outlier_frac": out / n,
-            "coverage68": cov / n,
-            "nll": nll / n,
-        }[self.kind]
+            "rmse": ops.sqrt(sums[2] / n),
+            "outlier_frac": sums[3] / n,
+        }
+        if self.with_sigma:
+            out.update(coverage68=sums[4] / n, nll=sums[5] / n)
+        return out
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "kind": self.kind}
+        return {**super().get_config(), "with_sigma": self.with_sigma}
