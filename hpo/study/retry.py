@@ -40,6 +40,10 @@ def is_transient(exc: BaseException) -> bool:
         exc = exc.__cause__
     if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
         return True
+    # A connection lost inside a session that Optuna then reused ("falling back to a slower
+    # alternative") leaves the session needing a rollback: a fresh session cures it.
+    if isinstance(exc, sqlalchemy.exc.PendingRollbackError):
+        return True
     return isinstance(exc, sqlalchemy.exc.DBAPIError) and bool(exc.connection_invalidated)
 
 
@@ -82,7 +86,18 @@ def retrying(
                     attempt,
                     delay,
                 )
+                _discard_session(self)
                 time.sleep(delay)
                 delay = min(delay * 2, _MAX_DELAY_S)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _discard_session(storage: Any) -> None:
+    """Drops the thread's SQLAlchemy session of an RDB storage, so the retry starts clean."""
+    scoped = getattr(storage, "scoped_session", None)
+    if scoped is not None:
+        try:
+            scoped.remove()
+        except sqlalchemy.exc.SQLAlchemyError:  # the broken session may refuse a clean close
+            pass
