@@ -19,7 +19,7 @@ from mlflow.exceptions import MlflowException
 
 from hpo.errors import TrackingError
 from hpo.tracking.retry import auth_error
-from hpo.tracking.retry import first_line
+from hpo.errors import first_line
 from hpo.tracking.runs import default_tracking_uri
 
 REF_FORMS = ("NAME@alias, NAME/version, models:/NAME@alias, models:/NAME/version, "

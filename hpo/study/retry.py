@@ -21,6 +21,8 @@ from typing import TypeVar
 import optuna
 import sqlalchemy.exc
 
+from hpo.errors import first_line
+
 _logger = logging.getLogger(__name__)
 
 RETRY_WINDOW_S = 120.0  # how long a call keeps retrying before the error reaches the worker
@@ -82,7 +84,7 @@ def retrying(
                 _logger.warning(
                     "storage call %s failed (%s); retry %d in %.1f s",
                     method.__name__,
-                    str(cause).strip().splitlines()[0][:200],
+                    first_line(cause, 200),
                     attempt,
                     delay,
                 )

@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
 from hpo.errors import HpoError
+from hpo.errors import first_line
 from hpo.objective.keys import WORKER_KEY
 from hpo.study.heartbeat import BEAT_KEY
 from hpo.study.heartbeat import SilenceWatch
@@ -87,7 +88,7 @@ def make_storage(
     ) as exc:
         cause = exc.__cause__ or exc
         raise HpoError(
-            f"cannot open study storage {redact(url)}: {str(cause).strip().splitlines()[0]}"
+            f"cannot open study storage {redact(url)}: {first_line(cause, None)}"
         ) from None
     storage.retry_window_s = retry_window_s
     return storage

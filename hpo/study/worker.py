@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 
 from hpo.data.lazy import open_dataset
 from hpo.errors import HpoError
+from hpo.errors import first_line
 from hpo.errors import TrialFailed
 from hpo.objective.keys import FAIL_REASON_KEY
 from hpo.objective.objective import Objective
@@ -100,7 +101,7 @@ def run_worker(
     except Exception as exc:
         if not is_transient(exc):
             raise
-        cause = str(exc.__cause__ or exc).strip().splitlines()[0]
+        cause = first_line(exc.__cause__ or exc, None)
         url = redact(storage_url or default_storage_url())
         raise HpoError(
             f"study storage {url} did not answer for {RETRY_WINDOW_S:.0f} s ({cause}); the "

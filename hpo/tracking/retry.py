@@ -29,6 +29,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.exceptions import RestException
 
 from hpo.errors import TrackingError
+from hpo.errors import first_line
 from hpo.errors import TrialFailed
 
 _logger = logging.getLogger(__name__)
@@ -107,12 +108,6 @@ def auth_error(exc: BaseException, uri: str) -> TrackingError | None:
     )
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (at most 300 characters), or its type."""
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
-
-
 class RetryingClient:
     """An MlflowClient whose every method is retried on transient errors for `window_s` seconds.
 
@@ -182,5 +177,5 @@ class RetryingClient:
 
 
 __all__ = [
-    "RetryingClient", "TrackingUnavailable", "auth_error", "default_window_s", "first_line", "is_transient",
+    "RetryingClient", "TrackingUnavailable", "auth_error", "default_window_s", "is_transient",
 ]

@@ -39,7 +39,7 @@ from hpo.tracking import system_metrics
 from hpo.tracking.retry import RetryingClient
 from hpo.tracking.retry import auth_error
 from hpo.tracking.retry import default_window_s
-from hpo.tracking.retry import first_line
+from hpo.errors import first_line
 
 _logger = logging.getLogger(__name__)
 
