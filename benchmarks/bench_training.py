@@ -5,8 +5,10 @@
 Both runs train the same network (the default config) on the same in-memory arrays at the lab
 report's size of 7151 training clusters. The baseline is `model.fit` with no callbacks and no
 validation; ours is `hpo.training.train` with the per-epoch validation scoring, the Optuna
-pruning callback and per-epoch MLflow logging. The rate is training clusters per second over
-the epochs after the first (which compiles). Prints a markdown table; target ratio >= 0.95.
+pruning callback and per-epoch MLflow logging. The rate is training clusters per second of the
+fastest epoch after the first (which compiles), over all repeats: on a shared VM an epoch is
+only ever slowed by the neighbours, never sped up, so the fastest epoch is the cost of the work
+itself; the median is printed beside it. Prints a markdown table; target ratio >= 0.95.
 """
 
 from __future__ import annotations
@@ -49,8 +51,9 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._t0)
 
 
-def rate(n_train: int, timer: EpochTimer) -> float:
-    return n_train / statistics.median(timer.seconds[1:])
+def steady(timers: list[EpochTimer]) -> list[float]:
+    """Epoch times after each run's first (compiling) epoch."""
+    return [s for t in timers for s in t.seconds[1:]]
 
 
 def bare_fit(cfg, ds, tr, epochs: int) -> EpochTimer:  # noqa: ANN001
@@ -94,20 +97,25 @@ def main() -> str:
     # load drifts, and alternating puts both through the same drift.
     tr = ds.subset(split.train)
     tracker = Tracker(f"sqlite:///{tmp / 'mlflow.db'}")
-    bare_rates, our_rates = [], []
+    bare, ours = [], []
     for _ in range(args.repeats):
-        bare_rates.append(rate(n_train, bare_fit(cfg, ds, tr, args.epochs)))
-        our_rates.append(rate(n_train, our_fit(cfg, ds, tracker)))
+        bare.append(bare_fit(cfg, ds, tr, args.epochs))
+        ours.append(our_fit(cfg, ds, tracker))
 
-    base_rate, our_rate = max(bare_rates), max(our_rates)
+    rows = []
+    for name, timers in (("baseline: bare `model.fit`, same model, in-memory arrays", bare),
+                         ("`hpo` loop: validation scoring + pruning + MLflow per epoch", ours)):
+        secs = steady(timers)
+        rows.append((name, n_train / min(secs), n_train / statistics.median(secs)))
+    base_fast, base_med = rows[0][1], rows[0][2]
     table = "\n".join([
-        f"Training throughput, {n_train} training clusters, batch {cfg.train.batch_size}, "
-        f"median of epochs 2-{args.epochs}, best of {args.repeats} alternating runs each:",
+        f"Training throughput, {n_train} training clusters, batch {cfg.train.batch_size}, epochs 2-{args.epochs} "
+        f"of {args.repeats} alternating runs each ({len(steady(bare))} epochs per row):",
         "",
-        "| run | clusters/s | ratio |",
-        "| --- | ---: | ---: |",
-        f"| baseline: bare `model.fit`, same model, in-memory arrays | {base_rate:.0f} | 1.00 |",
-        f"| `hpo` loop: validation scoring + pruning + MLflow per epoch | {our_rate:.0f} | {our_rate / base_rate:.2f} |",
+        "| run | clusters/s (fastest epoch) | ratio | clusters/s (median epoch) | ratio |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        *(f"| {name} | {fast:.0f} | {fast / base_fast:.2f} | {med:.0f} | {med / base_med:.2f} |"
+          for name, fast, med in rows),
     ])
     print(table)
     return table

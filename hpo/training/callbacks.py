@@ -31,7 +31,7 @@ class EpochEvaluator(keras.callbacks.Callback):
         val: tuple[np.ndarray, np.ndarray, np.ndarray],
         *,
         patience: int | None = None,
-        batch_size: int = 256,
+        batch_size: int = 512,
     ) -> None:
         super().__init__()
         self.val = val

@@ -28,7 +28,7 @@ def predict(
     redshift: np.ndarray,
     *,
     tta: bool = False,
-    batch_size: int = 256,
+    batch_size: int = 512,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Predicted log mass and, for a model with a sigma head, its 1-sigma uncertainty.
 
@@ -37,19 +37,27 @@ def predict(
         images: (N, H, W, C) counts.
         redshift: (N,) or (N, 1).
         tta: average over the 8 dihedral views (mu averaged; sigma as the root mean square).
+        batch_size: clusters per forward pass.
 
     Returns:
         mu (N,) float64 and sigma (N,) float64 or None.
     """
     z = np.asarray(redshift, np.float32).reshape(-1, 1)
     views = dihedral_views(images) if tta else [images]
-    outs = [
-        np.asarray(model.predict({"images": v, "redshift": z}, batch_size=batch_size, verbose=0))
-        for v in views
-    ]
+    outs = [_forward(model, v, z, batch_size) for v in views]
     out = np.mean(outs, axis=0, dtype=np.float64)
     mu = out[:, 0]
     if out.shape[1] < 2:
         return mu, None
     sigma = np.sqrt(np.mean([np.square(o[:, 1].astype(np.float64)) for o in outs], axis=0))
     return mu, sigma
+
+
+def _forward(model: keras.Model, images: np.ndarray, z: np.ndarray, batch_size: int) -> np.ndarray:
+    # predict_on_batch reuses one compiled function; model.predict builds a data adapter and a
+    # callback list per call, which costs a fifth of the time on a validation split every epoch.
+    chunks = [
+        model.predict_on_batch({"images": images[i : i + batch_size], "redshift": z[i : i + batch_size]})
+        for i in range(0, len(z), batch_size)
+    ]
+    return np.concatenate([np.asarray(c) for c in chunks]) if chunks else np.zeros((0, model.output_shape[-1]))
