@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from emit import emit
+
 from hpo.data.sim_config import SimConfig
 from hpo.data.simulator import CHUNK_CLUSTERS
 from hpo.data.simulator import simulate_chunk
@@ -68,8 +70,8 @@ def peak_memory_mb(n: int, folder: Path) -> tuple[float, float]:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0, seconds  # KiB on Linux
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Runs the three measurements and prints a markdown table."""
+def main(argv: list[str] | None = None) -> str:
+    """Runs the three measurements; prints and saves a markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000, help="Clusters for the speed run.")
     parser.add_argument(
@@ -87,26 +89,28 @@ def main(argv: list[str] | None = None) -> None:
         seconds, size_mb = write_rate(args.n, folder)
         peak_mb, mem_seconds = peak_memory_mb(args.memory_n, folder)
     rate = args.n / seconds
-    print(f"cpu cores: {os.cpu_count()}, python {sys.version.split()[0]}\n")
-    print("| run | clusters | seconds | clusters/s | notes |")
-    print("| --- | ---: | ---: | ---: | --- |")
-    print(
+    out: list[str] = []
+    out.append(f"cpu cores: {os.cpu_count()}, python {sys.version.split()[0]}\n")
+    out.append("| run | clusters | seconds | clusters/s | notes |")
+    out.append("| --- | ---: | ---: | ---: | --- |")
+    out.append(
         f"| per-cluster loop (baseline) | {args.naive_n} | {args.naive_n / naive:.1f} | "
         f"{naive:.0f} | extrapolated to {args.n}: {args.n / naive:.0f} s |"
     )
-    print(
+    out.append(
         f"| simulate_chunk, vectorised, no I/O | {CHUNK_CLUSTERS} | "
         f"{CHUNK_CLUSTERS / chunk:.1f} | "
         f"{chunk:.0f} | {chunk / naive:.1f}x the loop |"
     )
-    print(
+    out.append(
         f"| write_mock | {args.n} | {seconds:.1f} | {rate:.0f} | {rate / naive:.1f}x the loop; "
         f"file {size_mb:.1f} MB |"
     )
-    print(
+    out.append(
         f"| write_mock, fresh process | {args.memory_n} | {mem_seconds:.1f} | "
         f"{args.memory_n / mem_seconds:.0f} | peak RSS {peak_mb:.0f} MB |"
     )
+    return emit("simulate", "\n".join(out))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from emit import emit
+
 BASELINE = ("sqlite", 1)
 SPACE = {
     "study": {
@@ -150,8 +152,8 @@ def real_trial_seconds(folder: Path) -> float:
 
 
 # ---------------------------------------------------------------------------- report
-def main(argv: list[str] | None = None) -> None:
-    """Measures every storage x worker count and prints a markdown table."""
+def main(argv: list[str] | None = None) -> str:
+    """Measures every storage x worker count; prints and saves a markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--workers", type=int, nargs="+", default=[1, 2, 4, 8], help="Worker counts."
@@ -200,23 +202,25 @@ def main(argv: list[str] | None = None) -> None:
                 drop_pg_database(args.pg, pg[1])
 
     base = next(done / wall for label, n, done, wall in rows if (label, n) == BASELINE)
-    print(
+    out: list[str] = []
+    out.append(
         f"Baseline: {BASELINE[0]}, {BASELINE[1]} worker; a real trial (quickstart config): "
         f"{real_s:.1f} s; "
         f"{os.cpu_count()} CPU cores.\n"
     )
-    print(
+    out.append(
         "| storage | workers | trials | wall s | trials/s | x baseline | overhead/trial ms "
         "| % of a real trial |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for label, n, done, wall in rows:
         rate = done / wall
         per_trial = n * wall / done
-        print(
+        out.append(
             f"| {label} | {n} | {done} | {wall:.2f} | {rate:.1f} | {rate / base:.2f} | "
             f"{per_trial * 1000:.1f} | {100 * per_trial / real_s:.2f} |"
         )
+    return emit("storage", "\n".join(out))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import keras
 import numpy as np
 import optuna
 
+from emit import emit
+
 from hpo.config import apply_overrides
 from hpo.data.contract import load_dataset
 from hpo.data.simulator import write_mock
@@ -117,8 +119,7 @@ def main() -> str:
         *(f"| {name} | {fast:.0f} | {fast / base_fast:.2f} | {med:.0f} | {med / base_med:.2f} |"
           for name, fast, med in rows),
     ])
-    print(table)
-    return table
+    return emit("training", table)
 
 
 if __name__ == "__main__":
