@@ -41,10 +41,18 @@ SAMPLERS: dict[str, Callable[[SearchSpace, int | None, dict[str, Any]], optuna.s
 }
 
 
+# Samplers whose seed must be the same in every worker: GridSampler shuffles its grid with the
+# seed and workers share grid ids through the storage, so two seeds mean two meanings of "grid
+# point 3" (duplicated points, others never run); QMCSampler indexes one scrambled sequence.
+SHARED_SEED = {"grid", "qmc"}
+
+
 def make_sampler(space: SearchSpace, worker_index: int = 0) -> optuna.samplers.BaseSampler:
-    """The space's sampler; each worker gets its own seed offset so workers do not draw alike."""
+    """The space's sampler; workers of a random, TPE or CMA-ES study get their own seed offset
+    so that they do not draw alike."""
     spec = space.study.sampler
-    seed = None if spec.seed is None else spec.seed + worker_index
+    offset = 0 if spec.type in SHARED_SEED else worker_index
+    seed = None if spec.seed is None else spec.seed + offset
     try:
         return SAMPLERS[spec.type](space, seed, spec.options)
     except TypeError as exc:
