@@ -6,6 +6,9 @@
     data:   {path: data/mock.h5}                       # overrides of the config's data section
     base:   {train: {epochs: 400, batch_size: 200}}     # overrides of the default run config
     params: {model.dropout.rate: {float: [0.0, 0.5], step: 0.05}}
+
+`study.engine: keras_tuner` searches the same params with keras-tuner instead of Optuna
+(hpo/study/keras_tuner.py), configured by `study.tuner`.
 """
 
 from __future__ import annotations
@@ -92,7 +95,67 @@ class PrunerSpec(_Strict):
     options: dict[str, Any] = {}
 
 
+class TunerSpec(_Strict):
+    """keras-tuner's search (engine: keras_tuner); Hyperband's max_epochs is base train.epochs."""
+
+    type: Literal["hyperband", "random", "bayesian"] = "hyperband"
+    factor: int = Field(3, ge=2, description="hyperband: each round keeps 1/factor of its trials")
+    hyperband_iterations: int = Field(1, ge=1, description="hyperband: sweeps over all brackets")
+    warm_start: bool = Field(
+        True, description="hyperband: a promoted trial resumes from its parent's weights "
+        "(false: it trains from scratch for all its epochs)"
+    )
+    seed: int = Field(0, ge=0, description="the oracle's seed")
+    max_trials: int | None = Field(
+        None, ge=1, description="random/bayesian: trials to run; default study.n_trials"
+    )
+
+    @model_validator(mode="after")
+    def _keys_of_type(self) -> TunerSpec:
+        hyperband_only = {"factor", "hyperband_iterations", "warm_start"} & self.model_fields_set
+        if self.type != "hyperband" and hyperband_only:
+            keys = ", ".join(sorted(hyperband_only))
+            raise ValueError(f"{keys}: only for type hyperband, got type {self.type}")
+        if self.type == "hyperband" and self.max_trials is not None:
+            raise ValueError(
+                "max_trials: hyperband's trial count follows from train.epochs, factor and "
+                "hyperband_iterations; leave it out"
+            )
+        return self
+
+    def hyperband_rounds(self, max_epochs: int) -> list[tuple[int, int, int, int]]:
+        """(bracket, round, trials, epochs each trial has trained by its end) of one Hyperband
+        iteration, in keras-tuner 1.4's order and sizes (HyperbandOracle._get_size/_get_epochs)."""
+        brackets, e = 0, float(max_epochs)
+        while e >= 1:
+            e, brackets = e / self.factor, brackets + 1
+        end0 = math.ceil(1 + math.log(max_epochs, self.factor))
+        return [
+            (b, r, math.ceil(end0 / (b + 1) * self.factor ** (b - r)),
+             math.ceil(max_epochs / self.factor ** (b - r)))
+            for b in range(brackets - 1, -1, -1)
+            for r in range(b + 1)
+        ]
+
+    def hyperband_budget(self, max_epochs: int) -> tuple[int, int]:
+        """(trials, epochs trained) of the whole Hyperband search when no trial fails."""
+        trials = epochs = 0
+        previous = 0
+        for _, r, n, cumulative in self.hyperband_rounds(max_epochs):
+            start = previous if (r > 0 and self.warm_start) else 0
+            trials, epochs = trials + n, epochs + n * (cumulative - start)
+            previous = cumulative
+        return trials * self.hyperband_iterations, epochs * self.hyperband_iterations
+
+
 class StudySpec(_Strict):
+    """A study's settings.
+
+    engine: optuna (default) runs the study through Optuna workers (sampler, pruner); keras_tuner
+    runs it in `hpo launch`'s process with keras-tuner as set by `tuner`, and ignores sampler,
+    pruner, heartbeat_s, grace_s and max_retry (Optuna-only settings).
+    """
+
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     metric: Literal["val_residual_std"] = "val_residual_std"
     sampler: SamplerSpec = SamplerSpec()
@@ -106,6 +169,18 @@ class StudySpec(_Strict):
         "default 4 x heartbeat_s; keep it above the longest database outage you expect"
     )
     max_retry: int = Field(2, ge=0, description="times a lost trial's parameters are re-queued")
+    engine: Literal["optuna", "keras_tuner"] = "optuna"
+    tuner: TunerSpec | None = Field(None, description="engine keras_tuner only; default hyperband")
+
+    @model_validator(mode="after")
+    def _tuner_with_engine(self) -> StudySpec:
+        if self.tuner is not None and self.engine != "keras_tuner":
+            raise ValueError(
+                f"tuner is only read with engine: keras_tuner, got engine {self.engine}"
+            )
+        if self.engine == "keras_tuner" and self.tuner is None:
+            self.tuner = TunerSpec()
+        return self
 
     @model_validator(mode="after")
     def _grace_above_heartbeat(self) -> StudySpec:
@@ -152,16 +227,49 @@ class SearchSpace(_Strict):
         return int(np.prod([len(v) for v in self.grid().values()])) if self.params else 1
 
     def budget(self) -> int:
-        """n_trials, defaulting to the grid size for a grid sampler."""
+        """n_trials, defaulting to the grid size for a grid sampler (keras_tuner: tuner_budget)."""
+        if self.study.tuner is not None:
+            return self.tuner_budget()[0]
         if self.study.n_trials is not None:
             return self.study.n_trials
         if self.study.sampler.type == "grid":
             return self.grid_size()
         raise ConfigError(f"{self.source}: study.n_trials is required for sampler {self.study.sampler.type}")
 
+    def tuner_budget(self) -> tuple[int, int]:
+        """keras_tuner: (trials, epochs), both when no trial fails or stops early."""
+        tuner = self.study.tuner
+        assert tuner is not None
+        if tuner.type == "hyperband":
+            return tuner.hyperband_budget(self.resolved_base().train.epochs)
+        trials = tuner.max_trials or self.study.n_trials
+        if trials is None:
+            raise ConfigError(
+                f"{self.source}: study.tuner.max_trials (or study.n_trials) is required for "
+                f"tuner type {tuner.type}"
+            )
+        return trials, trials * self.resolved_base().train.epochs
+
     def describe(self) -> str:
         """The validated space as YAML plus its grid size or trial budget (for --dry-run)."""
         lines = [self.to_yaml().rstrip(), "---"]
+        tuner = self.study.tuner
+        if tuner is not None:
+            trials, epochs = self.tuner_budget()
+            what = f"engine: keras_tuner; tuner: {tuner.type}"
+            if tuner.type == "hyperband":
+                what += (
+                    f" (max_epochs {self.resolved_base().train.epochs}, factor {tuner.factor}, "
+                    f"{tuner.hyperband_iterations} iteration(s), "
+                    f"warm_start {str(tuner.warm_start).lower()})"
+                )
+            lines.append(f"{what}; budget: {trials} trials, {epochs} epochs; "
+                         "sampler and pruner are Optuna's and not used")
+            discrete = all(d.grid() is not None for d in self.params.values())
+            if discrete and self.grid_size() < trials:
+                lines.append(f"note: the space has only {self.grid_size()} distinct points; "
+                             "keras-tuner stops the search once it draws no new one")
+            return "\n".join(lines)
         if self.study.sampler.type == "grid":
             lines.append(f"grid: {self.grid_size()} points; budget: {self.budget()} trials")
         else:
@@ -216,7 +324,12 @@ def parse_space(raw: dict[str, Any], *, source: str) -> SearchSpace:
         for value in values:
             apply_overrides({path: decode_choice(value)}, base=space.resolved_base(),
                             where=f"{source}, params")
-    if space.study.sampler.type == "grid":
+    if space.study.engine == "keras_tuner":
+        tuner = space.study.tuner
+        if tuner is not None and tuner.type == "hyperband" and "train.epochs" in space.params:
+            raise ConfigError(f"{source}: params key 'train.epochs': hyperband sets each "
+                              "trial's epochs itself (max_epochs = base train.epochs)")
+    elif space.study.sampler.type == "grid":
         space.grid()
     return space
 

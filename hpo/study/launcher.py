@@ -164,6 +164,8 @@ def launch(
 ) -> LaunchResult:
     """Creates or resumes the study of `spec`, runs its workers until the budget is spent.
 
+    A space with study.engine keras_tuner is searched in this process instead (launch_keras_tuner).
+
     Args:
         spec: the search-space file.
         workers: number of workers; 0 creates or updates the study and starts nothing; None
@@ -183,6 +185,10 @@ def launch(
         raise ConfigError(f"--launcher must be one of: {', '.join(LAUNCHERS)}; got {launcher!r}")
     space = load_space(spec)
     space.budget()  # a missing n_trials is an error now, not once workers run
+    if space.study.engine == "keras_tuner":
+        return launch_keras_tuner(
+            space, workers=workers, tracking_uri=tracking_uri, launcher=launcher, echo=echo
+        )
     name = space.study.name
     storage_url = storage_url or default_storage_url()
     tracker = Tracker(tracking_uri)
@@ -224,6 +230,51 @@ def launch(
         tracker.end_run(study.user_attrs[MLFLOW_PARENT_RUN_KEY], "KILLED")  # a relaunch resumes it
         raise
     finish_parent_run(study, tracker)
+    return LaunchResult(name, created, final)
+
+
+def launch_keras_tuner(
+    space: SearchSpace, *, workers: int | None, tracking_uri: str | None, launcher: str, echo: Echo
+) -> LaunchResult:
+    """study.engine keras_tuner: the search runs here, in this process (hpo/study/keras_tuner.py).
+
+    Raises:
+        ConfigError: more than one worker or a launcher other than local were asked for.
+    """
+    name = space.study.name
+    if (workers is not None and workers > 1) or launcher != "local":
+        raise ConfigError(
+            f"{space.source}: study.engine keras_tuner runs its trials one at a time in the "
+            f"launching process; got --workers {workers} --launcher {launcher}, use --workers 1 "
+            "--launcher local (keras-tuner's distributed mode needs a chief oracle and worker "
+            "processes, which hpo does not run; engine optuna runs parallel workers)"
+        )
+    tracker = Tracker(tracking_uri)
+    probe_tracking(tracker.uri)
+    with bounded_http_retries():
+        tracker.check()
+    data_cfg = space.resolved_base().data
+    dataset = open_dataset(data_cfg.path, max_in_memory_gb=data_cfg.max_in_memory_gb)
+    from hpo.study.keras_tuner import kt_directory
+    from hpo.study.keras_tuner import run_search
+
+    project = kt_directory() / name
+    created = not project.exists()
+    if workers == 0:
+        echo(f"study '{name}' (engine keras_tuner) runs in `hpo launch` itself: "
+             "--workers 0 starts nothing")
+        return LaunchResult(name, created, None)
+    tuner = space.study.tuner
+    assert tuner is not None
+    echo(
+        f"study '{name}' {'created' if created else 'resumed'} in {project} "
+        f"(keras-tuner {tuner.type}); MLflow: {tracker.uri}, experiment '{name}'"
+    )
+    records = run_search(space, dataset, tracker, echo=echo)
+    values = [r.value for r in records if r.state == "COMPLETE" and r.value is not None]
+    done = len(values)
+    final = Progress(complete=done, pruned=0, failed=len(records) - done, running=0, waiting=0,
+                     budget=space.budget(), best=min(values) if values else None)
     return LaunchResult(name, created, final)
 
 
