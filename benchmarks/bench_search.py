@@ -1,7 +1,7 @@
 """Search efficiency per epoch: Optuna TPE + median pruning, keras-tuner Hyperband, random search.
 
-    .venv/bin/python benchmarks/bench_search.py [--clusters 1200] [--max-epochs 27]
-        [--budget-epochs 375] [--seeds 0,1,2] [--data data/results/erass8_10k.h5]
+    .venv/bin/python benchmarks/bench_search.py [--clusters 800] [--max-epochs 12]
+        [--budget-epochs 136] [--seeds 0,1,2] [--data data/results/erass8_10k.h5]
         [--with-artifacts]
 
 Space: search_spaces/dropout.yaml's study (its data, its base run config, dropout after every
@@ -197,8 +197,8 @@ def _light_artifacts(tracker: Tracker, run_id: str, result: Any, ds: Any) -> str
 
 def main() -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clusters", type=int, default=1200)
-    parser.add_argument("--max-epochs", type=int, default=27, help="epochs of a full trial")
+    parser.add_argument("--clusters", type=int, default=800)
+    parser.add_argument("--max-epochs", type=int, default=12, help="epochs of a full trial")
     parser.add_argument("--budget-epochs", type=int, default=None,
                         help="epochs per method and seed (default: one Hyperband iteration's)")
     parser.add_argument("--seeds", default="0,1,2")
