@@ -53,8 +53,11 @@ def progress(study: optuna.Study, space: SearchSpace) -> Progress:
 
 
 def grid_exhausted(study: optuna.Study, space: SearchSpace) -> bool:
-    """True when every grid point has a finished trial (a failed point is not retried)."""
+    """True when every grid point has a finished trial (a failed point is not retried) and no
+    lost trial waits to be run again (its point has a FAIL already, its re-queued copy not yet)."""
     if space.study.sampler.type != "grid":
+        return False
+    if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         return False
     finished = study.get_trials(
         deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)

@@ -51,3 +51,30 @@ def test_random_workers_draw_differently():
         study = optuna.create_study(sampler=make_sampler(space, i))
         draws.append(suggest_overrides(study.ask(), space)["model.dropout.rate"])
     assert draws[0] != draws[1]
+
+
+def test_a_lost_grid_point_waiting_to_run_again_keeps_the_grid_open(tmp_path):
+    from optuna.trial import TrialState
+
+    from hpo.study.budget import grid_exhausted
+
+
+    space = parse_space(
+        {"study": {"name": "g", "sampler": {"type": "grid", "seed": 0}},
+         "params": {"model.dropout.rate": {"categorical": [0.0, 0.1, 0.2]}}},
+        source="g.yaml",
+    )
+    study = optuna.create_study(sampler=make_sampler(space))
+    study.optimize(lambda t: suggest_overrides(t, space)["model.dropout.rate"], n_trials=2)
+    lost: dict = {}
+
+    def dies(trial: optuna.Trial) -> float:  # the last point; its worker is lost mid-trial
+        lost.update(suggest_overrides(trial, space))
+        raise RuntimeError("worker lost")
+
+    study.optimize(dies, n_trials=1, catch=(RuntimeError,))
+    study.enqueue_trial(lost)  # as the reaper re-queues a lost trial
+    assert not grid_exhausted(study, space)
+    study.optimize(lambda t: suggest_overrides(t, space)["model.dropout.rate"], n_trials=1)
+    assert grid_exhausted(study, space)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
