@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 import typer
@@ -41,6 +42,9 @@ from hpo.cli import study as _study  # noqa: E402,F401
 
 def main() -> None:
     """Entry point of the `hpo` script."""
+    # A process started with `&` from a script inherits SIGINT ignored, and Python keeps it so;
+    # then `kill -INT` (how launchers, tests and schedulers ask for a clean stop) does nothing.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         app()
     except HpoError as exc:
