@@ -45,24 +45,37 @@ def create_or_join(
         load_if_exists=True,
     )
     if name in existing and SPACE_KEY in study.user_attrs:
-        # Compare contents, not digests, the stored copy revalidated: a field added to the schema
-        # since (left unset, or at its default) changes no study.
-        old = flatten(_stored(parse_space(study.user_attrs[SPACE_KEY], source=f"study '{name}'")))
-        new = flatten(_stored(space))
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        changed = space_changes(study.user_attrs[SPACE_KEY], space, f"study '{name}'")
         if changed and set(changed) <= OPERATIONAL_KEYS:
-            study.set_user_attr(SPACE_KEY, _stored(space))  # workers started from now on use them
-            changed = []
+            # Workers started from now on use them.
+            study.set_user_attr(SPACE_KEY, stored_space(space))
+            changed = {}
         if changed:
-            shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
+            shown = ", ".join(
+                f"{k}: {old!r} -> {new!r}" for k, (old, new) in list(changed.items())[:5]
+            )
             raise ConfigError(
                 f"{space.source}: study '{name}' already exists with a different search space "
                 f"({shown}{' ...' if len(changed) > 5 else ''}); rename study.name to start a new "
                 "study, or restore the old values to resume it"
             )
         return study, False
-    study.set_user_attr(SPACE_KEY, _stored(space))
+    study.set_user_attr(SPACE_KEY, stored_space(space))
     return study, True
+
+
+def space_changes(
+    stored: dict[str, Any], space: SearchSpace, source: str
+) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (stored value, new value)} where a stored space and `space` differ.
+
+    Compares contents, not digests, the stored copy revalidated: a field added to the schema
+    since (left unset, or at its default) changes no study.
+    """
+    old = flatten(stored_space(parse_space(stored, source=source)))
+    new = flatten(stored_space(space))
+    keys = sorted(old.keys() | new.keys())
+    return {k: (old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k)}
 
 
 def load_study(
@@ -90,5 +103,6 @@ def load_study(
     return study, space
 
 
-def _stored(space: SearchSpace) -> dict[str, Any]:
+def stored_space(space: SearchSpace) -> dict[str, Any]:
+    """`space` as plain JSON, the form a study keeps it in."""
     return json.loads(json.dumps(space.model_dump(mode="json", by_alias=True, exclude_none=True)))

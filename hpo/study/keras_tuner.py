@@ -19,7 +19,6 @@ import keras_tuner as kt
 import numpy as np
 
 from hpo.config.overrides import apply_overrides
-from hpo.config.overrides import flatten
 from hpo.config.tree import RunConfig
 from hpo.data.contract import Dataset
 from hpo.data.lazy import H5Source
@@ -30,6 +29,9 @@ from hpo.errors import first_line
 from hpo.objective.space import Distribution
 from hpo.objective.space import SearchSpace
 from hpo.objective.space import decode_choice
+from hpo.study.create import space_changes
+from hpo.study.create import stored_space
+from hpo.study.worker import MAX_CONSECUTIVE_FAILURES
 from hpo.tracking.callback import MlflowEpochLogger
 from hpo.tracking.runs import Tracker
 from hpo.tracking.trial_artifacts import log_trial_artifacts
@@ -40,7 +42,6 @@ _logger = logging.getLogger(__name__)
 OBJECTIVE = "val_residual_std"
 DIRECTORY_ENV = "HPO_KT_DIR"  # where keras-tuner keeps its state, default ./kt
 DEFAULT_DIRECTORY = "kt"
-MAX_CONSECUTIVE_FAILURES = 5  # as hpo.study.worker: a search whose trials all fail is broken
 STATE_FILE = "hpo_study.json"  # project dir: the space, the MLflow experiment and parent run
 RECORD_FILE = "hpo_record.json"  # in each trial dir: what run_search returns for it
 WEIGHTS_FILE = "hpo_weights.npz"  # each trial dir (hyperband + warm_start): its final weights
@@ -243,7 +244,7 @@ class HpoTuner(kt.Tuner):
                 "kt.initial_epoch": initial, "kt.warm_from": parent or "",
                 **{f"kt.{k}": values[k] for k in ("tuner/bracket", "tuner/round") if k in values},
             })
-            logger = _EpochLogger(self.tracker, record.run_id, initial)
+            logger = MlflowEpochLogger(self.tracker, record.run_id, step_offset=initial)
             callbacks: list[keras.callbacks.Callback] = [counter, logger]
             if weights is not None:
                 callbacks.insert(0, _WarmStart(weights))
@@ -346,17 +347,6 @@ class _EpochCounter(keras.callbacks.Callback):
         self.epochs += 1
 
 
-class _EpochLogger(MlflowEpochLogger):
-    """MlflowEpochLogger with steps counted from the epochs the model had before this trial."""
-
-    def __init__(self, tracker: Tracker, run_id: str, offset: int) -> None:
-        super().__init__(tracker, run_id)
-        self.offset = offset
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        super().on_epoch_end(epoch + self.offset, logs)
-
-
 class _WarmStart(keras.callbacks.Callback):
     """Loads a parent trial's weights into the freshly built network before its first epoch."""
 
@@ -425,7 +415,7 @@ def run_search(
         parent = tracker.start_study_run(experiment_id, name, space.to_yaml(), data_info)
     project.mkdir(parents=True, exist_ok=True)
     (project / STATE_FILE).write_text(json.dumps({
-        "space": _stored(space), "tracking_uri": tracker.uri,
+        "space": stored_space(space), "tracking_uri": tracker.uri,
         "experiment_id": experiment_id, "parent_run_id": parent,
     }))
 
@@ -457,21 +447,14 @@ def run_search(
     return records
 
 
-def _stored(space: SearchSpace) -> dict[str, Any]:
-    return json.loads(json.dumps(space.model_dump(mode="json", by_alias=True, exclude_none=True)))
-
-
 def _check_state(project: Path, space: SearchSpace) -> dict[str, Any]:
     """The study's stored state, after checking that its space is `space` (or {} if none)."""
     path = project / STATE_FILE
     if not path.exists():
         return {}
     state = json.loads(path.read_text())
-    old, new = flatten(state.get("space", {})), flatten(_stored(space))
-    changed = sorted(
-        k for k in old.keys() | new.keys()
-        if old.get(k) != new.get(k) and k not in RELAUNCH_MAY_CHANGE
-    )
+    changes = space_changes(state["space"], space, str(path))
+    changed = [k for k in changes if k not in RELAUNCH_MAY_CHANGE]
     if changed:
         raise ConfigError(
             f"{space.source}: study '{space.study.name}' already exists in {project} with a "
