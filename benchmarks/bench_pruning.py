@@ -6,8 +6,8 @@
 Both runs are search_spaces/dropout.yaml (8 rates x 2 placements, one seed) on the first
 `--clusters` clusters of one eRASS:8 mock, `--epochs` epochs per trial, same grid order and
 seeds. The baseline is the study without a pruner; the other prunes with the file's median
-pruner (n_startup_trials 4, warm-up scaled to the epoch budget). Prints epochs spent and the
-best val_residual_std of each; targets: >= 40% fewer epochs, best within 0.005 dex.
+pruner, its warm-up scaled by the file's own ratio (20 of 400 epochs: 1 of 24). Prints epochs
+spent and the best val_residual_std of each; targets: >= 40% fewer epochs, best within 0.005 dex.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
+
+import yaml
 
 from studies import ROOT
 from studies import best_value
@@ -40,7 +42,10 @@ def main() -> str:
     work = Path(tempfile.mkdtemp(prefix="bench_pruning_"))
     if not args.data.exists():
         write_mock(args.data, max(args.clusters, 10_000), 0, SimConfig())
-    warmup = max(2, args.epochs // 6)
+    src = ROOT / "search_spaces/dropout.yaml"
+    raw = yaml.safe_load(src.read_text())
+    pruner = raw["study"]["pruner"]
+    warmup = max(1, round(pruner["n_warmup_steps"] * args.epochs / raw["base"]["train"]["epochs"]))
     common = {
         "data.path": str(args.data.resolve()),
         "data.max_clusters": args.clusters,
@@ -48,12 +53,11 @@ def main() -> str:
         "study.repeats": 1,
     }
     rows = {}
-    for name, pruner in (("no pruning", {"type": "none"}),
-                         ("median pruning", {"type": "median", "n_startup_trials": 4,
-                                             "n_warmup_steps": warmup})):
-        slug = "pruned" if pruner["type"] != "none" else "unpruned"
-        space = derive_space(ROOT / "search_spaces/dropout.yaml", work / f"{slug}.yaml",
-                             {**common, "study.name": f"dropout-{slug}", "study.pruner": pruner})
+    for name, spec in (("no pruning", {"type": "none"}),
+                       ("median pruning", {**pruner, "n_warmup_steps": warmup})):
+        slug = "pruned" if spec["type"] != "none" else "unpruned"
+        space = derive_space(src, work / f"{slug}.yaml",
+                             {**common, "study.name": f"dropout-{slug}", "study.pruner": spec})
         study = run_study(space, work / slug, workers=args.workers)
         trials = finished(study)
         rows[name] = (len(trials), sum(t.state.name == "PRUNED" for t in trials),
@@ -62,7 +66,8 @@ def main() -> str:
     base_epochs, base_best = rows["no pruning"][2], rows["no pruning"][3]
     lines = [
         f"Pruning, dropout study (16 grid points, one seed), {args.clusters} eRASS:8 clusters, "
-        f"{args.epochs} epochs per trial, {args.workers} workers:",
+        f"{args.epochs} epochs per trial, {args.workers} workers; median pruner with "
+        f"{pruner['n_startup_trials']} startup trials and a {warmup}-epoch warm-up:",
         "",
         "| run | trials | pruned | epochs spent | epochs vs baseline | best val residual std | vs baseline |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",

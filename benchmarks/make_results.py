@@ -14,6 +14,10 @@ Stages, each resumable (a finished study is joined, not rerun; work in data/resu
    (residual std, bias, 68% coverage, with test-time augmentation as configured);
 4. that model on eFEDS and eRASS1 mocks (other seeds): how far a model travels.
 Every derived space file is written to docs/results/spaces/, so a reader sees what ran.
+
+With `--combined-from gpu.json [more.json ...]`, stages 2-4 come from benchmarks/gpu_study.py's
+output instead (a GPU machine without TensorFlow or MLflow; later files' final trainings replace
+earlier ones of the same trial); the files are copied to docs/results/ beside the page.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -86,6 +91,8 @@ def main() -> None:
     parser.add_argument("--final-epochs", type=int, default=30)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", default="", help="comma-separated experiments (default: all)")
+    parser.add_argument("--combined-from", type=Path, nargs="*", default=[],
+                        help="gpu_study.py outputs: the combined study and final model from a GPU run")
     args = parser.parse_args()
     os.chdir(ROOT)  # the derived spaces name their data relative to the repository
     work = args.work.resolve()
@@ -103,6 +110,9 @@ def main() -> None:
         sections.append(section)
         rows.append(row)
 
+    if args.combined_from:
+        combined, final, transfer = from_gpu(args.combined_from, work)
+        return page(args, floor, rows, sections, combined, final, transfer, time.perf_counter() - t0)
     combined = combined_study(main_file, work, args)
     # The final training is the one stage a study cannot resume: its scores are kept, keyed by
     # what produced them, so that rewriting the page does not train it again.
@@ -113,7 +123,7 @@ def main() -> None:
     if saved.get("key") == key:
         final, transfer = saved["final"], saved["transfer"]
     else:
-        final = final_model(combined, ds, floor, args)
+        final = {**final_model(combined, ds, floor, args), "final_epochs": args.final_epochs}
         model = final.pop("model")
         transfer = [travel(model, final["tta"], preset, seed, work) for preset, seed in TRANSFER.items()]
         cache.write_text(json.dumps({"key": key, "final": final, "transfer": transfer}, default=float))
@@ -186,7 +196,44 @@ def combined_study(data: Path, work: Path, args: argparse.Namespace) -> dict[str
     best = study.best_trial
     print(f"combined: best {best.value:.4f} (trial {best.number})", flush=True)
     return {"study": study, "best": best, "trials": trials, "epochs": epochs_spent(trials),
-            "seconds": time.perf_counter() - t0, "pruned": sum(t.state.name == "PRUNED" for t in trials)}
+            "seconds": time.perf_counter() - t0, "pruned": sum(t.state.name == "PRUNED" for t in trials),
+            "space": "combined.yaml", "where": f"{args.combined_trials} trials of up to {args.combined_epochs} "
+            "epochs on this CPU"}
+
+
+def from_gpu(paths: list[Path], work: Path) -> tuple[dict, dict, list[dict]]:
+    """Stages 2-4 from gpu_study.py's JSON files: the study of the first, the final trainings of all."""
+    runs = [json.loads(path.read_text()) for path in paths]
+    study = runs[0]
+    params = {t["number"]: t["params"] for t in study["trials"]}
+    finals = [{**f, "pass": i + 1, "params": params[f["trial"]]}
+              for i, run in enumerate(runs) for f in run["finals"]]
+    champion = min(finals, key=lambda f: f["val"]["rmse"])  # as gpu_study.py chooses
+    trials = study["trials"]
+    done = [t for t in trials if t["state"] == "COMPLETE"]
+    best = min(done, key=lambda t: t["value"])
+    for path in paths:
+        (DOCS / "results" / path.name).write_text(path.read_text())
+    space = Path(study["space"]).name
+    combined = {
+        "trials": trials, "pruned": sum(t["state"] == "PRUNED" for t in trials),
+        "failed": sum(t["state"] == "FAIL" for t in trials), "epochs": sum(t["epochs"] for t in trials),
+        "seconds": study["study_seconds"], "space": space,
+        "best": SimpleNamespace(number=best["number"], value=best["value"], params=best["params"]),
+        "where": f"as trials of up to {load_space(study['space']).resolved_base().train.epochs} epochs in "
+                 f"{study['workers']} worker processes sharing one {study['device']} for "
+                 f"{study['study_seconds'] / 60:.0f} min (Keras {study['keras']} on JAX "
+                 f"{study['backend_version']}, Optuna {study['optuna']})",
+        "finals": sorted(finals, key=lambda f: f["val"]["rmse"]),
+        "sources": [path.name for path in paths],
+    }
+    final = {**champion, "final_epochs": champion["epochs"]}
+    transfer = []
+    for item in champion["transfer"]:
+        seed = TRANSFER[item["preset"]]
+        other = load_dataset(mock(work / f"{item['preset'].replace(':', '')}_3k.h5", 3000, seed, item["preset"]))
+        transfer.append({**item, **floors(other)})
+    return combined, final, transfer
 
 
 def final_model(combined: dict, ds: Any, floor: dict, args: argparse.Namespace) -> dict[str, Any]:
@@ -219,22 +266,25 @@ def page(args: argparse.Namespace, floor: dict, rows: list[dict], sections: list
     of, cb = floor["oracle_floor"], floor["counts_baseline"]
     t = final["test"]
     ratio = t["residual_std"] / of
+    gpu = "finals" in combined
+    epochs = final.get("final_epochs", args.final_epochs)
     lines = [
         "# Results: the lab report's experiments on mock data",
         "",
-        "Regenerated by `.venv/bin/python benchmarks/make_results.py` "
-        f"(this page: {os.cpu_count()} CPU cores, {platform.machine()}, no GPU, {seconds / 60:.0f} min in all).",
+        "Regenerated by `.venv/bin/python benchmarks/make_results.py"
+        f"{' --combined-from ' + ' '.join('docs/results/' + n for n in combined['sources']) if gpu else ''}` "
+        f"(this page: {os.cpu_count()} CPU cores, {platform.machine()}, {seconds / 60:.0f} min"
+        f"{'; the combined study and final model on a GPU, by benchmarks/gpu_study.py' if gpu else ', no GPU'}).",
         "",
         "**The numbers depend on the budget.** The report trained for 200-400 epochs on 8,939 clusters; "
         f"a 2-core CPU affords here {args.epochs} epochs per trial on {args.clusters} clusters for the "
-        f"eight scans, and {args.combined_trials} trials of up to {args.combined_epochs} epochs on 10,000 "
-        f"clusters for the combined study, then {args.final_epochs} epochs for the final model. At this "
-        "budget the networks are under-trained and the validation split of the scans is small "
-        f"({int(0.1 * args.clusters)} clusters: a residual std is uncertain by about "
+        "eight scans. At this budget the networks are under-trained and the validation split of the "
+        f"scans is small ({int(0.1 * args.clusters)} clusters: a residual std is uncertain by about "
         f"{0.2 / np.sqrt(2 * 0.1 * args.clusters):.3f} dex), so differences between neighbouring grid "
-        "points are mostly noise; the shapes that survive are what to read. The same script with "
-        "the search spaces' own budgets (`--clusters 10000 --epochs 200 --combined-trials 100 "
-        "--combined-epochs 200 --final-epochs 400`) is a GPU job of a few hours.",
+        "points are mostly noise; the shapes that survive are what to read. The combined study ran "
+        f"{combined['where']} on 10,000 clusters; the final model trained up to {epochs} epochs. "
+        "The search spaces' own budgets (`--clusters 10000 --epochs 200 --combined-trials 100 "
+        "--combined-epochs 200 --final-epochs 400`) are a GPU job of a few hours.",
         "",
         "Data: one eRASS:8 mock of 10,000 clusters (`hpo simulate --n 10000 --seed 0 --preset eRASS:8`); "
         f"its floors ([docs/simulator.md](simulator.md)): oracle floor **{of:.3f} dex**, counts baseline **{cb:.3f} dex**.",
@@ -250,18 +300,26 @@ def page(args: argparse.Namespace, floor: dict, rows: list[dict], sections: list
         "",
         "## The combined study",
         "",
-        f"TPE over every axis at once ([`docs/results/spaces/combined.yaml`](results/spaces/combined.yaml)), "
-        f"{len(combined['trials'])} trials ({combined['pruned']} pruned), {combined['epochs']} epochs in "
-        f"{combined['seconds'] / 60:.0f} min. Best validation residual std "
-        f"**{combined['best'].value:.3f} dex** (trial {combined['best'].number}):",
+        f"TPE with median pruning over every axis at once ([`docs/results/spaces/{combined['space']}`]"
+        f"(results/spaces/{combined['space']})), the loss fixed to the Gaussian likelihood, "
+        f"{combined['where']}: {len(combined['trials'])} trials ({combined['pruned']} pruned"
+        f"{', %d failed' % combined['failed'] if combined.get('failed') else ''}), {combined['epochs']} epochs. "
+        f"Best validation residual std **{combined['best'].value:.3f} dex** (trial {combined['best'].number}):",
         "",
         "```yaml",
         yaml.safe_dump({k: _plain(v) for k, v in combined["best"].params.items()}, sort_keys=False).rstrip(),
         "```",
         "",
-        f"That configuration trained again for {args.final_epochs} epochs (best epoch "
-        f"{final['best_epoch'] + 1}), scored once on the {final['n_test']} test clusters"
-        f"{' with test-time augmentation' if final['tta'] else ''}:",
+        *(["The GPU machine lent to this project has neither TensorFlow nor MLflow, so "
+           "[`benchmarks/gpu_study.py`](../benchmarks/gpu_study.py) ran the pieces of `hpo launch` "
+           "(this space file, its sampler and pruner, `config_for_trial`, the pruning callback and "
+           "`hpo.training.train`) under Keras' JAX backend, with Optuna's journal file as the "
+           "storage and no MLflow runs; its outputs are beside this page "
+           f"({', '.join(f'[`{n}`](results/{n})' for n in combined['sources'])}).", ""] if gpu else []),
+        *(_finals(combined["finals"], of) if gpu else [
+            f"That configuration trained again for {epochs} epochs (best epoch "
+            f"{final['best_epoch'] + 1}), scored once on the {final['n_test']} test clusters"
+            f"{' with test-time augmentation' if final['tta'] else ''}:"]),
         "",
         "| metric | test | target |",
         "| --- | ---: | --- |",
@@ -291,8 +349,44 @@ def page(args: argparse.Namespace, floor: dict, rows: list[dict], sections: list
     (DOCS / "results.md").write_text("\n".join(lines))
     (DOCS / "results" / "summary.json").write_text(json.dumps({
         "floors": floor, "experiments": rows, "combined_best": combined["best"].value,
+        "combined_where": combined["where"], "final_epochs": epochs,
         "test": t, "transfer": transfer}, indent=1, default=float))
     print(f"wrote {DOCS / 'results.md'}")
+
+
+def _finals(finals: list[dict], of: float) -> list[str]:
+    """The GPU run's final trainings, and why the champion is the one with the lowest val rmse."""
+    champion = finals[0]
+    shifted = max(finals, key=lambda f: abs(f["val"]["bias"]))
+    passes = "; ".join(
+        f"pass {k}: trials {', '.join(str(n) for n in sorted(f['trial'] for f in finals if f['pass'] == k))} "
+        "for up to "
+        f"{max(f['epochs'] for f in finals if f['pass'] == k)} epochs"
+        for k in sorted({f["pass"] for f in finals}))
+    return [
+        f"The best configurations trained again ({passes}; each time-boxed), with early stopping "
+        "(patience 40, best weights restored). The champion is the lowest **validation rmse**, not residual std: the "
+        "residual std ignores a bias, and stopping on it can keep an epoch whose predictions are "
+        f"all shifted (trial {shifted['trial']}, pass {shifted['pass']}: residual std "
+        f"{shifted['val']['residual_std']:.3f} but bias {shifted['val']['bias']:+.3f} dex, coverage "
+        f"{shifted['val']['coverage68']:.2f}).",
+        "",
+        "| trial | pass | epochs (best) | val residual std | val bias | val rmse | test residual std | test bias | test coverage |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *(f"| {f['trial']}{' (champion)' if f is champion else ''} | {f['pass']} | {f['epochs_run']} "
+          f"({f['best_epoch'] + 1}) | {f['val']['residual_std']:.3f} | {f['val']['bias']:+.3f} | "
+          f"{f['val']['rmse']:.3f} | {f['test']['residual_std']:.3f} ({f['test']['residual_std'] / of:.2f} x) | "
+          f"{f['test']['bias']:+.3f} | {f['test']['coverage68']:.3f} |" for f in finals),
+        "",
+        f"The champion, trial {champion['trial']}:",
+        "",
+        "```yaml",
+        yaml.safe_dump({k: _plain(v) for k, v in champion["params"].items()}, sort_keys=False).rstrip(),
+        "```",
+        "",
+        f"scored once on the {champion['n_test']} test clusters"
+        f"{' with test-time augmentation' if champion['tta'] else ''}:",
+    ]
 
 
 def _relative(path: Path) -> Path:

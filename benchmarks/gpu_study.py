@@ -1,0 +1,205 @@
+"""The combined study and its final model on one GPU, for a machine without TensorFlow or MLflow.
+
+    KERAS_BACKEND=jax python benchmarks/gpu_study.py docs/results/spaces/combined-gpu.yaml \
+        --workers 6 --study-s 240 --final-epochs 400 --final-s 200 --out gpu.json
+    .venv/bin/python benchmarks/make_results.py --combined-from gpu.json    # the page from it
+
+The GPU machines lent to this project carry JAX but neither TensorFlow nor MLflow, and nothing
+can be installed from outside. So this runs the same pieces as `hpo launch` (the search-space
+file, its sampler and pruner, `config_for_trial`, the pruning callback and `hpo.training.train`)
+under Keras' JAX backend, with Optuna's journal file as the storage that the worker processes
+share on one GPU, and no MLflow tracking. Everything is time-boxed, so the JSON always comes back:
+a trial still running at the study's deadline is pruned there, the final trainings stop at theirs
+(best weights restored). The final stage trains the `--finalists` best configurations for
+`--final-epochs`, one process each, and picks the champion by validation, never by test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from hpo.config.overrides import apply_overrides
+from hpo.data.contract import load_dataset
+from hpo.model.metrics import residual_metrics
+from hpo.objective.keys import CONFIG_KEY
+from hpo.objective.keys import EPOCHS_RUN_KEY
+from hpo.objective.pruning import PruningCallback
+from hpo.objective.space import load_space
+from hpo.objective.suggest import config_for_trial
+from hpo.study.pruners import make_pruner
+from hpo.study.samplers import make_sampler
+from hpo.training.evaluate import predict
+from hpo.training.loop import train
+
+
+class Deadline(keras.callbacks.Callback):
+    """At the first epoch end past `at` (time.time()): prunes the trial, or stops training."""
+
+    def __init__(self, at: float, *, prune: bool) -> None:
+        super().__init__()
+        self.at, self.prune = at, prune
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if time.time() > self.at:
+            if self.prune:
+                raise optuna.TrialPruned(f"the study's time box ended at epoch {epoch}")
+            self.model.stop_training = True
+
+
+def main() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("space", type=Path)
+    parser.add_argument("--transfer", nargs="*", default=[], help="PRESET=FILE, scored by the champion")
+    parser.add_argument("--workers", type=int, default=6, help="processes sharing the GPU")
+    parser.add_argument("--study-s", type=float, default=240, help="time box of the study")
+    parser.add_argument("--finalists", type=int, default=3)
+    parser.add_argument("--final-epochs", type=int, default=400)
+    parser.add_argument("--final-s", type=float, default=200, help="time box of the final trainings")
+    parser.add_argument("--finals-of", default="", help="comma-separated trial numbers: only train "
+                        "these again, for exactly --final-epochs, from the journal in --work")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/gpu_study"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--role", default="main", help=argparse.SUPPRESS)  # worker:I | final:N
+    parser.add_argument("--until", type=float, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    space = load_space(args.space)
+    args.work.mkdir(parents=True, exist_ok=True)
+    journal = str(args.work / "journal.log")
+    if args.role.startswith("worker:"):
+        return worker(space, journal, int(args.role[7:]), args.until)
+    if args.role.startswith("final:"):
+        return final(space, journal, int(args.role[6:]), args)
+
+    t0 = time.time()
+    storage = JournalStorage(JournalFileBackend(journal))
+    if not args.finals_of:
+        optuna.create_study(study_name=space.study.name, storage=storage, direction="minimize",
+                            load_if_exists=True)
+        fan_out(args, [f"worker:{i}" for i in range(args.workers)], t0 + args.study_s)
+    study_s = time.time() - t0
+    study = optuna.load_study(study_name=space.study.name, storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    finalists = done[: args.finalists]
+    if args.finals_of:
+        finalists = [study.trials[int(n)] for n in args.finals_of.split(",")]
+    t1 = time.time()
+    fan_out(args, [f"final:{t.number}" for t in finalists], t1 + args.final_s)
+    finals = [json.loads((args.work / f"final-{t.number}.json").read_text()) for t in finalists
+              if (args.work / f"final-{t.number}.json").exists()]
+    # By validation rmse: residual std alone ignores a bias, and early stopping on it can keep
+    # an epoch whose predictions are all shifted (seen: +0.12 dex at the best residual std).
+    champion = min(finals, key=lambda f: f["val"]["rmse"]) if finals else None
+    out = {
+        "device": _device(), "backend": keras.backend.backend(), "keras": keras.__version__,
+        "backend_version": _backend_version(),
+        "optuna": optuna.__version__, "space": str(args.space), "workers": args.workers,
+        "study_seconds": study_s, "final_seconds": time.time() - t1,
+        "trials": [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+                    "epochs": t.user_attrs.get(EPOCHS_RUN_KEY, 0), "config": t.user_attrs.get(CONFIG_KEY)}
+                   for t in trials],
+        "finals": finals, "champion": champion,
+    }
+    args.out.write_text(json.dumps(out, indent=1, default=float))
+    print(f"wrote {args.out}: {len(trials)} trials, champion "
+          f"{champion and champion['trial']}: test {champion and champion['test']}", flush=True)
+
+
+def fan_out(args: argparse.Namespace, roles: list[str], until: float) -> None:
+    """Runs one process of this script per role, all sharing the GPU, until they exit."""
+    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    argv = [sys.executable, __file__, *sys.argv[1:]]
+    procs = [subprocess.Popen([*argv, "--role", role, "--until", str(until)], env=env) for role in roles]
+    for p in procs:
+        try:
+            p.wait(timeout=max(1.0, until - time.time() + 120))
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def worker(space: Any, journal: str, index: int, until: float) -> None:
+    """Draws and trains trials until the study's trial budget is spent or its time is up."""
+    study = optuna.load_study(study_name=space.study.name,
+                              storage=JournalStorage(JournalFileBackend(journal)),
+                              sampler=make_sampler(space, index), pruner=make_pruner(space.study.pruner))
+    ds = load_dataset(space.resolved_base().data.path)
+
+    def objective(trial: optuna.Trial) -> float:
+        cfg = config_for_trial(trial, space)
+        trial.set_user_attr(CONFIG_KEY, cfg.model_dump(mode="json"))
+        pruning = PruningCallback(trial, space.study.metric)
+        try:
+            result = train(cfg, ds, callbacks=[pruning, Deadline(until, prune=True)])
+        except optuna.TrialPruned:
+            trial.set_user_attr(EPOCHS_RUN_KEY, pruning.last_epoch + 1)
+            raise
+        trial.set_user_attr(EPOCHS_RUN_KEY, result.epochs_run)
+        trial.set_user_attr("seconds", result.seconds)
+        print(f"worker {index}: trial {trial.number} {result.val_metrics['residual_std']:.4f} "
+              f"({result.epochs_run} epochs, {result.seconds:.0f} s)", flush=True)
+        return result.val_metrics["residual_std"]
+
+    study.optimize(objective, timeout=max(0.0, until - time.time()), catch=(Exception,),
+                   callbacks=[optuna.study.MaxTrialsCallback(space.study.n_trials, states=None)])
+
+
+def final(space: Any, journal: str, number: int, args: argparse.Namespace) -> None:
+    """Trains trial `number`'s configuration for --final-epochs; scores val, test and transfer."""
+    study = optuna.load_study(study_name=space.study.name, storage=JournalStorage(JournalFileBackend(journal)))
+    trial = study.trials[number]
+    # As many epochs as the time box holds at the study's pace (the schedule then anneals fully;
+    # fewer processes share the GPU now, so the pace is if anything faster).
+    per_epoch = trial.user_attrs["seconds"] / trial.user_attrs[EPOCHS_RUN_KEY]
+    fits = int(0.85 * (args.until - time.time() - 30) / per_epoch)
+    epochs = max(trial.user_attrs[EPOCHS_RUN_KEY], min(args.final_epochs, fits))
+    if args.finals_of:
+        epochs = args.final_epochs
+    cfg = apply_overrides({"train.epochs": epochs}, base=apply_overrides(trial.user_attrs[CONFIG_KEY]))
+    ds = load_dataset(space.resolved_base().data.path)
+    result = train(cfg, ds, callbacks=[Deadline(args.until, prune=False)])
+    tta = cfg.train.augment.tta
+    test = ds.subset(result.split.test)
+    mu, sigma = predict(result.model, test.images, test.redshift, tta=tta)
+    out = {"trial": number, "study_value": trial.value, "epochs": epochs, "val": result.val_metrics,
+           "test": residual_metrics(mu, test.log_mass, sigma), "n_test": len(result.split.test),
+           "epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "seconds": result.seconds,
+           "tta": tta, "transfer": []}
+    for item in args.transfer:
+        preset, path = item.split("=", 1)
+        other = load_dataset(path)
+        mu, sigma = predict(result.model, other.images, other.redshift, tta=tta)
+        out["transfer"].append({"preset": preset, "n": len(other), **residual_metrics(mu, other.log_mass, sigma)})
+    (args.work / f"final-{number}.json").write_text(json.dumps(out, default=float))
+    print(f"final {number}: val {result.val_metrics['residual_std']:.4f} test {out['test']['residual_std']:.4f} "
+          f"({result.epochs_run} epochs, {result.seconds:.0f} s)", flush=True)
+
+
+def _backend_version() -> str:
+    module = __import__(keras.backend.backend())
+    return getattr(module, "__version__", "?")
+
+
+def _device() -> str:
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "cpu"
+
+
+if __name__ == "__main__":
+    main()
