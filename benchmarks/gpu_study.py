@@ -45,6 +45,9 @@ from hpo.training.evaluate import predict
 from hpo.training.loop import train
 
 
+TIME_BOXED_KEY = "time_boxed"  # a trial pruned because the study's time was up
+
+
 class Deadline(keras.callbacks.Callback):
     """At the first epoch end past `at` (time.time()): prunes the trial, or stops training."""
 
@@ -110,7 +113,8 @@ def main() -> None:
         "optuna": optuna.__version__, "space": str(args.space), "workers": args.workers,
         "study_seconds": study_s, "final_seconds": time.time() - t1,
         "trials": [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-                    "epochs": t.user_attrs.get(EPOCHS_RUN_KEY, 0), "config": t.user_attrs.get(CONFIG_KEY)}
+                    "epochs": t.user_attrs.get(EPOCHS_RUN_KEY, 0),
+                    "time_boxed": bool(t.user_attrs.get(TIME_BOXED_KEY)), "config": t.user_attrs.get(CONFIG_KEY)}
                    for t in trials],
         "finals": finals, "champion": champion,
     }
@@ -146,6 +150,7 @@ def worker(space: Any, journal: str, index: int, until: float) -> None:
             result = train(cfg, ds, callbacks=[pruning, Deadline(until, prune=True)])
         except optuna.TrialPruned:
             trial.set_user_attr(EPOCHS_RUN_KEY, pruning.last_epoch + 1)
+            trial.set_user_attr(TIME_BOXED_KEY, time.time() > until)  # not the pruner's verdict
             raise
         trial.set_user_attr(EPOCHS_RUN_KEY, result.epochs_run)
         trial.set_user_attr("seconds", result.seconds)

@@ -16,8 +16,9 @@ Stages, each resumable (a finished study is joined, not rerun; work in data/resu
 Every derived space file is written to docs/results/spaces/, so a reader sees what ran.
 
 With `--combined-from gpu.json [more.json ...]`, stages 2-4 come from benchmarks/gpu_study.py's
-output instead (a GPU machine without TensorFlow or MLflow; later files' final trainings replace
-earlier ones of the same trial); the files are copied to docs/results/ beside the page.
+output instead (a GPU machine without TensorFlow or MLflow): the study of the first file, the
+final trainings of all, the champion the lowest validation rmse among them; the files are copied
+to docs/results/ beside the page.
 """
 
 from __future__ import annotations
@@ -216,17 +217,22 @@ def from_gpu(paths: list[Path], work: Path) -> tuple[dict, dict, list[dict]]:
         (DOCS / "results" / path.name).write_text(path.read_text())
     space = Path(study["space"]).name
     combined = {
-        "trials": trials, "pruned": sum(t["state"] == "PRUNED" for t in trials),
+        "trials": trials, "time_boxed": sum(bool(t.get("time_boxed")) for t in trials),
+        "pruned": sum(t["state"] == "PRUNED" and not t.get("time_boxed") for t in trials),
         "failed": sum(t["state"] == "FAIL" for t in trials), "epochs": sum(t["epochs"] for t in trials),
         "seconds": study["study_seconds"], "space": space,
         "best": SimpleNamespace(number=best["number"], value=best["value"], params=best["params"]),
         "where": f"as trials of up to {load_space(study['space']).resolved_base().train.epochs} epochs in "
                  f"{study['workers']} worker processes sharing one {study['device']} for "
-                 f"{study['study_seconds'] / 60:.0f} min (Keras {study['keras']} on JAX "
+                 f"{study['study_seconds'] / 60:.0f} min (Keras {study['keras']} on {study['backend']} "
                  f"{study['backend_version']}, Optuna {study['optuna']})",
         "finals": sorted(finals, key=lambda f: f["val"]["rmse"]),
         "sources": [path.name for path in paths],
     }
+    startup = load_space(study["space"]).study.pruner.n_startup_trials
+    if combined["pruned"] == 0 and len(done) <= startup:
+        combined["note"] = (f"The median pruner waits for {startup} finished trials; {len(done)} "
+                            "finished inside the time box, so it pruned none.")
     final = {**champion, "final_epochs": champion["epochs"]}
     transfer = []
     for item in champion["transfer"]:
@@ -303,8 +309,10 @@ def page(args: argparse.Namespace, floor: dict, rows: list[dict], sections: list
         f"TPE with median pruning over every axis at once ([`docs/results/spaces/{combined['space']}`]"
         f"(results/spaces/{combined['space']})), the loss fixed to the Gaussian likelihood, "
         f"{combined['where']}: {len(combined['trials'])} trials ({combined['pruned']} pruned"
+        f"{', %d cut short by the time box' % combined['time_boxed'] if combined.get('time_boxed') else ''}"
         f"{', %d failed' % combined['failed'] if combined.get('failed') else ''}), {combined['epochs']} epochs. "
-        f"Best validation residual std **{combined['best'].value:.3f} dex** (trial {combined['best'].number}):",
+        f"{combined['note'] + ' ' if combined.get('note') else ''}Best validation residual std "
+        f"**{combined['best'].value:.3f} dex** (trial {combined['best'].number}):",
         "",
         "```yaml",
         yaml.safe_dump({k: _plain(v) for k, v in combined["best"].params.items()}, sort_keys=False).rstrip(),

@@ -40,7 +40,8 @@ def test_study_finals_and_champion_come_back_in_one_json(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert [t["state"] for t in result["trials"]] == ["COMPLETE"] * 3
-    assert all(t["epochs"] == 2 and t["config"]["train"]["epochs"] == 2 for t in result["trials"])
+    assert all(t["epochs"] == 2 and t["config"]["train"]["epochs"] == 2 and not t["time_boxed"]
+               for t in result["trials"])
     finals = result["finals"]
     best_two = sorted(result["trials"], key=lambda t: t["value"])[:2]
     assert sorted(f["trial"] for f in finals) == sorted(t["number"] for t in best_two)
