@@ -9,9 +9,11 @@ can be installed from outside. So this runs the same pieces as `hpo launch` (the
 file, its sampler and pruner, `config_for_trial`, the pruning callback and `hpo.training.train`)
 under Keras' JAX backend, with Optuna's journal file as the storage that the worker processes
 share on one GPU, and no MLflow tracking. Everything is time-boxed, so the JSON always comes back:
-a trial still running at the study's deadline is pruned there, the final trainings stop at theirs
-(best weights restored). The final stage trains the `--finalists` best configurations for
-`--final-epochs`, one process each, and picks the champion by validation, never by test.
+a trial still running at the study's deadline is pruned there (and marked `time_boxed`), the final
+trainings stop at theirs (best weights restored). The final stage trains the `--finalists` best
+configurations again, one process each, for as many epochs up to `--final-epochs` as its time box
+holds at the study's pace (exactly `--final-epochs` with `--finals-of`), and picks the champion by
+validation rmse, never by test.
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ from hpo.study.pruners import make_pruner
 from hpo.study.samplers import make_sampler
 from hpo.training.evaluate import predict
 from hpo.training.loop import train
-
 
 TIME_BOXED_KEY = "time_boxed"  # a trial pruned because the study's time was up
 
@@ -95,6 +96,9 @@ def main() -> None:
         fan_out(args, [f"worker:{i}" for i in range(args.workers)], t0 + args.study_s)
     study_s = time.time() - t0
     study = optuna.load_study(study_name=space.study.name, storage=storage)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        # Its worker died (killed at its time limit, or out of memory): the trial ends, as any does.
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
     trials = study.get_trials(deepcopy=False)
     done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     finalists = done[: args.finalists]
@@ -166,13 +170,13 @@ def final(space: Any, journal: str, number: int, args: argparse.Namespace) -> No
     """Trains trial `number`'s configuration for --final-epochs; scores val, test and transfer."""
     study = optuna.load_study(study_name=space.study.name, storage=JournalStorage(JournalFileBackend(journal)))
     trial = study.trials[number]
-    # As many epochs as the time box holds at the study's pace (the schedule then anneals fully;
-    # fewer processes share the GPU now, so the pace is if anything faster).
-    per_epoch = trial.user_attrs["seconds"] / trial.user_attrs[EPOCHS_RUN_KEY]
-    fits = int(0.85 * (args.until - time.time() - 30) / per_epoch)
-    epochs = max(trial.user_attrs[EPOCHS_RUN_KEY], min(args.final_epochs, fits))
-    if args.finals_of:
-        epochs = args.final_epochs
+    epochs = args.final_epochs
+    if not args.finals_of:
+        # As many epochs as the time box holds at the study's pace (the schedule then anneals
+        # fully; fewer processes share the GPU now, so the pace is if anything faster).
+        per_epoch = trial.user_attrs["seconds"] / trial.user_attrs[EPOCHS_RUN_KEY]
+        fits = int(0.85 * (args.until - time.time() - 30) / per_epoch)
+        epochs = max(trial.user_attrs[EPOCHS_RUN_KEY], min(args.final_epochs, fits))
     cfg = apply_overrides({"train.epochs": epochs}, base=apply_overrides(trial.user_attrs[CONFIG_KEY]))
     ds = load_dataset(space.resolved_base().data.path)
     result = train(cfg, ds, callbacks=[Deadline(args.until, prune=False)])
