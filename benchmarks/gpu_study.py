@@ -4,6 +4,9 @@
         --workers 6 --study-s 240 --final-epochs 400 --final-s 200 --out gpu.json
     .venv/bin/python benchmarks/make_results.py --combined-from gpu.json    # the page from it
 
+To resume a study in a later lease, put its journal (docs/results/combined-gpu.journal holds the
+one behind docs/results.md) at WORK/journal.log and run again with `--work WORK`.
+
 The GPU machines lent to this project carry JAX but neither TensorFlow nor MLflow, and nothing
 can be installed from outside. So this runs the same pieces as `hpo launch` (the search-space
 file, its sampler and pruner, `config_for_trial`, the pruning callback and `hpo.training.train`)
