@@ -48,15 +48,13 @@ from hpo.study.docker import docker_workers
 from hpo.study.gpus import round_robin
 from hpo.study.gpus import visible_gpus
 from hpo.study.heartbeat import StaleTrialHandler
-from hpo.study.preflight import bounded_http_retries
-from hpo.study.preflight import probe_tracking
+from hpo.study.preflight import checked_tracker
 from hpo.study.storage import default_storage_url
 from hpo.study.storage import make_storage
 from hpo.study.storage import redact
 from hpo.study.worker import finish_parent_run
 from hpo.tracking.runs import MLFLOW_EXPERIMENT_KEY
 from hpo.tracking.runs import MLFLOW_PARENT_RUN_KEY
-from hpo.tracking.runs import Tracker
 
 POLL_S = 2.0
 STOP_TIMEOUT_S = 60.0  # how long stopped workers get to end their trial and MLflow run
@@ -191,10 +189,8 @@ def launch(
         )
     name = space.study.name
     storage_url = storage_url or default_storage_url()
-    tracker = Tracker(tracking_uri)
-    probe_tracking(tracker.uri)  # a dead tracking server is an error now, not in every trial
-    with bounded_http_retries():
-        tracker.check()
+    # A dead tracking server is an error now, not in every trial.
+    tracker = checked_tracker(tracking_uri)
     data_cfg = space.resolved_base().data
     # A broken file fails here, before any trial starts.
     dataset = open_dataset(data_cfg.path, max_in_memory_gb=data_cfg.max_in_memory_gb)
@@ -249,10 +245,7 @@ def launch_keras_tuner(
             "--launcher local (keras-tuner's distributed mode needs a chief oracle and worker "
             "processes, which hpo does not run; engine optuna runs parallel workers)"
         )
-    tracker = Tracker(tracking_uri)
-    probe_tracking(tracker.uri)
-    with bounded_http_retries():
-        tracker.check()
+    tracker = checked_tracker(tracking_uri)
     data_cfg = space.resolved_base().data
     dataset = open_dataset(data_cfg.path, max_in_memory_gb=data_cfg.max_in_memory_gb)
     from hpo.study.keras_tuner import kt_directory

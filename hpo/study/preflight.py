@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from hpo.errors import TrackingError
+from hpo.tracking.runs import Tracker
 
 PROBE_TIMEOUT_S = 5.0
 _BOUNDED_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
@@ -53,3 +54,16 @@ def bounded_http_retries() -> Iterator[None]:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
+
+
+def checked_tracker(uri: str | None) -> Tracker:
+    """A Tracker for `uri` whose store answered: probed at once, then checked with bounded retries.
+
+    Raises:
+        TrackingError: the tracking server or store cannot be used.
+    """
+    tracker = Tracker(uri)
+    probe_tracking(tracker.uri)
+    with bounded_http_retries():
+        tracker.check()
+    return tracker

@@ -34,8 +34,7 @@ from hpo.study.heartbeat import enable_heartbeat
 from hpo.study.heartbeat import grace_s
 from hpo.study.heartbeat import reap
 from hpo.study.interrupt import StopRequest
-from hpo.study.preflight import bounded_http_retries
-from hpo.study.preflight import probe_tracking
+from hpo.study.preflight import checked_tracker
 from hpo.study.retry import RETRY_WINDOW_S
 from hpo.study.retry import is_transient
 from hpo.study.storage import default_storage_url
@@ -78,10 +77,7 @@ def run_worker(
     storage = make_storage(storage_url)
     study, space = load_study(storage, study_name, worker_index)
     env_uri = os.environ.get("MLFLOW_TRACKING_URI")
-    tracker = Tracker(tracking_uri or env_uri or study.user_attrs.get(TRACKING_URI_KEY))
-    probe_tracking(tracker.uri)
-    with bounded_http_retries():
-        tracker.check()
+    tracker = checked_tracker(tracking_uri or env_uri or study.user_attrs.get(TRACKING_URI_KEY))
     data_cfg = space.resolved_base().data
     dataset = open_dataset(data_cfg.path, max_in_memory_gb=data_cfg.max_in_memory_gb)
     stop = stop or StopRequest()
