@@ -190,13 +190,12 @@ def combined_study(data: Path, work: Path, args: argparse.Namespace) -> dict[str
         "data.path": str(data), "base.train.epochs": args.combined_epochs,
         "base.train.loss.type": "gaussian_nll", "params": params,
     })
-    t0 = time.perf_counter()
     study = run_study(space_file, work / "studies", workers=args.workers)
     trials = finished(study)
     best = study.best_trial
     print(f"combined: best {best.value:.4f} (trial {best.number})", flush=True)
     return {"study": study, "best": best, "trials": trials, "epochs": epochs_spent(trials),
-            "seconds": time.perf_counter() - t0, "pruned": sum(t.state.name == "PRUNED" for t in trials),
+            "pruned": sum(t.state.name == "PRUNED" for t in trials),
             "space": "combined.yaml", "where": f"{args.combined_trials} trials of up to {args.combined_epochs} "
             "epochs on this CPU"}
 
@@ -215,20 +214,21 @@ def from_gpu(paths: list[Path], work: Path) -> tuple[dict, dict, list[dict]]:
     for path in paths:
         (DOCS / "results" / path.name).write_text(path.read_text())
     space = Path(study["space"]).name
+    spec = load_space(study["space"])
     combined = {
         "trials": trials, "time_boxed": sum(bool(t.get("time_boxed")) for t in trials),
         "pruned": sum(t["state"] == "PRUNED" and not t.get("time_boxed") for t in trials),
         "failed": sum(t["state"] == "FAIL" for t in trials), "epochs": sum(t["epochs"] for t in trials),
-        "seconds": study["study_seconds"], "space": space,
+        "space": space,
         "best": SimpleNamespace(number=best["number"], value=best["value"], params=best["params"]),
-        "where": f"as trials of up to {load_space(study['space']).resolved_base().train.epochs} epochs in "
+        "where": f"as trials of up to {spec.resolved_base().train.epochs} epochs in "
                  f"{study['workers']} worker processes sharing one {study['device']} for "
                  f"{study['study_seconds'] / 60:.0f} min (Keras {study['keras']} on {study['backend']} "
                  f"{study['backend_version']}, Optuna {study['optuna']})",
         "finals": sorted(finals, key=lambda f: f["val"]["rmse"]),
         "sources": [path.name for path in paths],
     }
-    startup = load_space(study["space"]).study.pruner.n_startup_trials
+    startup = spec.study.pruner.n_startup_trials
     if combined["pruned"] == 0 and len(done) <= startup:
         combined["note"] = (f"The median pruner waits for {startup} finished trials; {len(done)} "
                             "finished inside the time box, so it pruned none.")
