@@ -5,7 +5,9 @@
     .venv/bin/python benchmarks/make_results.py --combined-from gpu.json    # the page from it
 
 To resume a study in a later lease, put its journal (docs/results/combined-gpu.journal holds the
-one behind docs/results.md) at WORK/journal.log and run again with `--work WORK`.
+one behind docs/results.md) at WORK/journal.log and run again with `--work WORK`. Where the space
+gained an axis since, `--enqueue-best 4 --with model.pool.type=avg` first retries the 4 best
+configurations with the new value.
 
 The GPU machines lent to this project carry JAX but neither TensorFlow nor MLflow, and nothing
 can be installed from outside. So this runs the same pieces as `hpo launch` (the search-space
@@ -14,9 +16,10 @@ under Keras' JAX backend, with Optuna's journal file as the storage that the wor
 share on one GPU, and no MLflow tracking. Everything is time-boxed, so the JSON always comes back:
 a trial still running at the study's deadline is pruned there (and marked `time_boxed`), the final
 trainings stop at theirs (best weights restored). The final stage trains the `--finalists` best
-configurations again, one process each, for as many epochs up to `--final-epochs` as its time box
-holds at the study's pace (exactly `--final-epochs` with `--finals-of`), and picks the champion by
-validation rmse, never by test.
+configurations again, one process per configuration and `--final-seeds` seed, for as many epochs
+up to `--final-epochs` as its time box holds at the study's pace (exactly `--final-epochs` with
+`--finals-of`), scores each with and without test-time augmentation, and picks the champion (and
+its view) by validation rmse, never by test.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 
 import keras
 import optuna
+import yaml
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -42,6 +46,7 @@ from hpo.model.metrics import residual_metrics
 from hpo.objective.keys import CONFIG_KEY
 from hpo.objective.keys import EPOCHS_RUN_KEY
 from hpo.objective.pruning import PruningCallback
+from hpo.objective.space import encode_choice
 from hpo.objective.space import load_space
 from hpo.objective.suggest import config_for_trial
 from hpo.study.pruners import make_pruner
@@ -50,6 +55,7 @@ from hpo.training.evaluate import predict
 from hpo.training.loop import train
 
 TIME_BOXED_KEY = "time_boxed"  # a trial pruned because the study's time was up
+ENQUEUED_FROM_KEY = "enqueued_from"  # the trial whose params an enqueued trial repeats
 
 
 class Deadline(keras.callbacks.Callback):
@@ -78,9 +84,16 @@ def main() -> None:
     parser.add_argument("--final-s", type=float, default=200, help="time box of the final trainings")
     parser.add_argument("--finals-of", default="", help="comma-separated trial numbers: only train "
                         "these again, for exactly --final-epochs, from the journal in --work")
+    parser.add_argument("--enqueue-best", type=int, default=0, help="before the study, enqueue the N best "
+                        "finished trials again with --with's values (a new axis tried at the best points)")
+    parser.add_argument("--with", dest="with_", nargs="*", default=[], metavar="PATH=VALUE",
+                        help="values (YAML) of the re-enqueued trials, e.g. model.pool.type=avg")
+    parser.add_argument("--final-seeds", default="0", help="comma-separated: each finalist trains once per seed")
+    parser.add_argument("--final-patience", default="", help="early stopping of the finals: epochs, or "
+                        "none (the schedule runs to its end); default: the trial's own")
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu_study"))
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--role", default="main", help=argparse.SUPPRESS)  # worker:I | final:N
+    parser.add_argument("--role", default="main", help=argparse.SUPPRESS)  # worker:I | final:N:SEED
     parser.add_argument("--until", type=float, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     space = load_space(args.space)
@@ -89,13 +102,15 @@ def main() -> None:
     if args.role.startswith("worker:"):
         return worker(space, journal, int(args.role[7:]), args.until)
     if args.role.startswith("final:"):
-        return final(space, journal, int(args.role[6:]), args)
+        return final(space, journal, args.role[6:], args)
 
     t0 = time.time()
     storage = JournalStorage(JournalFileBackend(journal))
     if not args.finals_of:
-        optuna.create_study(study_name=space.study.name, storage=storage, direction="minimize",
-                            load_if_exists=True)
+        study = optuna.create_study(study_name=space.study.name, storage=storage, direction="minimize",
+                                    load_if_exists=True)
+        with_ = {k: encode_choice(yaml.safe_load(v)) for k, v in (w.split("=", 1) for w in args.with_)}
+        enqueue_best(study, args.enqueue_best, with_)
         fan_out(args, [f"worker:{i}" for i in range(args.workers)], t0 + args.study_s)
     study_s = time.time() - t0
     study = optuna.load_study(study_name=space.study.name, storage=storage)
@@ -108,9 +123,11 @@ def main() -> None:
     if args.finals_of:
         finalists = [study.trials[int(n)] for n in args.finals_of.split(",")]
     t1 = time.time()
-    fan_out(args, [f"final:{t.number}" for t in finalists], t1 + args.final_s)
-    finals = [json.loads((args.work / f"final-{t.number}.json").read_text()) for t in finalists
-              if (args.work / f"final-{t.number}.json").exists()]
+    seeds = [int(s) for s in args.final_seeds.split(",")]
+    roles = [f"{t.number}:{seed}" for t in finalists for seed in seeds]
+    fan_out(args, [f"final:{role}" for role in roles], t1 + args.final_s)
+    files = [args.work / f"final-{role.replace(':', '-s')}.json" for role in roles]
+    finals = [json.loads(f.read_text()) for f in files if f.exists()]
     # By validation rmse: residual std alone ignores a bias, and early stopping on it can keep
     # an epoch whose predictions are all shifted (seen: +0.12 dex at the best residual std).
     champion = min(finals, key=lambda f: f["val"]["rmse"]) if finals else None
@@ -121,13 +138,28 @@ def main() -> None:
         "study_seconds": study_s, "final_seconds": time.time() - t1,
         "trials": [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
                     "epochs": t.user_attrs.get(EPOCHS_RUN_KEY, 0),
-                    "time_boxed": bool(t.user_attrs.get(TIME_BOXED_KEY)), "config": t.user_attrs.get(CONFIG_KEY)}
+                    "time_boxed": bool(t.user_attrs.get(TIME_BOXED_KEY)),
+                    "enqueued_from": t.user_attrs.get(ENQUEUED_FROM_KEY), "config": t.user_attrs.get(CONFIG_KEY)}
                    for t in trials],
         "finals": finals, "champion": champion,
     }
     args.out.write_text(json.dumps(out, indent=1, default=float))
     print(f"wrote {args.out}: {len(trials)} trials, champion "
           f"{champion and champion['trial']}: test {champion and champion['test']}", flush=True)
+
+
+def enqueue_best(study: optuna.Study, n: int, values: dict[str, Any]) -> None:
+    """Enqueues the n best finished trials' params again, with `values` on top (once per pair).
+
+    When the space gains an axis mid-study, TPE draws it at random for a long while; trying the
+    new values at the best points found so far tells sooner whether the axis matters.
+    """
+    done = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value)
+    for t in done[:n]:
+        if all(t.params.get(k) == v for k, v in values.items()):
+            continue  # already has these values
+        study.enqueue_trial({**t.params, **values}, user_attrs={ENQUEUED_FROM_KEY: t.number},
+                            skip_if_exists=True)
 
 
 def fan_out(args: argparse.Namespace, roles: list[str], until: float) -> None:
@@ -169,8 +201,13 @@ def worker(space: Any, journal: str, index: int, until: float) -> None:
                    callbacks=[optuna.study.MaxTrialsCallback(space.study.n_trials, states=None)])
 
 
-def final(space: Any, journal: str, number: int, args: argparse.Namespace) -> None:
-    """Trains trial `number`'s configuration for --final-epochs; scores val, test and transfer."""
+def final(space: Any, journal: str, role: str, args: argparse.Namespace) -> None:
+    """Trains trial N's configuration (role "N:SEED") again; scores val, test and transfer.
+
+    Both views are scored, the plain forward pass and the mean over the 8 dihedral views (TTA);
+    the one with the lower validation rmse is this final's, so test never chooses.
+    """
+    number, seed = (int(part) for part in role.split(":"))
     study = optuna.load_study(study_name=space.study.name, storage=JournalStorage(JournalFileBackend(journal)))
     trial = study.trials[number]
     epochs = args.final_epochs
@@ -180,24 +217,35 @@ def final(space: Any, journal: str, number: int, args: argparse.Namespace) -> No
         per_epoch = trial.user_attrs["seconds"] / trial.user_attrs[EPOCHS_RUN_KEY]
         fits = int(0.85 * (args.until - time.time() - 30) / per_epoch)
         epochs = max(trial.user_attrs[EPOCHS_RUN_KEY], min(args.final_epochs, fits))
-    cfg = apply_overrides({"train.epochs": epochs}, base=apply_overrides(trial.user_attrs[CONFIG_KEY]))
+    overrides: dict[str, Any] = {"train.epochs": epochs, "train.seed": seed}
+    if args.final_patience:
+        overrides["train.early_stopping_patience"] = None if args.final_patience == "none" else int(args.final_patience)
+    cfg = apply_overrides(overrides, base=apply_overrides(trial.user_attrs[CONFIG_KEY]))
     ds = load_dataset(space.resolved_base().data.path)
     result = train(cfg, ds, callbacks=[Deadline(args.until, prune=False)])
-    tta = cfg.train.augment.tta
-    test = ds.subset(result.split.test)
-    mu, sigma = predict(result.model, test.images, test.redshift, tta=tta)
-    out = {"trial": number, "study_value": trial.value, "epochs": epochs, "val": result.val_metrics,
-           "test": residual_metrics(mu, test.log_mass, sigma), "n_test": len(result.split.test),
-           "epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "seconds": result.seconds,
-           "tta": tta, "transfer": []}
-    for item in args.transfer:
-        preset, path = item.split("=", 1)
-        other = load_dataset(path)
-        mu, sigma = predict(result.model, other.images, other.redshift, tta=tta)
-        out["transfer"].append({"preset": preset, "n": len(other), **residual_metrics(mu, other.log_mass, sigma)})
-    (args.work / f"final-{number}.json").write_text(json.dumps(out, default=float))
-    print(f"final {number}: val {result.val_metrics['residual_std']:.4f} test {out['test']['residual_std']:.4f} "
-          f"({result.epochs_run} epochs, {result.seconds:.0f} s)", flush=True)
+    others = [(item.split("=", 1)[0], load_dataset(item.split("=", 1)[1])) for item in args.transfer]
+    views = {}
+    for tta in (False, True):
+        scored = {}
+        for name, idx in (("val", result.split.val), ("test", result.split.test)):
+            part = ds.subset(idx)
+            mu, sigma = predict(result.model, part.images, part.redshift, tta=tta)
+            scored[name] = residual_metrics(mu, part.log_mass, sigma)
+        scored["transfer"] = []
+        for preset, other in others:
+            mu, sigma = predict(result.model, other.images, other.redshift, tta=tta)
+            scored["transfer"].append({"preset": preset, "n": len(other),
+                                       **residual_metrics(mu, other.log_mass, sigma)})
+        views["tta" if tta else "plain"] = scored
+    view = min(views, key=lambda v: views[v]["val"]["rmse"])
+    out = {"trial": number, "seed": seed, "study_value": trial.value, "epochs": epochs,
+           **views[view], "tta": view == "tta", "views": views, "n_test": len(result.split.test),
+           "patience": cfg.train.early_stopping_patience, "epochs_run": result.epochs_run,
+           "best_epoch": result.best_epoch, "seconds": result.seconds}
+    (args.work / f"final-{number}-s{seed}.json").write_text(json.dumps(out, default=float))
+    print(f"final {number} seed {seed}: val rmse {out['val']['rmse']:.4f} test {out['test']['residual_std']:.4f} "
+          f"({view}; plain {views['plain']['test']['residual_std']:.4f}, tta {views['tta']['test']['residual_std']:.4f}; "
+          f"{result.epochs_run} epochs, {result.seconds:.0f} s)", flush=True)
 
 
 def _backend_version() -> str:

@@ -24,6 +24,7 @@ to docs/results/ beside the page.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -203,7 +204,8 @@ def combined_study(data: Path, work: Path, args: argparse.Namespace) -> dict[str
 def from_gpu(paths: list[Path], work: Path) -> tuple[dict, dict, list[dict]]:
     """Stages 2-4 from gpu_study.py's JSON files: the study of the first, the final trainings of all."""
     runs = [json.loads(path.read_text()) for path in paths]
-    study = runs[0]
+    study = max(runs, key=lambda run: len(run["trials"]))  # a resumed study's run holds it all
+    leases = [run["study_seconds"] for run in runs if run["study_seconds"] > 1]  # not finals-only
     params = {t["number"]: t["params"] for t in study["trials"]}
     finals = [{**f, "pass": i + 1, "params": params[f["trial"]]}
               for i, run in enumerate(runs) for f in run["finals"]]
@@ -223,15 +225,26 @@ def from_gpu(paths: list[Path], work: Path) -> tuple[dict, dict, list[dict]]:
         "best": SimpleNamespace(number=best["number"], value=best["value"], params=best["params"]),
         "where": f"as trials of up to {spec.resolved_base().train.epochs} epochs in "
                  f"{study['workers']} worker processes sharing one {study['device']} for "
-                 f"{study['study_seconds'] / 60:.0f} min (Keras {study['keras']} on {study['backend']} "
+                 f"{sum(leases) / 60:.0f} min{f' in {len(leases)} leases' if len(leases) > 1 else ''} "
+                 f"(Keras {study['keras']} on {study['backend']} "
                  f"{study['backend_version']}, Optuna {study['optuna']})",
         "finals": sorted(finals, key=lambda f: f["val"]["rmse"]),
         "sources": [path.name for path in paths],
     }
     startup = spec.study.pruner.n_startup_trials
+    notes = []
     if combined["pruned"] == 0 and len(done) <= startup:
-        combined["note"] = (f"The median pruner waits for {startup} finished trials; {len(done)} "
-                            "finished inside the time box, so it pruned none.")
+        notes.append(f"The median pruner waits for {startup} finished trials; {len(done)} "
+                     "finished inside the time box, so it pruned none.")
+    notes += _axis_added(trials, spec)
+    late = [t for t in trials if t["state"] == "PRUNED" and not t.get("time_boxed")
+            and t["epochs"] >= 0.9 * spec.resolved_base().train.epochs]
+    if late:
+        notes.append(f"{len(late)} trials (e.g. {', '.join(str(t['number']) for t in late[:3])}) were pruned after "
+                     f"{min(t['epochs'] for t in late)}+ epochs: at late epochs the median pruner compares a trial "
+                     "only with the few trials that ran that long, which early stopping keeps few; such trials "
+                     "cannot become finalists.")
+    combined["note"] = " ".join(notes)
     final = {**champion, "final_epochs": champion["epochs"]}
     transfer = []
     for item in champion["transfer"]:
@@ -239,6 +252,25 @@ def from_gpu(paths: list[Path], work: Path) -> tuple[dict, dict, list[dict]]:
         other = load_dataset(mock(work / f"{item['preset'].replace(':', '')}_3k.h5", 3000, seed, item["preset"]))
         transfer.append({**item, **floors(other)})
     return combined, final, transfer
+
+
+def _axis_added(trials: list[dict], spec: Any) -> list[str]:
+    """Says where the study's space gained an axis, and which trials tried it at the best points."""
+    new_axes = [path for path in spec.params if not any(path in t["params"] for t in trials[:1])]
+    enqueued = [t for t in trials if t.get("enqueued_from") is not None]
+    if not new_axes:
+        return []
+    first = min(t["number"] for t in trials if all(a in t["params"] for a in new_axes))
+    base = spec.resolved_base().model_dump(mode="json")
+    before = ", ".join(f"`{a}` = {functools.reduce(lambda d, k: d[k], a.split('.'), base)}" for a in new_axes)
+    out = [f"The space gained `{'`, `'.join(new_axes)}` after trial {first - 1} (trials up to it ran with "
+           f"the base config's {before})."]
+    if enqueued:
+        pairs = ", ".join(f"{t['number']} (from {t['enqueued_from']})" for t in enqueued)
+        values = ", ".join(f"`{a}` = {enqueued[0]['params'][a]}" for a in new_axes)
+        out.append(f"The resumed study first ran its {len(enqueued)} best configurations again with {values} "
+                   f"(enqueued trials {pairs}); TPE then drew the axis like any other.")
+    return out
 
 
 def final_model(combined: dict, ds: Any, floor: dict, args: argparse.Namespace) -> dict[str, Any]:
@@ -367,21 +399,24 @@ def _finals(finals: list[dict], of: float) -> list[str]:
     champion = finals[0]
     shifted = max(finals, key=lambda f: abs(f["val"]["bias"]))
     passes = "; ".join(
-        f"pass {k}: trials {', '.join(str(n) for n in sorted(f['trial'] for f in finals if f['pass'] == k))} "
-        "for up to "
+        f"pass {k}: trials {', '.join(str(n) for n in sorted({f['trial'] for f in finals if f['pass'] == k}))}"
+        f"{_seeds({f.get('seed', 0) for f in finals if f['pass'] == k})} for up to "
         f"{max(f['epochs'] for f in finals if f['pass'] == k)} epochs"
         for k in sorted({f["pass"] for f in finals}))
+    views = any("views" in f for f in finals)
     return [
         f"The best configurations trained again ({passes}; each time-boxed), with early stopping "
-        "(patience 40, best weights restored). The champion is the lowest **validation rmse**, not residual std: the "
+        "(patience 40, best weights restored)."
+        f"{_VIEWS if views else ''} The champion is the lowest **validation rmse**, not residual std: the "
         "residual std ignores a bias, and stopping on it can keep an epoch whose predictions are "
         f"all shifted (trial {shifted['trial']}, pass {shifted['pass']}: residual std "
         f"{shifted['val']['residual_std']:.3f} but bias {shifted['val']['bias']:+.3f} dex, coverage "
         f"{shifted['val']['coverage68']:.2f}).",
         "",
-        "| trial | pass | epochs (best) | val residual std | val bias | val rmse | test residual std | test bias | test coverage |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        *(f"| {f['trial']}{' (champion)' if f is champion else ''} | {f['pass']} | {f['epochs_run']} "
+        "| trial | pass | seed | view | epochs (best) | val residual std | val bias | val rmse | test residual std | test bias | test coverage |",
+        "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *(f"| {f['trial']}{' (champion)' if f is champion else ''} | {f['pass']} | {f.get('seed', 0)} | "
+          f"{'TTA' if f['tta'] else 'plain'} | {f['epochs_run']} "
           f"({f['best_epoch'] + 1}) | {f['val']['residual_std']:.3f} | {f['val']['bias']:+.3f} | "
           f"{f['val']['rmse']:.3f} | {f['test']['residual_std']:.3f} ({f['test']['residual_std'] / of:.2f} x) | "
           f"{f['test']['bias']:+.3f} | {f['test']['coverage68']:.3f} |" for f in finals),
@@ -395,6 +430,15 @@ def _finals(finals: list[dict], of: float) -> list[str]:
         f"scored once on the {champion['n_test']} test clusters"
         f"{' with test-time augmentation' if champion['tta'] else ''}:",
     ]
+
+
+_VIEWS = (" Each final was scored twice, by the plain forward pass and by test-time augmentation "
+          "(TTA: the mean over the 8 flips and right-angle rotations of each image), and keeps the "
+          "view with the lower validation rmse.")
+
+
+def _seeds(seeds: set[int]) -> str:
+    return f" (seeds {', '.join(map(str, sorted(seeds)))} each)" if len(seeds) > 1 else ""
 
 
 def _relative(path: Path) -> Path:
