@@ -89,8 +89,6 @@ def main() -> None:
     parser.add_argument("--with", dest="with_", nargs="*", default=[], metavar="PATH=VALUE",
                         help="values (YAML) of the re-enqueued trials, e.g. model.pool.type=avg")
     parser.add_argument("--final-seeds", default="0", help="comma-separated: each finalist trains once per seed")
-    parser.add_argument("--final-patience", default="", help="early stopping of the finals: epochs, or "
-                        "none (the schedule runs to its end); default: the trial's own")
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu_study"))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--role", default="main", help=argparse.SUPPRESS)  # worker:I | final:N:SEED
@@ -217,10 +215,8 @@ def final(space: Any, journal: str, role: str, args: argparse.Namespace) -> None
         per_epoch = trial.user_attrs["seconds"] / trial.user_attrs[EPOCHS_RUN_KEY]
         fits = int(0.85 * (args.until - time.time() - 30) / per_epoch)
         epochs = max(trial.user_attrs[EPOCHS_RUN_KEY], min(args.final_epochs, fits))
-    overrides: dict[str, Any] = {"train.epochs": epochs, "train.seed": seed}
-    if args.final_patience:
-        overrides["train.early_stopping_patience"] = None if args.final_patience == "none" else int(args.final_patience)
-    cfg = apply_overrides(overrides, base=apply_overrides(trial.user_attrs[CONFIG_KEY]))
+    cfg = apply_overrides({"train.epochs": epochs, "train.seed": seed},
+                          base=apply_overrides(trial.user_attrs[CONFIG_KEY]))
     ds = load_dataset(space.resolved_base().data.path)
     result = train(cfg, ds, callbacks=[Deadline(args.until, prune=False)])
     others = [(item.split("=", 1)[0], load_dataset(item.split("=", 1)[1])) for item in args.transfer]
