@@ -202,7 +202,7 @@ def combined_study(data: Path, work: Path, args: argparse.Namespace) -> dict[str
 
 
 def from_gpu(paths: list[Path], work: Path) -> tuple[dict, dict, list[dict]]:
-    """Stages 2-4 from gpu_study.py's JSON files: the study of the first, the final trainings of all."""
+    """Stages 2-4 from gpu_study.py's JSON files: the study of the run that holds most trials, the finals of all."""
     runs = [json.loads(path.read_text()) for path in paths]
     study = max(runs, key=lambda run: len(run["trials"]))  # a resumed study's run holds it all
     leases = [run["study_seconds"] for run in runs if run["study_seconds"] > 1]  # not finals-only
@@ -242,8 +242,8 @@ def from_gpu(paths: list[Path], work: Path) -> tuple[dict, dict, list[dict]]:
     if late:
         notes.append(f"{len(late)} trials (e.g. {', '.join(str(t['number']) for t in late[:3])}) were pruned after "
                      f"{min(t['epochs'] for t in late)}+ epochs: at late epochs the median pruner compares a trial "
-                     "only with the few trials that ran that long, which early stopping keeps few; such trials "
-                     "cannot become finalists.")
+                     "only with the few trials that ran that long (early stopping ends most sooner), and a "
+                     "pruned trial cannot become a finalist.")
     combined["note"] = " ".join(notes)
     final = {**champion, "final_epochs": champion["epochs"]}
     transfer = []
@@ -256,7 +256,8 @@ def from_gpu(paths: list[Path], work: Path) -> tuple[dict, dict, list[dict]]:
 
 def _axis_added(trials: list[dict], spec: Any) -> list[str]:
     """Says where the study's space gained an axis, and which trials tried it at the best points."""
-    new_axes = [path for path in spec.params if not any(path in t["params"] for t in trials[:1])]
+    first_params = trials[0]["params"] if trials else {}
+    new_axes = [path for path in spec.params if path not in first_params]
     enqueued = [t for t in trials if t.get("enqueued_from") is not None]
     if not new_axes:
         return []

@@ -56,10 +56,10 @@ def test_study_finals_and_champion_come_back_in_one_json(tmp_path: Path) -> None
         kept = tta if f["tta"] else plain
         assert kept["val"]["rmse"] == min(plain["val"]["rmse"], tta["val"]["rmse"])
         assert (f["val"], f["test"], f["transfer"]) == (kept["val"], kept["test"], kept["transfer"])
-    seeds_differ = {f["trial"]: [] for f in finals}
+    rmse_by_trial: dict[int, list[float]] = {f["trial"]: [] for f in finals}
     for f in finals:
-        seeds_differ[f["trial"]].append(f["views"]["plain"]["val"]["rmse"])
-    assert all(a != b for a, b in seeds_differ.values())  # the seed reached the training
+        rmse_by_trial[f["trial"]].append(f["views"]["plain"]["val"]["rmse"])
+    assert all(a != b for a, b in rmse_by_trial.values())  # the seed reached the training
     assert result["champion"] == min(finals, key=lambda f: f["val"]["rmse"])
 
     # Rule: a resumed study can try a new value at its best point first (an enqueued trial).
