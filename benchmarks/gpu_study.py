@@ -42,7 +42,6 @@ from optuna.trial import TrialState
 
 from hpo.config.overrides import apply_overrides
 from hpo.data.contract import load_dataset
-from hpo.model.metrics import residual_metrics
 from hpo.objective.keys import CONFIG_KEY
 from hpo.objective.keys import EPOCHS_RUN_KEY
 from hpo.objective.pruning import PruningCallback
@@ -51,7 +50,7 @@ from hpo.objective.space import load_space
 from hpo.objective.suggest import config_for_trial
 from hpo.study.pruners import make_pruner
 from hpo.study.samplers import make_sampler
-from hpo.training.evaluate import predict
+from hpo.training.evaluate import score
 from hpo.training.loop import train
 
 TIME_BOXED_KEY = "time_boxed"  # a trial pruned because the study's time was up
@@ -219,20 +218,14 @@ def final(space: Any, journal: str, role: str, args: argparse.Namespace) -> None
                           base=apply_overrides(trial.user_attrs[CONFIG_KEY]))
     ds = load_dataset(space.resolved_base().data.path)
     result = train(cfg, ds, callbacks=[Deadline(args.until, prune=False)])
+    parts = {"val": ds.subset(result.split.val), "test": ds.subset(result.split.test)}
     others = [(item.split("=", 1)[0], load_dataset(item.split("=", 1)[1])) for item in args.transfer]
-    views = {}
-    for tta in (False, True):
-        scored = {}
-        for name, idx in (("val", result.split.val), ("test", result.split.test)):
-            part = ds.subset(idx)
-            mu, sigma = predict(result.model, part.images, part.redshift, tta=tta)
-            scored[name] = residual_metrics(mu, part.log_mass, sigma)
-        scored["transfer"] = []
-        for preset, other in others:
-            mu, sigma = predict(result.model, other.images, other.redshift, tta=tta)
-            scored["transfer"].append({"preset": preset, "n": len(other),
-                                       **residual_metrics(mu, other.log_mass, sigma)})
-        views["tta" if tta else "plain"] = scored
+    views = {
+        view: {**{name: score(result.model, part, tta=tta) for name, part in parts.items()},
+               "transfer": [{"preset": preset, "n": len(other), **score(result.model, other, tta=tta)}
+                            for preset, other in others]}
+        for view, tta in (("plain", False), ("tta", True))
+    }
     view = min(views, key=lambda v: views[v]["val"]["rmse"])
     out = {"trial": number, "seed": seed, "study_value": trial.value, "epochs": epochs,
            **views[view], "tta": view == "tta", "views": views, "n_test": len(result.split.test),

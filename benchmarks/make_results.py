@@ -24,7 +24,6 @@ to docs/results/ beside the page.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -42,16 +41,16 @@ from studies import finished
 from studies import run_study
 
 from hpo.config.overrides import apply_overrides
+from hpo.config.overrides import flatten
 from hpo.data.baseline import floors
 from hpo.data.contract import load_dataset
 from hpo.data.sim_config import load_sim_config
 from hpo.data.simulator import write_mock
-from hpo.model.metrics import residual_metrics
 from hpo.objective.keys import CONFIG_KEY
 from hpo.objective.space import load_space
 from hpo.tracking.scan_plot import scan
 from hpo.tracking.scan_plot import scanned_param
-from hpo.training.evaluate import predict
+from hpo.training.evaluate import score
 from hpo.training.loop import train
 
 EXPERIMENTS = ["filters", "kernel_size", "optimizer", "loss", "dropout", "regularizers",
@@ -262,8 +261,8 @@ def _axis_added(trials: list[dict], spec: Any) -> list[str]:
     if not new_axes:
         return []
     first = min(t["number"] for t in trials if all(a in t["params"] for a in new_axes))
-    base = spec.resolved_base().model_dump(mode="json")
-    before = ", ".join(f"`{a}` = {functools.reduce(lambda d, k: d[k], a.split('.'), base)}" for a in new_axes)
+    base = flatten(spec.resolved_base().model_dump(mode="json"))
+    before = ", ".join(f"`{a}` = {base[a]}" for a in new_axes)
     out = [f"The space gained `{'`, `'.join(new_axes)}` after trial {first - 1} (trials up to it ran with "
            f"the base config's {before})."]
     if enqueued:
@@ -280,9 +279,7 @@ def final_model(combined: dict, ds: Any, floor: dict, args: argparse.Namespace) 
                           base=apply_overrides(combined["best"].user_attrs[CONFIG_KEY]))
     t0 = time.perf_counter()
     result = train(cfg, ds)
-    test = ds.subset(result.split.test)
-    mu, sigma = predict(result.model, test.images, test.redshift, tta=cfg.train.augment.tta)
-    metrics = residual_metrics(mu, test.log_mass, sigma)
+    metrics = score(result.model, ds.subset(result.split.test), tta=cfg.train.augment.tta)
     print(f"final: test {metrics} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return {"model": result.model, "tta": cfg.train.augment.tta, "val": result.val_metrics,
             "test": metrics, "n_test": len(result.split.test), "best_epoch": result.best_epoch,
@@ -293,8 +290,7 @@ def travel(model: Any, tta: bool, preset: str, seed: int, work: Path) -> dict[st
     """The champion on another exposure preset: residual metrics beside that file's floors."""
     path = mock(work / f"{preset.replace(':', '')}_3k.h5", 3000, seed, preset)
     other = load_dataset(path)
-    mu, sigma = predict(model, other.images, other.redshift, tta=tta)
-    out = {"preset": preset, "n": len(other), **residual_metrics(mu, other.log_mass, sigma), **floors(other)}
+    out = {"preset": preset, "n": len(other), **score(model, other, tta=tta), **floors(other)}
     print(f"transfer {preset}: {out}", flush=True)
     return out
 

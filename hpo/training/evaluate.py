@@ -1,4 +1,5 @@
-"""Predictions of a trained model on arrays, optionally averaged over the 8 symmetries of the square."""
+"""Predictions of a trained model (and their residual metrics), optionally averaged over the 8
+symmetries of the square."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import logging
 
 import keras
 import numpy as np
+
+from hpo.data.contract import Dataset
+from hpo.model.metrics import residual_metrics
 
 # Each trial builds a new model, so TensorFlow sees "retracing" that is expected and harmless.
 logging.getLogger("tensorflow").addFilter(lambda record: "retracing" not in record.getMessage())
@@ -51,6 +55,14 @@ def predict(
         return mu, None
     sigma = np.sqrt(np.mean([np.square(o[:, 1].astype(np.float64)) for o in outs], axis=0))
     return mu, sigma
+
+
+def score(model: keras.Model, dataset: Dataset, *, tta: bool = False) -> dict[str, float]:
+    """Residual metrics of `model`'s predictions on a labelled dataset (NLL and coverage too,
+    for a model with a sigma head)."""
+    assert dataset.log_mass is not None, "scoring needs log_mass"
+    mu, sigma = predict(model, dataset.images, dataset.redshift, tta=tta)
+    return residual_metrics(mu, dataset.log_mass, sigma)
 
 
 def _forward(model: keras.Model, images: np.ndarray, z: np.ndarray, batch_size: int) -> np.ndarray:

@@ -22,12 +22,11 @@ from hpo.errors import TrialFailed
 from hpo.model.builder import InputStats
 from hpo.model.builder import build_model
 from hpo.model.losses import LOSSES
-from hpo.model.metrics import residual_metrics
 from hpo.model.metrics import streaming_metrics
 from hpo.pipeline import fit_inputs
 from hpo.training.callbacks import MONITOR
 from hpo.training.callbacks import EpochEvaluator
-from hpo.training.evaluate import predict
+from hpo.training.evaluate import score
 from hpo.training.optimizers import build_optimizer
 
 STATS_SAMPLE = 4096  # training clusters the input statistics are fitted on
@@ -155,12 +154,11 @@ def train(
     # ---------------------------------------------------------------- result
     if cfg.train.restore_best_weights and evaluator.best_weights is not None:
         model.set_weights(evaluator.best_weights)
-    mu, sigma = predict(model, va.images, va.redshift, tta=cfg.train.augment.tta)
     return TrainResult(
         model=model,
         history=evaluator.history,
         best_epoch=evaluator.best_epoch,
-        val_metrics=residual_metrics(mu, va.log_mass, sigma),
+        val_metrics=score(model, va, tta=cfg.train.augment.tta),
         epochs_run=len(evaluator.history.get(MONITOR, [])),
         seconds=seconds,
         split=split,
