@@ -26,9 +26,14 @@ quickstart: install
 	@echo "                                        # then open http://127.0.0.1:5000 (experiment 'quickstart')"
 	@echo "  model: models:/xray-cluster-mass@champion (artifacts under ./mlartifacts)"
 
+# The suite runs on Keras' default TensorFlow backend; the training core (model, losses, metrics,
+# training loop, streaming feed, TTA, pyfunc) runs a second time on the JAX backend.
+JAX_CORE := tests/model tests/training tests/data/test_lazy.py tests/registry/test_models.py
+
 test: $(BIN)/python
 	$(PIP) -e ".[test]"
 	$(BIN)/python -m pytest
+	KERAS_BACKEND=jax $(BIN)/python -m pytest $(JAX_CORE)
 
 clean:
 	rm -rf hpo.db mlflow.db mlartifacts data/quickstart.h5

@@ -1,20 +1,23 @@
-"""Feeds training batches to Keras: in-memory arrays, or HDF5 blocks streamed through tf.data.
+"""Feeds training batches to Keras: in-memory arrays, or HDF5 blocks streamed by a PyDataset.
 
     hpo train run.yaml     # data.max_in_memory_gb decides which feed a file gets
+
+Both feeds work on every Keras backend (TensorFlow, JAX): the stream is a
+`keras.utils.PyDataset`, not a tf.data pipeline.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
+import keras
 import numpy as np
 
 from hpo.data.contract import Dataset
 from hpo.data.lazy import H5Source
 
-STREAM_BLOCK = 1024  # clusters read from disk at once; blocks are shuffled, then clusters within
-SHUFFLE_BUFFER = 4096
+STREAM_BLOCK = 1024  # clusters read from disk at once (contiguous rows: one HDF5 read)
+WINDOW_BLOCKS = 4  # blocks in memory at once; clusters are shuffled within a window
 
 
 def fit_inputs(source: Dataset | H5Source, idx: np.ndarray, batch_size: int, seed: int) -> dict[str, Any]:
@@ -30,34 +33,56 @@ def fit_inputs(source: Dataset | H5Source, idx: np.ndarray, batch_size: int, see
         sub = source.subset(idx)
         x = {"images": sub.images, "redshift": sub.redshift.reshape(-1, 1)}
         return {"x": x, "y": sub.log_mass, "batch_size": batch_size, "shuffle": True}
-    return {"x": _stream(source, np.sort(idx), batch_size, seed), "shuffle": False}  # shuffled in the stream
+    return {"x": BlockStream(source, idx, batch_size, seed), "shuffle": False}  # shuffled by the stream
 
 
-def _stream(source: H5Source, idx: np.ndarray, batch_size: int, seed: int) -> Any:
-    import tensorflow as tf
+class BlockStream(keras.utils.PyDataset):
+    """Batches of a file's clusters at `idx`, read a window of blocks at a time.
 
-    h, w, c = source.image_shape
-    assert source.log_mass is not None
-    blocks = [idx[i : i + STREAM_BLOCK] for i in range(0, len(idx), STREAM_BLOCK)]
-    epoch = iter(range(1 << 30))
+    Every epoch the blocks are put in a new random order and grouped into windows of
+    WINDOW_BLOCKS blocks; the clusters of a window are shuffled and cut into batches. A batch
+    never spans two windows, so the number of batches is the same every epoch (the one short
+    block, if any, always closes the last window). Keras asks for batches in order, so a
+    window is read from disk once.
+    """
 
-    def generate() -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
-        rng = np.random.default_rng([seed, next(epoch)])  # a new block order every epoch
-        for b in rng.permutation(len(blocks)):
-            block = blocks[b]
-            x = {"images": source.read_images(block), "redshift": source.redshift[block].reshape(-1, 1)}
-            yield x, source.log_mass[block]
+    def __init__(self, source: H5Source, idx: np.ndarray, batch_size: int, seed: int) -> None:
+        super().__init__()
+        assert source.log_mass is not None
+        self.source, self.batch_size, self.seed = source, batch_size, seed
+        idx = np.sort(np.asarray(idx))
+        self.blocks = [idx[i : i + STREAM_BLOCK] for i in range(0, len(idx), STREAM_BLOCK)]
+        self.epoch = 0
+        self._plan()
 
-    signature = (
-        {"images": tf.TensorSpec((None, h, w, c), tf.float32), "redshift": tf.TensorSpec((None, 1), tf.float32)},
-        tf.TensorSpec((None,), tf.float32),
-    )
-    ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
-    return (
-        ds.unbatch()
-        .shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size)
-        # A generator has no length; stating it lets Keras count steps and epochs as for arrays.
-        .apply(tf.data.experimental.assert_cardinality(-(-len(idx) // batch_size)))
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    def _plan(self) -> None:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        full = [b for b in self.blocks if len(b) == STREAM_BLOCK]
+        short = [b for b in self.blocks if len(b) < STREAM_BLOCK]
+        order = [full[i] for i in rng.permutation(len(full))]
+        windows = [order[i : i + WINDOW_BLOCKS] for i in range(0, len(order), WINDOW_BLOCKS)]
+        if short:
+            windows = windows[:-1] + [(windows[-1] if windows else []) + short]
+        self.windows = [rng.permutation(np.concatenate(w)) for w in windows if w]
+        # (window, start) of every batch
+        self.batches = [(w, s) for w, win in enumerate(self.windows)
+                        for s in range(0, len(win), self.batch_size)]
+        self._cached: tuple[int, dict[str, np.ndarray], np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        w, start = self.batches[i]
+        if self._cached is None or self._cached[0] != w:
+            win = self.windows[w]
+            x = {"images": self.source.read_images(win),
+                 "redshift": self.source.redshift[win].reshape(-1, 1).astype(np.float32)}
+            self._cached = (w, x, self.source.log_mass[win].astype(np.float32))  # type: ignore[index]
+        _, x, y = self._cached
+        end = start + self.batch_size
+        return {k: v[start:end] for k, v in x.items()}, y[start:end]
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+        self._plan()

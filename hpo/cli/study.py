@@ -23,8 +23,15 @@ def launch(
         None,
         "--workers",
         min=0,
-        help="Workers to start (default: 1 local process, or one container per GPU); "
-        "0 creates the study only.",
+        help="Workers to start (default: --workers-per-gpu on each visible GPU, or 1 local "
+        "process without a GPU); 0 creates the study only.",
+    ),
+    workers_per_gpu: int = typer.Option(
+        1,
+        "--workers-per-gpu",
+        envvar="HPO_WORKERS_PER_GPU",
+        help="Workers sharing each GPU, each with a bounded share of its memory (one small CNN "
+        "does not fill a modern GPU).",
     ),
     storage: str | None = typer.Option(None, "--storage", help=STORAGE_HELP),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
@@ -67,6 +74,7 @@ def launch(
         launcher=launcher,
         image=image,
         network=network,
+        workers_per_gpu=workers_per_gpu,
         echo=typer.echo,
     )
     p = result.progress

@@ -67,8 +67,10 @@ class Objective:
             callbacks.append(StopCheck(self.stop))
         try:
             result = train(cfg, self.dataset, callbacks=callbacks)
+            value = result.val_metrics["residual_std"]
             # Inside the try: a failure while logging must still end the run.
-            model_uri = log_trial_artifacts(self.tracker, run_id, result, self.dataset)
+            model_uri = log_trial_artifacts(self.tracker, run_id, result, self.dataset,
+                                            log_model=self._keeps_model(trial, value))
         except optuna.TrialPruned:
             epochs = pruning.last_epoch + 1
             trial.set_user_attr(EPOCHS_RUN_KEY, epochs)
@@ -86,9 +88,18 @@ class Objective:
 
         trial.set_user_attr(EPOCHS_RUN_KEY, result.epochs_run)
         trial.set_user_attr("best_epoch", result.best_epoch)
-        trial.set_user_attr(MODEL_URI_KEY, model_uri)
+        if model_uri is not None:
+            trial.set_user_attr(MODEL_URI_KEY, model_uri)
         self.tracker.finish_trial_run(run_id, "COMPLETE", epochs_run=result.epochs_run)
-        return result.val_metrics["residual_std"]
+        return value
+
+    def _keeps_model(self, trial: optuna.Trial, value: float) -> bool:
+        """The space's tracking.log_models policy for a trial that ended with `value`."""
+        policy = self.space.tracking.log_models
+        if policy != "improving":
+            return policy == "all"
+        done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        return all(value < t.value for t in done if t.value is not None)
 
     def _fail(self, trial: optuna.Trial, run_id: str, reason: str, state: str) -> None:
         _logger.warning("trial %d failed: %s", trial.number, reason)

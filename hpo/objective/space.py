@@ -171,6 +171,10 @@ class StudySpec(_Strict):
     max_retry: int = Field(2, ge=0, description="times a lost trial's parameters are re-queued")
     engine: Literal["optuna", "keras_tuner"] = "optuna"
     tuner: TunerSpec | None = Field(None, description="engine keras_tuner only; default hyperband")
+    enqueue: list[dict[str, Any]] = Field(
+        [], description="points run first, each {param path: value} (a known-good configuration, "
+        "or the best of an earlier study); params left out are sampled; counted in n_trials"
+    )
 
     @model_validator(mode="after")
     def _tuner_with_engine(self) -> StudySpec:
@@ -183,6 +187,15 @@ class StudySpec(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _enqueue_with_optuna(self) -> StudySpec:
+        if self.enqueue and (self.engine != "optuna" or self.sampler.type == "grid"):
+            raise ValueError(
+                "enqueue needs engine optuna and a sampler other than grid (a grid runs every "
+                "point anyway)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _grace_above_heartbeat(self) -> StudySpec:
         if self.grace_s is not None and self.grace_s <= self.heartbeat_s:
             raise ValueError(
@@ -192,10 +205,20 @@ class StudySpec(_Strict):
         return self
 
 
+class TrackingSpec(_Strict):
+    """What each trial leaves in MLflow beyond its params, metrics and plots."""
+
+    log_models: Literal["all", "improving", "none"] = Field(
+        "all", description="all: every COMPLETE trial's model; improving: only a trial that beats "
+        "the study's best value at its end; none: no model (promote then refuses)"
+    )
+
+
 class SearchSpace(_Strict):
     """A whole search-space file, validated; `resolved_base()` and `params` drive every trial."""
 
     study: StudySpec
+    tracking: TrackingSpec = TrackingSpec()
     preset: str | None = Field(None, description="named preset (hpo/presets/) applied before base")
     data: dict[str, Any] = {}
     base: dict[str, Any] = {}
@@ -318,12 +341,15 @@ def parse_space(raw: dict[str, Any], *, source: str) -> SearchSpace:
     # Every corner of the space must be a valid config, so a typo in a choice fails now, not in trial 7.
     space.resolved_base()
     for path, dist in space.params.items():
-        values = dist.grid()
+        # The ends of a numeric range, not every value: an int range may be [0, 2**31].
+        values = dist.grid() if dist.categorical is not None else None
         if values is None:
             values = list(dist.float_ or dist.int_ or ())
         for value in values:
             apply_overrides({path: decode_choice(value)}, base=space.resolved_base(),
                             where=f"{source}, params")
+    for i, point in enumerate(space.study.enqueue):
+        _check_point(space, point, f"{source}: key 'study.enqueue.{i}'")
     if space.study.engine == "keras_tuner":
         tuner = space.study.tuner
         if tuner is not None and tuner.type == "hyperband" and "train.epochs" in space.params:
@@ -332,6 +358,31 @@ def parse_space(raw: dict[str, Any], *, source: str) -> SearchSpace:
     elif space.study.sampler.type == "grid":
         space.grid()
     return space
+
+
+def _check_point(space: SearchSpace, point: dict[str, Any], where: str) -> None:
+    """An enqueued point names only params of the space, each with a value its range holds."""
+    for path, value in point.items():
+        dist = space.params.get(path)
+        if dist is None:
+            known = ", ".join(space.params) or "none"
+            raise ConfigError(f"{where}: '{path}' is not a param of this space (params: {known})")
+        if dist.categorical is not None:
+            if encode_choice(value) not in (dist.grid() or []):
+                raise ConfigError(f"{where}: {path} = {value!r} is not one of {dist.categorical}")
+            continue
+        lo, hi = dist.int_ or dist.float_  # type: ignore[misc]
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not numeric or (dist.int_ is not None and value != int(value)) or not lo <= value <= hi:
+            kind = "an int" if dist.int_ is not None else "a number"
+            raise ConfigError(f"{where}: {path} = {value!r}: expected {kind} in [{lo}, {hi}]")
+    apply_overrides({k: decode_choice(encode_choice(v)) for k, v in point.items()},
+                    base=space.resolved_base(), where=where)
+
+
+def enqueue_params(space: SearchSpace) -> list[dict[str, Any]]:
+    """The space's enqueued points as Optuna params (choices encoded as the sampler sees them)."""
+    return [{k: encode_choice(v) for k, v in point.items()} for point in space.study.enqueue]
 
 
 def grid_points(space: SearchSpace) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from hpo.config.overrides import flatten
 from hpo.errors import ConfigError
 from hpo.errors import HpoError
 from hpo.objective.space import SearchSpace
+from hpo.objective.space import enqueue_params
 from hpo.objective.space import parse_space
 from hpo.study.pruners import make_pruner
 from hpo.study.samplers import make_sampler
@@ -59,9 +60,17 @@ def create_or_join(
                 f"({shown}{' ...' if len(changed) > 5 else ''}); rename study.name to start a new "
                 "study, or restore the old values to resume it"
             )
+        _enqueue(study, space)
         return study, False
     study.set_user_attr(SPACE_KEY, stored_space(space))
+    _enqueue(study, space)
     return study, True
+
+
+def _enqueue(study: optuna.Study, space: SearchSpace) -> None:
+    # skip_if_exists: a relaunch (or a second launcher) queues no point twice.
+    for params in enqueue_params(space):
+        study.enqueue_trial(params, skip_if_exists=True)
 
 
 def space_changes(

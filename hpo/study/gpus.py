@@ -1,10 +1,16 @@
-"""GPUs for workers: the devices this machine shows, handed out round robin, one per worker.
+"""GPUs for workers: the devices this machine shows, handed out round robin, K workers per GPU.
 
 hpo launch search_spaces/dropout.yaml --workers 4   # 2 GPUs: workers 0, 2 on GPU 0; 1, 3 on GPU 1
+hpo launch search_spaces/combined.yaml --workers-per-gpu 4   # 4 workers on each visible GPU
+
+Workers that share a GPU each get a bounded share of its memory, through each backend's own
+settings: JAX's XLA_PYTHON_CLIENT_MEM_FRACTION (no preallocation), and for TensorFlow
+HPO_GPU_MEMORY_MB, which the worker turns into a logical-device memory limit.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -54,3 +60,55 @@ def round_robin(n_workers: int, gpus: list[str]) -> list[str | None]:
     if not gpus:
         return [None] * n_workers
     return [gpus[i % len(gpus)] for i in range(n_workers)]
+
+
+MEMORY_HEADROOM = 0.9  # of a GPU's memory handed to its workers; the rest is the driver's and CUDA's
+
+
+def sharing(assigned: list[str | None]) -> dict[str, int]:
+    """{gpu: number of workers placed on it}, from round_robin's result."""
+    out: dict[str, int] = {}
+    for gpu in assigned:
+        if gpu is not None:
+            out[gpu] = out.get(gpu, 0) + 1
+    return out
+
+
+def gpu_env(gpu: str, workers_on_it: int, memory_mb: int | None = None) -> dict[str, str]:
+    """Environment of one worker on `gpu` that shares it with `workers_on_it` - 1 others.
+
+    Args:
+        gpu: a CUDA_VISIBLE_DEVICES entry.
+        workers_on_it: workers placed on that GPU (1: the worker may take all of it).
+        memory_mb: the GPU's memory, for TensorFlow's limit; None leaves TensorFlow growing.
+    """
+    env = {"CUDA_VISIBLE_DEVICES": gpu}
+    if workers_on_it > 1:
+        fraction = math.floor(MEMORY_HEADROOM / workers_on_it * 1000) / 1000  # never above the headroom
+        env.update(
+            XLA_PYTHON_CLIENT_PREALLOCATE="false",
+            XLA_PYTHON_CLIENT_MEM_FRACTION=f"{fraction:.3f}",
+            TF_FORCE_GPU_ALLOW_GROWTH="true",
+            HPO_GPU_MEMORY_FRACTION=f"{fraction:.3f}",
+        )
+        if memory_mb:
+            env["HPO_GPU_MEMORY_MB"] = str(int(memory_mb * fraction))
+    return env
+
+
+def gpu_memory_mb(list_memory: Callable[[], dict[str, int]] | None = None) -> dict[str, int]:
+    """{GPU index: total memory in MiB} as nvidia-smi reports it; empty without nvidia-smi."""
+    if list_memory is not None:
+        return list_memory()
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return {}
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=index,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    rows = (line.split(",") for line in out.splitlines() if line.count(",") == 1)
+    return {i.strip(): int(float(m)) for i, m in rows if i.strip().isdigit()}

@@ -45,7 +45,10 @@ from hpo.study.docker import DEFAULT_IMAGE
 from hpo.study.docker import DEFAULT_NETWORK
 from hpo.study.docker import SECRET_ENV
 from hpo.study.docker import docker_workers
+from hpo.study.gpus import gpu_env
+from hpo.study.gpus import gpu_memory_mb
 from hpo.study.gpus import round_robin
+from hpo.study.gpus import sharing
 from hpo.study.gpus import visible_gpus
 from hpo.study.heartbeat import StaleTrialHandler
 from hpo.study.preflight import checked_tracker
@@ -83,6 +86,13 @@ class Plan:
     image: str = DEFAULT_IMAGE
     network: str = DEFAULT_NETWORK
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    workers_per_gpu: int = 1
+
+    def worker_count(self) -> int:
+        """plan.workers, or by default workers_per_gpu per visible GPU (1 without a GPU)."""
+        if self.workers is not None:
+            return self.workers
+        return self.workers_per_gpu * len(self.gpus) if self.gpus else 1
 
 
 @dataclass(frozen=True)
@@ -96,14 +106,20 @@ class WorkerProcess:
 
 
 def local_workers(plan: Plan) -> list[WorkerProcess]:
-    """`hpo worker` processes on this machine, worker i on GPU i mod n (default 1 worker)."""
-    n = 1 if plan.workers is None else plan.workers
+    """`hpo worker` processes on this machine, worker i on GPU i mod n (see Plan.worker_count).
+
+    Workers sharing a GPU each get a bounded share of its memory (gpus.gpu_env).
+    """
+    n = plan.worker_count()
     threads = str(max(1, (os.cpu_count() or 1) // max(n, 1)))
+    assigned = round_robin(n, plan.gpus)
+    on_gpu = sharing(assigned)
+    memory = gpu_memory_mb() if any(k > 1 for k in on_gpu.values()) else {}
     out = []
-    for i, gpu in enumerate(round_robin(n, plan.gpus)):
+    for i, gpu in enumerate(assigned):
         env = {**plan.env, "HPO_THREADS": threads}
         if gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = gpu
+            env.update(gpu_env(gpu, on_gpu[gpu], memory.get(gpu)))
         argv = [
             sys.executable,
             "-m",
@@ -158,6 +174,7 @@ def launch(
     launcher: str = "local",
     image: str = DEFAULT_IMAGE,
     network: str = DEFAULT_NETWORK,
+    workers_per_gpu: int = 1,
     echo: Echo = print,
 ) -> LaunchResult:
     """Creates or resumes the study of `spec`, runs its workers until the budget is spent.
@@ -167,12 +184,13 @@ def launch(
     Args:
         spec: the search-space file.
         workers: number of workers; 0 creates or updates the study and starts nothing; None
-            means 1 for `local` and one per GPU for `docker`.
+            means `workers_per_gpu` per visible GPU (1 on a machine without GPUs for `local`).
         storage_url: Optuna storage (default HPO_STORAGE or sqlite:///hpo.db).
         tracking_uri: MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db).
         launcher: a name in LAUNCHERS.
         image: worker image (docker).
         network: Docker network of the containers (docker).
+        workers_per_gpu: workers sharing each GPU, each with a bounded share of its memory.
         echo: where progress lines go.
 
     Raises:
@@ -181,6 +199,8 @@ def launch(
     """
     if launcher not in LAUNCHERS:
         raise ConfigError(f"--launcher must be one of: {', '.join(LAUNCHERS)}; got {launcher!r}")
+    if workers_per_gpu < 1:
+        raise ConfigError(f"--workers-per-gpu must be at least 1, got {workers_per_gpu}")
     space = load_space(spec)
     space.budget()  # a missing n_trials is an error now, not once workers run
     if space.study.engine == "keras_tuner":
@@ -200,7 +220,8 @@ def launch(
         gpus = visible_gpus()
         data_path = str(space.resolved_base().data.path)
         plan = Plan(
-            name, storage_url, tracker.uri, data_path, workers, gpus, Path.cwd(), image, network
+            name, storage_url, tracker.uri, data_path, workers, gpus, Path.cwd(), image, network,
+            workers_per_gpu=workers_per_gpu,
         )
         processes = LAUNCHERS[launcher](plan)
     storage = make_storage(storage_url)

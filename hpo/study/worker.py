@@ -40,6 +40,7 @@ from hpo.study.retry import is_transient
 from hpo.study.storage import default_storage_url
 from hpo.study.storage import make_storage
 from hpo.study.storage import redact
+from hpo.training import device
 from hpo.tracking.runs import MLFLOW_EXPERIMENT_KEY
 from hpo.tracking.runs import MLFLOW_PARENT_RUN_KEY
 from hpo.tracking.runs import Tracker
@@ -73,7 +74,7 @@ def run_worker(
     Raises:
         HpoError: the study, its data or its tracking store cannot be used, or trials keep failing.
     """
-    _limit_threads()
+    device.configure()  # this worker's threads and GPU memory share (HPO_THREADS, HPO_GPU_MEMORY_MB)
     storage = make_storage(storage_url)
     study, space = load_study(storage, study_name, worker_index)
     env_uri = os.environ.get("MLFLOW_TRACKING_URI")
@@ -206,13 +207,3 @@ def finish_parent_run(study: optuna.Study, tracker: Tracker) -> None:
     except ValueError:  # no complete trial
         pass
     tracker.end_run(parent, "FINISHED")
-
-
-def _limit_threads() -> None:
-    # N workers on one machine must share its cores instead of each taking all of them.
-    threads = os.environ.get("HPO_THREADS")
-    if threads:
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(int(threads))
-        tf.config.threading.set_inter_op_parallelism_threads(max(1, int(threads)))

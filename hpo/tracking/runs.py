@@ -47,7 +47,8 @@ MLFLOW_PARENT_RUN_KEY = "mlflow_parent_run_id"  # study user attr: the study's p
 MLFLOW_EXPERIMENT_KEY = "mlflow_experiment_id"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_ARTIFACT_DIR = "mlartifacts"
-MODEL_REQUIREMENTS = ["tensorflow>=2.21", "keras>=3.15", "numpy", "pandas", "mlflow>=3.17"]
+MODEL_REQUIREMENTS = ["keras>=3.15", "numpy", "pandas", "mlflow>=3.17"]
+BACKEND_REQUIREMENTS = {"tensorflow": "tensorflow>=2.21", "jax": "jax>=0.4.30"}  # the saving backend's
 FLOOR_METRICS = ("oracle_floor", "counts_baseline")  # parent-run metrics, drawn as lines by `hpo report`
 FINAL_STATES = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "KILLED": "KILLED"}
 
@@ -137,6 +138,7 @@ class Tracker:
         tags = {"hpo.study": study_name, "hpo.trial": str(number), "hpo.kind": "trial", "hpo.state": "RUNNING"}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
+        tags.update(_device_tags())
         run = self.client.create_run(experiment_id, run_name=f"trial-{number}", tags=tags)
         self.log_config(run.info.run_id, cfg)
         self._monitors[run.info.run_id] = system_metrics.start(run.info.run_id, self.uri)
@@ -145,7 +147,8 @@ class Tracker:
     def start_single_run(self, experiment_name: str, cfg: RunConfig, run_name: str | None) -> str:
         """A standalone run for `hpo train`."""
         run = self.client.create_run(
-            self.experiment_id(experiment_name), run_name=run_name, tags={"hpo.kind": "train"}
+            self.experiment_id(experiment_name), run_name=run_name,
+            tags={"hpo.kind": "train", **_device_tags()},
         )
         self.log_config(run.info.run_id, cfg)
         self._monitors[run.info.run_id] = system_metrics.start(run.info.run_id, self.uri)
@@ -256,11 +259,25 @@ class Tracker:
                     code_paths=[str(package)],
                     signature=signature,
                     input_example={k: np.asarray(v, np.float32) for k, v in example.items()},
-                    pip_requirements=MODEL_REQUIREMENTS,
+                    pip_requirements=[BACKEND_REQUIREMENTS.get(keras_backend(), "tensorflow>=2.21"),
+                                      *MODEL_REQUIREMENTS],
                 )
 
         info = self.client.call("log_model", log_once)
         return str(info.model_uri)
+
+
+def _device_tags() -> dict[str, str]:
+    """hpo.keras_backend, hpo.keras_version, hpo.backend_version, hpo.device of this process."""
+    from hpo.training import device
+
+    return {f"hpo.{k}": v for k, v in device.describe().items()}
+
+
+def keras_backend() -> str:
+    import keras
+
+    return str(keras.backend.backend())
 
 
 def _param(key: str, value: Any) -> Any:

@@ -15,15 +15,17 @@ from hpo.training.evaluate import predict
 from hpo.training.loop import TrainResult
 
 
-def log_trial_artifacts(tracker: Tracker, run_id: str, result: TrainResult, ds: Dataset | H5Source) -> str:
-    """Logs final validation metrics, the plots and the model of a finished run.
+def log_trial_artifacts(
+    tracker: Tracker, run_id: str, result: TrainResult, ds: Dataset | H5Source, *, log_model: bool = True
+) -> str | None:
+    """Logs final validation metrics, the plots and (unless `log_model` is false) the model of a run.
 
     Plots (validation split): plots/loss_curves.png, plots/predicted_vs_true.png (1:1 line),
     plots/residuals_vs_mass.png, plots/residuals_vs_redshift.png, and for a model with a sigma
     head plots/sigma_calibration.png.
 
     Returns:
-        The logged model's URI.
+        The logged model's URI, or None when no model was logged (tag hpo.model_logged false).
     """
     val = ds.subset(result.split.val)  # max_clusters keeps the first N, so indices still hold
     tracker.log_metrics(run_id, {f"final_val_{k}": v for k, v in result.val_metrics.items()})
@@ -40,5 +42,8 @@ def log_trial_artifacts(tracker: Tracker, run_id: str, result: TrainResult, ds: 
                        "plots/residuals_vs_redshift.png")
     if sigma is not None:
         tracker.log_figure(run_id, plots.sigma_calibration(mu, true, sigma), "plots/sigma_calibration.png")
+    if not log_model:
+        tracker.set_tags(run_id, {"hpo.model_logged": "false"})
+        return None
     example = {"images": val.images[:2], "redshift": val.redshift[:2]}
     return tracker.log_model(run_id, result.model, {k: np.asarray(v) for k, v in example.items()})

@@ -10,6 +10,7 @@ from hpo.data.contract import Dataset
 from hpo.data.lazy import H5Source
 from hpo.data.lazy import open_dataset
 from hpo.errors import DataContractError
+from hpo.pipeline import BlockStream
 from hpo.training import train
 from tests.conftest import make_signal_data
 from tests.conftest import write_h5
@@ -45,7 +46,7 @@ def test_streamed_file_is_still_checked(tmp_path):
 
 @pytest.mark.slow
 def test_training_learns_from_a_streamed_file(signal_h5):
-    # Rule: the tf.data stream feeds every training cluster; the network learns as in memory.
+    # Rule: the block stream feeds every training cluster; the network learns as in memory.
     source = open_dataset(signal_h5, max_in_memory_gb=TINY_GB)
     cfg = apply_overrides({"model.conv_blocks": [[8], [8]], "model.pool.size": 2, "model.dense": [32, 16],
                            "train.batch_size": 32, "train.optimizer.learning_rate": 3e-3, "train.epochs": 20})
@@ -56,3 +57,30 @@ def test_training_learns_from_a_streamed_file(signal_h5):
 def test_fingerprint_is_the_same_in_memory_and_streamed(signal_h5):
     # Rule: a file's fingerprint does not depend on how it was opened.
     assert open_dataset(signal_h5).fingerprint() == open_dataset(signal_h5, max_in_memory_gb=TINY_GB).fingerprint()
+
+
+def test_block_stream_feeds_every_cluster_once_per_epoch_in_a_new_order(signal_h5, monkeypatch):
+    # Rule: each epoch yields every training cluster exactly once, in as many batches as the
+    # epoch before (Keras counts steps once), and in a new order; labels stay with their images.
+    monkeypatch.setattr("hpo.pipeline.STREAM_BLOCK", 32)  # 300 clusters -> several windows
+    monkeypatch.setattr("hpo.pipeline.WINDOW_BLOCKS", 2)
+    source = open_dataset(signal_h5, max_in_memory_gb=TINY_GB)
+    full = open_dataset(signal_h5)
+    idx = np.arange(7, 290, dtype=np.int64)
+    stream = BlockStream(source, idx, batch_size=20, seed=3)
+    orders, lengths = [], []
+    for _ in range(2):
+        lengths.append(len(stream))
+        seen = []
+        for i in range(len(stream)):
+            x, y = stream[i]
+            assert x["images"].shape[1:] == (16, 16, 2) and x["redshift"].shape[1:] == (1,)
+            assert len(y) <= 20
+            rows = [int(np.flatnonzero(np.isclose(full.redshift, z))[0]) for z in x["redshift"][:, 0]]
+            assert np.allclose(full.log_mass[rows], y)
+            seen.extend(rows)
+        orders.append(seen)
+        stream.on_epoch_end()
+    assert lengths[0] == lengths[1]
+    assert sorted(orders[0]) == sorted(orders[1]) == list(idx)
+    assert orders[0] != orders[1]

@@ -34,6 +34,19 @@ def test_every_shipped_space_validates(path):
         ({"study": {"name": "x"}, "base": {"train": {"epoch": 3}}}, "'train.epoch' is not a config path"),
         ({"study": {"name": "x", "sampler": {"type": "grid"}}, "params": {"train.optimizer.learning_rate": {"float": [1e-4, 1e-2], "log": True}}}, "a grid needs a step"),
         ({"study": {"name": "x"}}, "study.n_trials is required"),
+        ({"study": {"name": "x", "n_trials": 2, "enqueue": [{"model.filters": 8}]},
+          "params": {"model.dropout.rate": {"float": [0, 0.5]}}},
+         "key 'study.enqueue.0': 'model.filters' is not a param of this space"),
+        ({"study": {"name": "x", "n_trials": 2, "enqueue": [{"model.dropout.rate": 0.7}]},
+          "params": {"model.dropout.rate": {"float": [0, 0.5]}}},
+         "model.dropout.rate = 0.7: expected a number in [0.0, 0.5]"),
+        ({"study": {"name": "x", "n_trials": 2, "enqueue": [{}, {"model.pool.type": "mean"}]},
+          "params": {"model.pool.type": {"categorical": ["max", "avg"]}}},
+         "key 'study.enqueue.1': model.pool.type = 'mean' is not one of ['max', 'avg']"),
+        ({"study": {"name": "x", "sampler": {"type": "grid"}, "enqueue": [{"model.filters": 8}]},
+          "params": {"model.filters": {"categorical": [8]}}}, "enqueue needs engine optuna"),
+        ({"study": {"name": "x", "n_trials": 1}, "tracking": {"log_models": "best"}},
+         "key 'tracking.log_models'"),
     ],
 )
 def test_malformed_space_names_file_and_key(raw, fragment):
@@ -80,3 +93,29 @@ def test_impossible_combination_fails_only_the_trial():
     study.enqueue_trial({"model.dropout.index": 1})
     with pytest.raises(TrialFailed, match="dropout.index"):
         config_for_trial(study.ask(), space)
+
+
+def test_a_huge_int_range_validates_at_once():
+    # Rule: validation checks a numeric range at its ends; it never enumerates [0, 2**31].
+    space = parse_space({"study": {"name": "s", "n_trials": 3},
+                         "params": {"train.seed": {"int": [0, 2**31]}}}, source="s.yaml")
+    assert space.params["train.seed"].int_ == (0, 2**31)
+
+
+def test_enqueued_points_are_the_first_trials_params():
+    # Rule: study.enqueue's points are what the sampler hands out first; unnamed params sampled.
+    from hpo.objective.space import enqueue_params
+
+    space = parse_space(
+        {"study": {"name": "e", "n_trials": 3, "enqueue": [
+            {"model.dense": [64], "model.dropout.rate": 0.25}, {"model.dense": [32, 16]}]},
+         "params": {"model.dense": {"categorical": [[64], [32, 16]]},
+                    "model.dropout.rate": {"float": [0.0, 0.5]}}},
+        source="e.yaml",
+    )
+    study = optuna.create_study()
+    for params in enqueue_params(space):
+        study.enqueue_trial(params)
+    first, second = (config_for_trial(study.ask(), space) for _ in range(2))
+    assert first.model.dense == [64] and first.model.dropout.rate == 0.25
+    assert second.model.dense == [32, 16] and 0.0 <= second.model.dropout.rate <= 0.5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hpo.study.gpus import gpu_env
 from hpo.study.gpus import round_robin
 from hpo.study.gpus import visible_gpus
 from hpo.study.launcher import Plan
@@ -38,7 +39,7 @@ def test_round_robin_over_gpus():
     assert round_robin(3, []) == [None, None, None]
 
 
-def _plan(workers, gpus, env=None):
+def _plan(workers, gpus, env=None, per_gpu=1):
     return Plan(
         "s",
         "sqlite:///hpo.db",
@@ -48,6 +49,7 @@ def _plan(workers, gpus, env=None):
         gpus,
         Path("/w"),
         env=env if env is not None else {"PATH": "/bin"},
+        workers_per_gpu=per_gpu,
     )
 
 
@@ -65,3 +67,33 @@ def test_local_workers_without_gpu_keep_the_environment():
     # Rule: with no GPU the workers' CUDA_VISIBLE_DEVICES is left as it was; one worker by default.
     (proc,) = local_workers(_plan(None, [], env={"CUDA_VISIBLE_DEVICES": ""}))
     assert proc.env["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_workers_per_gpu_share_each_gpu_with_a_bounded_memory_share(monkeypatch):
+    # Rule: --workers-per-gpu K starts K workers on every visible GPU (round robin); workers that
+    # share a GPU each get 0.9/K of its memory through JAX's and TensorFlow's own settings.
+    monkeypatch.setattr("hpo.study.launcher.gpu_memory_mb", lambda: {"0": 80000, "1": 40000})
+    procs = local_workers(_plan(None, ["0", "1"], per_gpu=4))
+    assert [p.env["CUDA_VISIBLE_DEVICES"] for p in procs] == ["0", "1"] * 4
+    assert {p.env["XLA_PYTHON_CLIENT_MEM_FRACTION"] for p in procs} == {"0.225"}
+    assert all(p.env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false" for p in procs)
+    assert [p.env["HPO_GPU_MEMORY_MB"] for p in procs[:2]] == ["18000", "9000"]
+    assert len({p.argv[p.argv.index("--worker-index") + 1] for p in procs}) == 8
+
+
+def test_a_worker_alone_on_its_gpu_gets_all_of_it():
+    # Rule: one worker per GPU (the default) gets no memory limit; without GPUs K changes nothing.
+    procs = local_workers(_plan(None, ["0", "1"]))
+    assert len(procs) == 2
+    assert not any("XLA_PYTHON_CLIENT_MEM_FRACTION" in p.env or "HPO_GPU_MEMORY_MB" in p.env
+                   for p in procs)
+    assert len(local_workers(_plan(None, [], per_gpu=4))) == 1
+
+
+def test_gpu_env_shares():
+    # Rule: the share is the headroom split evenly; the TensorFlow limit follows the GPU's memory.
+    env = gpu_env("3", 8, memory_mb=143771)
+    assert env["CUDA_VISIBLE_DEVICES"] == "3"
+    assert float(env["XLA_PYTHON_CLIENT_MEM_FRACTION"]) * 8 <= 0.9
+    assert int(env["HPO_GPU_MEMORY_MB"]) == int(143771 * float(env["XLA_PYTHON_CLIENT_MEM_FRACTION"]))
+    assert gpu_env("3", 1) == {"CUDA_VISIBLE_DEVICES": "3"}

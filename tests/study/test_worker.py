@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 
 import pytest
+import yaml
 from optuna.trial import TrialState
 
 from tests.study.conftest import create_study
@@ -43,3 +44,30 @@ def test_nan_loss_fails_its_trial_with_the_reason_and_the_worker_goes_on(tmp_pat
         run.info.status == "FAILED"
         and run.data.tags["hpo.fail_reason"] == failed.user_attrs["fail_reason"]
     )
+
+
+def test_enqueued_points_run_first_and_improving_trials_alone_keep_their_model(tmp_path):
+    # Rule: study.enqueue's points are the study's first trials; with tracking.log_models
+    # improving, a COMPLETE trial logs its model only if it beats every trial finished before it
+    # (the worse one is tagged hpo.model_logged false and has no model URI).
+    from hpo.study.worker import run_worker
+
+    space = write_study_files(
+        tmp_path, "improving", n_trials=2,
+        params={"train.optimizer.learning_rate": {"categorical": [3.0e-3, 1.0e-9]}},
+        enqueue=[{"train.optimizer.learning_rate": 3.0e-3}, {"train.optimizer.learning_rate": 1.0e-9}],
+    )
+    raw = yaml.safe_load(space.read_text())
+    space.write_text(yaml.safe_dump({**raw, "tracking": {"log_models": "improving"}}))
+    storage = f"sqlite:///{tmp_path / 'hpo.db'}"
+    create_study(tmp_path, storage)
+    with contextlib.chdir(tmp_path):
+        run_worker("improving", storage, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    good, bad = sorted(trials_of(storage, "improving"), key=lambda t: t.number)
+    assert [good.params["train.optimizer.learning_rate"], bad.params["train.optimizer.learning_rate"]] == [3.0e-3, 1.0e-9]
+    assert good.state == bad.state == TrialState.COMPLETE and bad.value > good.value
+    assert "mlflow_model_uri" in good.user_attrs and "mlflow_model_uri" not in bad.user_attrs
+    client = mlflow_client(tmp_path)
+    assert client.get_run(bad.user_attrs["mlflow_run_id"]).data.tags["hpo.model_logged"] == "false"
+    tags = client.get_run(good.user_attrs["mlflow_run_id"]).data.tags
+    assert tags["hpo.keras_backend"] in ("tensorflow", "jax") and tags["hpo.device"] == "cpu"
