@@ -19,13 +19,14 @@ def simulate(
     preset: str | None = typer.Option(None, "--preset", help="Exposure preset: eRASS1, eRASS:4, eRASS:8, eFEDS."),
     config: Path | None = typer.Option(None, "--config", help="YAML file of simulator settings."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="Processes drawing chunks at once; the file is the same for any value."),
 ) -> None:
     """Write an eROSITA-like mock data set (images, redshift, log_mass, truth/)."""
     from hpo.data.simulator import load_sim_config
     from hpo.data.simulator import write_mock
 
     cfg = load_sim_config(config, preset)
-    path = write_mock(out, n, seed, cfg, progress=not quiet)
+    path = write_mock(out, n, seed, cfg, progress=not quiet, jobs=jobs)
     typer.echo(f"wrote {n} clusters to {path}")
 
 

@@ -87,6 +87,43 @@ def launch(
 
 
 @app.command()
+def refit(
+    name: str = typer.Argument(..., help="The study whose best trials to train again."),
+    out: Path = typer.Option(..., "--out", "-o", help="Search-space YAML to write (then: hpo launch it)."),
+    top: int = typer.Option(4, "--top", min=1, help="Best COMPLETE trials to train again."),
+    seeds: str = typer.Option("1,2", "--seeds", help="Comma-separated train.seed values; each trial once per seed."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="train.epochs of every refit (default: the study's)."),
+    patience: int | None = typer.Option(None, "--patience", min=1, help="Early-stopping patience (default: the study's)."),
+    tta: bool = typer.Option(False, "--tta", help="Validation scored with test-time augmentation."),
+    refit_name: str | None = typer.Option(None, "--name", help="Name of the refit study (default: NAME-refit)."),
+    storage: str | None = typer.Option(None, "--storage", help=STORAGE_HELP),
+) -> None:
+    """Write a search space that trains a study's best trials again, once per seed."""
+    from hpo.errors import ConfigError
+    from hpo.study.create import load_study
+    from hpo.study.refit import refit_comment
+    from hpo.study.refit import refit_space
+    from hpo.study.storage import make_storage
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
+    if out.exists():
+        raise ConfigError(f"{out} exists; refit writes a new file (remove it or pick another -o)")
+    study, space = load_study(make_storage(storage), name)
+    space = refit_space(study, space, top=top, seeds=seed_list, epochs=epochs, patience=patience,
+                        tta=tta, name=refit_name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(refit_comment(study, top, seed_list) + space.to_yaml())
+    typer.echo(f"wrote {out}: {space.budget()} trials ({len(space.study.enqueue) // len(seed_list)} "
+               f"configurations x {len(seed_list)} seeds) as study '{space.study.name}'")
+    from hpo.study.storage import redact
+
+    typer.echo(f"next: hpo launch {out}" + (f" --storage {redact(storage)}" if storage else ""))
+
+
+@app.command()
 def worker(
     study: str = typer.Option(..., "--study", envvar="HPO_STUDY", help="Study name."),
     storage: str = typer.Option(

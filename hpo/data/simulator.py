@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -283,13 +284,14 @@ def _select(sources: PointSources | None, sl: slice) -> PointSources | None:
 
 
 def write_mock(
-    path: str | Path, n: int, seed: int, cfg: SimConfig | None = None, progress: bool = False
+    path: str | Path, n: int, seed: int, cfg: SimConfig | None = None, progress: bool = False,
+    jobs: int = 1,
 ) -> Path:
     """Writes n simulated clusters to an HDF5 file following the data contract, chunk by chunk.
 
     Chunk i (CHUNK_CLUSTERS clusters) draws from SeedSequence(seed).spawn(...)[i], so the same
-    (n, seed, cfg) gives the same file, byte for byte; memory stays bounded for any n. The file
-    is written next to `path` and renamed into place when complete.
+    (n, seed, cfg) gives the same file, byte for byte, whatever `jobs`; memory stays bounded for
+    any n. The file is written next to `path` and renamed into place when complete.
 
     Args:
         path: output file (.h5).
@@ -297,6 +299,7 @@ def write_mock(
         seed: non-negative integer seed.
         cfg: the simulator config; None for defaults.
         progress: show a tqdm bar.
+        jobs: processes simulating chunks at once (chunks are independent draws).
 
     Returns:
         The path written.
@@ -313,11 +316,14 @@ def write_mock(
     n_chunks = -(-n // CHUNK_CLUSTERS)
     streams = np.random.SeedSequence(seed).spawn(n_chunks)
     size, n_chan = cfg.instrument.image_size, len(cfg.spectrum.channel_edges_kev) - 1
+    sizes = [min(n, (i + 1) * CHUNK_CLUSTERS) - i * CHUNK_CLUSTERS for i in range(n_chunks)]
+    pool = ProcessPoolExecutor(min(jobs, n_chunks)) if jobs > 1 and n_chunks > 1 else None
+    draws = (pool.map(_draw_chunk, streams, sizes, [cfg] * n_chunks) if pool is not None
+             else map(_draw_chunk, streams, sizes, [cfg] * n_chunks))
     with h5py.File(tmp, "w") as f, tqdm(total=n, disable=not progress, unit="cluster") as bar:
-        for i, stream in enumerate(streams):
+        for i, chunk in enumerate(draws):  # in chunk order, whichever process drew it
             start = i * CHUNK_CLUSTERS
-            stop = min(n, start + CHUNK_CLUSTERS)
-            chunk = simulate_chunk(np.random.default_rng(stream), stop - start, cfg)
+            stop = start + sizes[i]
             if i == 0:
                 _create(f, chunk, n)
             for key, arr in chunk.items():
@@ -332,8 +338,14 @@ def write_mock(
         f.attrs["chunk_clusters"] = CHUNK_CLUSTERS
         f.attrs["image_shape"] = np.asarray([size, size, n_chan])
         f.attrs["sim_config"] = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+    if pool is not None:
+        pool.shutdown()
     os.replace(tmp, path)
     return path
+
+
+def _draw_chunk(stream: np.random.SeedSequence, size: int, cfg: SimConfig) -> dict[str, np.ndarray]:
+    return simulate_chunk(np.random.default_rng(stream), size, cfg)
 
 
 def _create(f: h5py.File, chunk: dict[str, np.ndarray], n: int) -> None:

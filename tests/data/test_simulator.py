@@ -218,14 +218,16 @@ def test_simulate_chunk_shapes_and_truth() -> None:
 
 
 def test_same_seed_same_file_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Same (n, seed, config) -> the same file byte for byte, across several chunks;
+    # Same (n, seed, config) -> the same file byte for byte, across several chunks, drawn by one
+    # process or several;
     # another seed -> other images.
     monkeypatch.setattr(sim, "CHUNK_CLUSTERS", 40)
     cfg = SimConfig()
     a = sim.write_mock(tmp_path / "a.h5", 90, 7, cfg)
     b = sim.write_mock(tmp_path / "b.h5", 90, 7, cfg)
     c = sim.write_mock(tmp_path / "c.h5", 90, 8, cfg)
-    assert _file_digest(a) == _file_digest(b)
+    parallel = sim.write_mock(tmp_path / "p.h5", 90, 7, cfg, jobs=2)  # --jobs changes nothing
+    assert _file_digest(a) == _file_digest(b) == _file_digest(parallel)
     with h5py.File(a) as fa, h5py.File(c) as fc:
         assert not np.array_equal(fa["images"][()], fc["images"][()])
 
