@@ -1,0 +1,124 @@
+"""Trials per hour and epochs per second with K workers sharing one GPU, K = 1, 2, 4, 8.
+
+    python benchmarks/gpu/kbench.py benchmarks/gpu/combined-gpu.yaml --ks 1,2,4,8 --seconds 40 \
+        --work /tmp/kbench --out kbench.json
+
+For each K the combined space runs as its own study through `hpo launch --workers-per-gpu K`
+(same sampler seed, no enqueued points, trials capped at --epochs, no models logged), each
+worker time-boxed to --seconds; nvidia-smi samples GPU utilisation and memory every second
+meanwhile. The rates are over the span from the first trial's start to the last one's end, so
+worker start-up (imports, data loading) is not counted. Baseline: K = 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from studies import derive_space  # noqa: E402
+
+from hpo.objective.keys import EPOCHS_RUN_KEY  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("space", type=Path)
+    parser.add_argument("--ks", default="1,2,4,8")
+    parser.add_argument("--seconds", type=float, default=40)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/kbench"))
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    rows: list[dict] = []
+    for k in args.ks.split(","):
+        rows.append(run_k(args, int(k)))
+        summarize(rows, args.out)  # after every K: a run cut short keeps what it measured
+
+
+def summarize(rows: list[dict], out: Path) -> None:
+    """Ratios against K = 1 and the best value at the trial count every K reached, to `out`."""
+    base = rows[0]
+    common = min(r["finished"] for r in rows)  # best value compared at the same trial count
+    for r in rows:
+        r["trials_per_hour_ratio"] = r["trials_per_hour"] / base["trials_per_hour"] if base["trials_per_hour"] else None
+        r["epochs_per_s_ratio"] = r["epochs_per_s"] / base["epochs_per_s"] if base["epochs_per_s"] else None
+        r["best_at_common"] = min((v for v in r["values"][:common] if v is not None), default=None)
+    out.write_text(json.dumps({"common_trials": common, "rows": rows}, indent=1))
+    for r in rows[-1:]:
+        print(f"K={r['k']}: {r['finished']} trials, {r['trials_per_hour']:.0f} trials/h "
+              f"(x{r['trials_per_hour_ratio'] or 0:.2f}), {r['epochs_per_s']:.2f} epochs/s, "
+              f"GPU util {r['gpu_util_mean']}%, best of first {common}: {r['best_at_common']}", flush=True)
+
+
+def run_k(args: argparse.Namespace, k: int) -> dict:
+    work = args.work / f"k{k}"
+    work.mkdir(parents=True, exist_ok=True)
+    name = f"kbench-{k}"
+    space = derive_space(args.space, work / "space.yaml", {
+        "study.name": name, "study.enqueue": None, "study.timeout_s": args.seconds,
+        "study.n_trials": 1000, "base.train.epochs": args.epochs, "tracking": {"log_models": "none"},
+    })
+    storage = f"sqlite:///{work / 'hpo.db'}"
+    smi = _sampler(work / "smi.csv")
+    t0 = time.time()
+    subprocess.run([sys.executable, "-m", "hpo", "launch", str(space), "--workers-per-gpu", str(k),
+                    "--storage", storage, "--tracking-uri", f"sqlite:///{work / 'mlflow.db'}"],
+                   check=True)
+    wall = time.time() - t0
+    if smi is not None:
+        smi.terminate()
+        smi.wait()
+    study = optuna.load_study(study_name=name, storage=storage)
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()
+            and t.datetime_start and t.datetime_complete]
+    done.sort(key=lambda t: t.datetime_complete)
+    finished = [t for t in done if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    span = ((max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
+            if done else float("nan"))
+    epochs = sum(int(t.user_attrs.get(EPOCHS_RUN_KEY, 0)) for t in finished)
+    util, busy, mem = _utilisation(work / "smi.csv")
+    return {
+        "k": k, "wall_s": wall, "span_s": span, "finished": len(finished),
+        "complete": sum(t.state == TrialState.COMPLETE for t in done),
+        "pruned": sum(t.state == TrialState.PRUNED for t in done),
+        "failed": sum(t.state == TrialState.FAIL for t in done), "epochs": epochs,
+        "trials_per_hour": len(finished) / span * 3600 if span > 0 else 0.0,
+        "epochs_per_s": epochs / span if span > 0 else 0.0,
+        # in the order trials finished; None for a pruned one
+        "values": [t.value if t.state == TrialState.COMPLETE else None for t in finished],
+        "gpu_util_mean": util, "gpu_util_mean_busy": busy, "gpu_mem_max_mib": mem,
+    }
+
+
+def _sampler(path: Path) -> subprocess.Popen | None:
+    try:
+        return subprocess.Popen(
+            ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits",
+             "-lms", "1000"], stdout=path.open("w"), stderr=subprocess.DEVNULL)
+    except OSError:
+        return None  # no GPU: the rates alone
+
+
+def _utilisation(path: Path) -> tuple[float | None, float | None, float | None]:
+    """(mean utilisation over the whole launch, mean over samples with the GPU busy, peak MiB)."""
+    if not path.exists():
+        return None, None, None
+    rows = [line.split(",") for line in path.read_text().splitlines() if line.count(",") == 1]
+    vals = [(float(u), float(m)) for u, m in rows if u.strip().replace(".", "").isdigit()]
+    if not vals:
+        return None, None, None
+    busy = [u for u, _ in vals if u > 0] or [0.0]
+    return (round(sum(u for u, _ in vals) / len(vals), 1), round(sum(busy) / len(busy), 1),
+            max(m for _, m in vals))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The product itself on one GPU machine: `hpo launch` with K workers per GPU, `hpo refit`,
+# `hpo promote`, a K benchmark and a learning curve, all on Keras' JAX backend.
+#
+#   benchmarks/gpu/wheels.sh                       # on a machine with PyPI: .whl/ (~40 MB)
+#   benchmarks/gpu/run.sh study finals+curve pack kbench    # on the GPU machine (no network)
+#
+# Stages run in the order given; "a+b" runs a and b at the same time, sharing the GPU.
+#
+# The GPU machines lent to this project have JAX with CUDA, NumPy, pandas, h5py and matplotlib
+# but no Keras, Optuna, MLflow or pydantic, and no network: wheels.sh prepares those as wheels
+# in .whl/, installed here with --no-index. Everything runs in $HPO_GPU_WORK (default
+# /tmp/gpu-run: the MLflow store's artifact paths are absolute, so unpack it at the same path to
+# browse it) and what comes back goes to $OUT: run.log, kbench.json, curve.json and the stores
+# (hpo.db, mlflow.db, mlartifacts/) as store.tgz in parts of 15 MB. HPO_GPU_SCALE=tiny runs the
+# same stages at CPU-rehearsal size.
+set -uo pipefail
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+WORK=${HPO_GPU_WORK:-/tmp/gpu-run}
+OUT=${OUT:-$WORK/out}
+SCALE=${HPO_GPU_SCALE:-full}
+mkdir -p "$WORK" "$OUT"
+exec > >(tee -a "$OUT/run.log") 2>&1
+
+if [ -d "$REPO/.whl" ] && ! python3 -c "import keras, optuna, mlflow, pydantic" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site "$REPO"/.whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
+export KERAS_BACKEND=${KERAS_BACKEND:-jax} PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
+export HPO_STORAGE=sqlite:///$WORK/hpo.db MLFLOW_TRACKING_URI=sqlite:///$WORK/mlflow.db
+JOBS=$(nproc)
+cd "$WORK"
+hpo() { python3 -m hpo "$@"; }
+stamp() { echo "== $(date -u +%T) $*"; }
+
+if [ "$SCALE" = tiny ]; then
+  N=600; K=2; KS=1,2; KB_S=20; KB_EPOCHS=2; SIZES=300,600; CURVE_SAMPLES=3000; TEST_N=300
+  STUDY=(study.timeout_s=20 base.train.epochs=3); REFIT=(--epochs 3 --top 2 --seeds 1)
+else
+  N=10000; K=8; KS=1,2,4,8; KB_S=30; KB_EPOCHS=12; SIZES=5000,20000,80000; CURVE_SAMPLES=1.5e6; TEST_N=5000
+  STUDY=(); REFIT=(--epochs 120 --top 3 --seeds 1,2)
+fi
+SPACE=$REPO/benchmarks/gpu/combined-gpu.yaml
+
+stamp "setup: $(nvidia-smi -L 2>/dev/null | head -1 || echo no GPU); keras backend $KERAS_BACKEND, $JOBS cores"
+python3 -c "import jax, keras, optuna, mlflow; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__, 'optuna', optuna.__version__, 'mlflow', mlflow.__version__)" || exit 1
+
+data() {
+  stamp "data: $N eRASS:8 clusters (seed 0)"
+  [ -f data/results/erass8_10k.h5 ] || hpo simulate data/results/erass8_10k.h5 --n "$N" --seed 0 --preset eRASS:8 --jobs "$JOBS" --quiet
+}
+
+study() {
+  data || return 1
+  local space=$SPACE
+  if [ ${#STUDY[@]} -gt 0 ]; then
+    python3 -c "import sys, yaml; sys.path.insert(0, '$REPO/benchmarks'); from studies import derive_space; derive_space(sys.argv[1], sys.argv[2], {k: yaml.safe_load(v) for k, v in (a.split('=', 1) for a in sys.argv[3:])})" \
+      "$SPACE" "$WORK/combined-gpu.yaml" "${STUDY[@]}" || return 1
+    space=$WORK/combined-gpu.yaml
+  fi
+  stamp "study: hpo launch combined-gpu --workers-per-gpu $K"
+  hpo launch "$space" --workers-per-gpu "$K" || return 1
+  hpo status combined-gpu
+}
+
+finals() {
+  stamp "finals: hpo refit (the best configurations again, per seed, with TTA), then hpo promote"
+  rm -f refit.yaml
+  hpo refit combined-gpu "${REFIT[@]}" --tta -o refit.yaml || return 1
+  hpo launch refit.yaml --workers-per-gpu "$K" || return 1
+  hpo status combined-gpu-refit
+  # --top-k 1: the refit with the best validation value is the one scored on test, once.
+  hpo promote combined-gpu-refit --model xray-cluster-mass --tta --top-k 1 || return 1
+  stamp "finals done"
+}
+
+kbench() {
+  data || return 1
+  stamp "kbench: K = $KS, ${KB_S} s each"
+  python3 "$REPO/benchmarks/gpu/kbench.py" "$SPACE" --ks "$KS" --seconds "$KB_S" --epochs "$KB_EPOCHS" \
+    --work "$WORK/kbench" --out "$OUT/kbench.json"
+}
+
+curve() {
+  stamp "curve: training sizes $SIZES"
+  python3 "$REPO/benchmarks/gpu/learning_curve.py" --config "$REPO/benchmarks/gpu/champion.yaml" \
+    --sizes "$SIZES" --samples "$CURVE_SAMPLES" --test-n "$TEST_N" --jobs "$JOBS" --mem-fraction 0.1 \
+    --work "$WORK/curve" --out "$OUT/curve.json"
+}
+
+pack() {
+  stamp "pack: the stores, in parts of 15 MB"
+  tar czf "$WORK/store.tgz" -C "$WORK" hpo.db mlflow.db mlartifacts refit.yaml 2>/dev/null
+  ls -la "$WORK/store.tgz"
+  split -b 15M -d "$WORK/store.tgz" "$OUT/store.tgz.part"
+}
+
+for stage in "$@"; do
+  pids=()
+  for part in ${stage//+/ }; do
+    ( "$part" || stamp "stage $part FAILED (exit $?)" ) &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+done
+stamp done
