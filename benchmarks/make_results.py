@@ -15,10 +15,10 @@ Stages, each resumable (a finished study is joined, not rerun; work in data/resu
 4. that model on eFEDS and eRASS1 mocks (other seeds): how far a model travels.
 Every derived space file is written to docs/results/spaces/, so a reader sees what ran.
 
-With `--combined-from gpu.json [more.json ...]`, stages 2-4 come from benchmarks/gpu_study.py's
-output instead (a GPU machine without TensorFlow or MLflow): the study of the first file, the
-final trainings of all, the champion the lowest validation rmse among them; the files are copied
-to docs/results/ beside the page.
+With `--combined-from STORE` (docs/results/gpu-store), stages 2-4 come from the product's own
+stores of a GPU run instead (benchmarks/gpu/run.sh: `hpo launch`, `hpo refit`, `hpo promote`):
+the study and its refits from STORE/hpo.db, their validation metrics and the champion's single
+test score from STORE/mlflow.db, and the champion model from its registry for the transfer.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from studies import finished
 from studies import run_study
 
 from hpo.config.overrides import apply_overrides
-from hpo.config.overrides import flatten
 from hpo.data.baseline import floors
 from hpo.data.contract import load_dataset
 from hpo.data.sim_config import load_sim_config
@@ -92,8 +91,9 @@ def main() -> None:
     parser.add_argument("--final-epochs", type=int, default=30)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", default="", help="comma-separated experiments (default: all)")
-    parser.add_argument("--combined-from", type=Path, nargs="*", default=[],
-                        help="gpu_study.py outputs: the combined study and final model from a GPU run")
+    parser.add_argument("--combined-from", type=Path, default=None,
+                        help="the stores of a GPU run (benchmarks/gpu/run.sh): hpo.db and mlflow.db, with "
+                             "the MLflow artifacts where the run wrote them")
     args = parser.parse_args()
     os.chdir(ROOT)  # the derived spaces name their data relative to the repository
     work = args.work.resolve()
@@ -111,7 +111,7 @@ def main() -> None:
         rows.append(row)
 
     if args.combined_from:
-        combined, final, transfer = from_gpu(args.combined_from, work)
+        combined, final, transfer = from_store(args.combined_from.resolve(), work)
         return page(args, floor, rows, sections, combined, final, transfer)
     combined = combined_study(main_file, work, args)
     # The final training is the one stage a study cannot resume: its scores are kept, keyed by
@@ -200,77 +200,79 @@ def combined_study(data: Path, work: Path, args: argparse.Namespace) -> dict[str
             "epochs on this CPU"}
 
 
-def from_gpu(paths: list[Path], work: Path) -> tuple[dict, dict, list[dict]]:
-    """Stages 2-4 from gpu_study.py's JSON files: the study of the run that holds most trials, the finals of all."""
-    runs = [json.loads(path.read_text()) for path in paths]
-    study = max(runs, key=lambda run: len(run["trials"]))  # a resumed study's run holds it all
-    leases = [run["study_seconds"] for run in runs if run["study_seconds"] > 1]  # not finals-only
-    params = {t["number"]: t["params"] for t in study["trials"]}
-    finals = [{**f, "pass": i + 1, "params": params[f["trial"]]}
-              for i, run in enumerate(runs) for f in run["finals"]]
-    champion = min(finals, key=lambda f: f["val"]["rmse"])  # as gpu_study.py chooses
-    trials = study["trials"]
+STORE_STUDY = "combined-gpu"  # the study benchmarks/gpu/run.sh launches, and its refit study
+REGISTERED = "xray-cluster-mass"
+
+
+def from_store(store: Path, work: Path) -> tuple[dict, dict, list[dict]]:
+    """Stages 2-4 from the product's own stores of a GPU run (benchmarks/gpu/run.sh): the study
+    and its refits from the Optuna storage, their validation metrics and the champion's one test
+    score from MLflow, the champion model itself (the registry's @champion) for the transfer."""
+    import optuna
+    from mlflow import MlflowClient
+
+    from hpo.objective.keys import EPOCHS_RUN_KEY
+    from hpo.objective.keys import MLFLOW_RUN_ID_KEY
+    from hpo.registry import models
+
+    storage = f"sqlite:///{store / 'hpo.db'}"
+    study = optuna.load_study(study_name=STORE_STUDY, storage=storage)
+    refit = optuna.load_study(study_name=f"{STORE_STUDY}-refit", storage=storage)
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    trials = [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+               "epochs": int(t.user_attrs.get(EPOCHS_RUN_KEY, 0)),
+               "enqueued": "fixed_params" in t.system_attrs}
+              for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     done = [t for t in trials if t["state"] == "COMPLETE"]
     best = min(done, key=lambda t: t["value"])
-    for path in paths:
-        (DOCS / "results" / path.name).write_text(path.read_text())
-    space = Path(study["space"]).name
-    spec = load_space(study["space"])
+    champion_version = client.get_model_version_by_alias(REGISTERED, "champion")
+    tags = client.get_run(champion_version.run_id).data.tags
+    finals = []
+    for t in refit.get_trials(deepcopy=False):
+        if t.state.name != "COMPLETE":
+            continue
+        run = client.get_run(t.user_attrs[MLFLOW_RUN_ID_KEY])
+        source = next(s["number"] for s in done if all(
+            s["params"].get(k) == v for k, v in t.params.items() if k != "train.seed"))
+        finals.append({
+            "trial": source, "refit": t.number, "seed": t.params["train.seed"], "tta": True,
+            "val": {k[len("final_val_"):]: v for k, v in run.data.metrics.items() if k.startswith("final_val_")},
+            "epochs_run": int(t.user_attrs.get(EPOCHS_RUN_KEY, 0)), "best_epoch": int(t.user_attrs["best_epoch"]),
+            "params": {k: v for k, v in t.params.items() if k != "train.seed"},
+            "champion": t.user_attrs[MLFLOW_RUN_ID_KEY] == champion_version.run_id,
+        })
+    finals.sort(key=lambda f: f["val"]["residual_std"])
+    champion = next(f for f in finals if f["champion"])
+    prefix = "test_tta_"
+    champion["test"] = {k[len(prefix):]: float(v) for k, v in champion_version.tags.items() if k.startswith(prefix)}
+    champion["n_test"] = int(champion_version.tags["hpo.test_clusters"])
+    champion["version"] = champion_version.version
+    spec = load_space(ROOT / "benchmarks" / "gpu" / "combined-gpu.yaml")
+    workers = len({t.user_attrs.get("worker") for t in study.get_trials(deepcopy=False)} - {None})
     combined = {
-        "trials": trials, "time_boxed": sum(bool(t.get("time_boxed")) for t in trials),
-        "pruned": sum(t["state"] == "PRUNED" and not t.get("time_boxed") for t in trials),
+        "trials": trials, "pruned": sum(t["state"] == "PRUNED" for t in trials),
         "failed": sum(t["state"] == "FAIL" for t in trials), "epochs": sum(t["epochs"] for t in trials),
-        "space": space,
+        "space": "combined-gpu.yaml", "space_link": "../benchmarks/gpu/combined-gpu.yaml",
         "best": SimpleNamespace(number=best["number"], value=best["value"], params=best["params"]),
-        "where": f"as trials of up to {spec.resolved_base().train.epochs} epochs in "
-                 f"{study['workers']} worker processes sharing one {study['device']} for "
-                 f"{sum(leases) / 60:.0f} min{f' in {len(leases)} leases' if len(leases) > 1 else ''} "
-                 f"(Keras {study['keras']} on {study['backend']} "
-                 f"{study['backend_version']}, Optuna {study['optuna']})",
-        "finals": sorted(finals, key=lambda f: f["val"]["rmse"]),
-        "sources": [path.name for path in paths],
+        "where": f"as trials of up to {spec.resolved_base().train.epochs} epochs in {workers} workers of "
+                 f"`hpo launch --workers-per-gpu {workers}` sharing one {tags.get('hpo.device', 'GPU')} for "
+                 f"{spec.study.timeout_s:.0f} s each (Keras {tags.get('hpo.keras_version')} on "
+                 f"{tags.get('hpo.keras_backend')} {tags.get('hpo.backend_version')}, Optuna {optuna.__version__})",
+        "finals": finals, "sources": [str(_relative(store))],
+        "note": f"The study started from the {sum(t['enqueued'] for t in trials)} best points of the earlier "
+                "GPU study (`study.enqueue`, from [its journal](results/combined-gpu.journal)); TPE drew the rest.",
     }
-    startup = spec.study.pruner.n_startup_trials
-    notes = []
-    if combined["pruned"] == 0 and len(done) <= startup:
-        notes.append(f"The median pruner waits for {startup} finished trials; {len(done)} "
-                     "finished inside the time box, so it pruned none.")
-    notes += _axis_added(trials, spec)
-    late = [t for t in trials if t["state"] == "PRUNED" and not t.get("time_boxed")
-            and t["epochs"] >= 0.9 * spec.resolved_base().train.epochs]
-    if late:
-        notes.append(f"{len(late)} trials (e.g. {', '.join(str(t['number']) for t in late[:3])}) were pruned after "
-                     f"{min(t['epochs'] for t in late)}+ epochs: at late epochs the median pruner compares a trial "
-                     "only with the few trials that ran that long (early stopping ends most sooner), and a "
-                     "pruned trial cannot become a finalist.")
-    combined["note"] = " ".join(notes)
-    final = {**champion, "final_epochs": champion["epochs"]}
+    final = {**champion, "final_epochs": max(f["epochs_run"] for f in finals)}
+    model = models.load(f"models:/{REGISTERED}@champion", f"sqlite:///{store / 'mlflow.db'}")
     transfer = []
-    for item in champion["transfer"]:
-        seed = TRANSFER[item["preset"]]
-        other = load_dataset(mock(work / f"{item['preset'].replace(':', '')}_3k.h5", 3000, seed, item["preset"]))
-        transfer.append({**item, **floors(other)})
+    for preset, seed in TRANSFER.items():
+        other = load_dataset(mock(work / f"{preset.replace(':', '')}_3k.h5", 3000, seed, preset))
+        mu, sigma = models.predict_arrays(model, other.images, other.redshift, tta=True)
+        from hpo.model.metrics import residual_metrics
+
+        transfer.append({"preset": preset, "n": len(other), **residual_metrics(mu, other.log_mass, sigma),
+                         **floors(other)})
     return combined, final, transfer
-
-
-def _axis_added(trials: list[dict], spec: Any) -> list[str]:
-    """Says where the study's space gained an axis, and which trials tried it at the best points."""
-    first_params = trials[0]["params"] if trials else {}
-    new_axes = [path for path in spec.params if path not in first_params]
-    enqueued = [t for t in trials if t.get("enqueued_from") is not None]
-    if not new_axes:
-        return []
-    first = min(t["number"] for t in trials if all(a in t["params"] for a in new_axes))
-    base = flatten(spec.resolved_base().model_dump(mode="json"))
-    before = ", ".join(f"`{a}` = {base[a]}" for a in new_axes)
-    out = [f"The space gained `{'`, `'.join(new_axes)}` after trial {first - 1} (trials up to it ran with "
-           f"the base config's {before})."]
-    if enqueued:
-        pairs = ", ".join(f"{t['number']} (from {t['enqueued_from']})" for t in enqueued)
-        values = ", ".join(f"`{a}` = {enqueued[0]['params'][a]}" for a in new_axes)
-        out.append(f"The resumed study first ran its {len(enqueued)} best configurations again with {values} "
-                   f"(enqueued trials {pairs}); TPE then drew the axis like any other.")
-    return out
 
 
 def final_model(combined: dict, ds: Any, floor: dict, args: argparse.Namespace) -> dict[str, Any]:
@@ -306,10 +308,10 @@ def page(args: argparse.Namespace, floor: dict, rows: list[dict], sections: list
         "# Results: the lab report's experiments on mock data",
         "",
         "Regenerated by `.venv/bin/python benchmarks/make_results.py"
-        f"{' --combined-from ' + ' '.join('docs/results/' + n for n in combined['sources']) if gpu else ''}` "
+        f"{' --combined-from ' + combined['sources'][0] if gpu else ''}` "
         f"(this page: {os.cpu_count()} CPU cores, {platform.machine()}, the eight scans "
         f"{sum(r.get('seconds', 0) for r in rows) / 60:.0f} min"
-        f"{'; the combined study and final model on a GPU, by benchmarks/gpu_study.py' if gpu else ', no GPU'}).",
+        f"{'; the combined study, its refits and the promotion on a GPU, by the product itself: benchmarks/gpu/run.sh' if gpu else ', no GPU'}).",
         "",
         "**The numbers depend on the budget.** The report trained for 200-400 epochs on 8,939 clusters; "
         f"a 2-core CPU affords here {args.epochs} epochs per trial on {args.clusters} clusters for the "
@@ -335,8 +337,9 @@ def page(args: argparse.Namespace, floor: dict, rows: list[dict], sections: list
         "",
         "## The combined study",
         "",
-        f"TPE with median pruning over every axis at once ([`docs/results/spaces/{combined['space']}`]"
-        f"(results/spaces/{combined['space']})), the loss fixed to the Gaussian likelihood, "
+        f"TPE with median pruning over every axis at once ([`{combined['space']}`]"
+        f"({combined.get('space_link', 'results/spaces/' + combined['space'])})), the loss fixed to the "
+        "Gaussian likelihood, "
         f"{combined['where']}: {len(combined['trials'])} trials ({combined['pruned']} pruned"
         f"{', %d cut short by the time box' % combined['time_boxed'] if combined.get('time_boxed') else ''}"
         f"{', %d failed' % combined['failed'] if combined.get('failed') else ''}), {combined['epochs']} epochs. "
@@ -347,12 +350,11 @@ def page(args: argparse.Namespace, floor: dict, rows: list[dict], sections: list
         yaml.safe_dump({k: _plain(v) for k, v in combined["best"].params.items()}, sort_keys=False).rstrip(),
         "```",
         "",
-        *(["The GPU machine lent to this project has neither TensorFlow nor MLflow, so "
-           "[`benchmarks/gpu_study.py`](../benchmarks/gpu_study.py) ran the pieces of `hpo launch` "
-           "(this space file, its sampler and pruner, `config_for_trial`, the pruning callback and "
-           "`hpo.training.train`) under Keras' JAX backend, with Optuna's journal file as the "
-           "storage and no MLflow runs; its outputs are beside this page "
-           f"({', '.join(f'[`{n}`](results/{n})' for n in combined['sources'])}).", ""] if gpu else []),
+        *([f"The study, its refits and the champion live in the product's own stores, beside this page "
+           f"([`{combined['sources'][0]}`]({combined['sources'][0].removeprefix('docs/')}): the Optuna "
+           "storage `hpo.db` and the MLflow store `mlflow.db`, whose runs are nested under each study's "
+           "parent run); the champion model ships in the repository ([`models/xray-cluster-mass`]"
+           "(../models/xray-cluster-mass)).", ""] if gpu else []),
         *(_finals(combined["finals"], of) if gpu else [
             f"That configuration trained again for {epochs} epochs (best epoch "
             f"{final['best_epoch'] + 1}), scored once on the {final['n_test']} test clusters"
@@ -393,54 +395,34 @@ def page(args: argparse.Namespace, floor: dict, rows: list[dict], sections: list
 
 
 def _finals(finals: list[dict], of: float) -> list[str]:
-    """The GPU run's final trainings, and why the champion is the one with the lowest val rmse."""
-    champion = finals[0]
-    shifted = max(finals, key=lambda f: abs(f["val"]["bias"]))
-    passes = "; ".join(
-        f"pass {k}: trials {', '.join(str(n) for n in sorted({f['trial'] for f in finals if f['pass'] == k}))}"
-        f"{_seeds({f.get('seed', 0) for f in finals if f['pass'] == k})} for up to "
-        f"{max(f['epochs'] for f in finals if f['pass'] == k)} epochs"
-        for k in sorted({f["pass"] for f in finals}))
-    views = any("views" in f for f in finals)
+    """The refits of a GPU run, by validation; the champion's test score follows, alone."""
+    champion = next(f for f in finals if f["champion"])
+    sources = sorted({f["trial"] for f in finals})
+    seeds = sorted({f["seed"] for f in finals})
     return [
-        f"The best configurations trained again ({passes}; each time-boxed), with early stopping "
-        "(patience 40, best weights restored)."
-        f"{_VIEWS if views else ''} The champion is the lowest **validation rmse**, not residual std: the "
-        "residual std ignores a bias, and stopping on it can keep an epoch whose predictions are "
-        f"all shifted (trial {shifted['trial']}, pass {shifted['pass']}: residual std "
-        f"{shifted['val']['residual_std']:.3f} but bias {shifted['val']['bias']:+.3f} dex, coverage "
-        f"{shifted['val']['coverage68']:.2f}).",
+        f"`hpo refit` then trained the {len(sources)} best configurations (trials "
+        f"{', '.join(map(str, sources))}) again, once per seed ({', '.join(map(str, seeds))}), for up to "
+        f"{max(f['epochs_run'] for f in finals)} epochs with early stopping (best weights restored), "
+        "validation scored with test-time augmentation (TTA: the mean over the 8 flips and right-angle "
+        "rotations of each image), as a study of its own on the same workers; `hpo promote --top-k 1` "
+        "registered the refit with the lowest validation residual std and scored it, and only it, once "
+        "on the test split. No test number chose anything.",
         "",
-        "| trial | pass | seed | view | epochs (best) | val residual std | val bias | val rmse | test residual std | test bias | test coverage |",
-        "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        *(f"| {f['trial']}{' (champion)' if f is champion else ''} | {f['pass']} | {f.get('seed', 0)} | "
-          f"{'TTA' if f['tta'] else 'plain'} | {f['epochs_run']} "
+        "| source trial | seed | epochs (best) | val residual std | val bias | val rmse | val coverage |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *(f"| {f['trial']}{' (champion)' if f['champion'] else ''} | {f['seed']} | {f['epochs_run']} "
           f"({f['best_epoch'] + 1}) | {f['val']['residual_std']:.3f} | {f['val']['bias']:+.3f} | "
-          f"{f['val']['rmse']:.3f} | {f['test']['residual_std']:.3f} ({f['test']['residual_std'] / of:.2f} x) | "
-          f"{f['test']['bias']:+.3f} | {f['test']['coverage68']:.3f} |" for f in finals),
+          f"{f['val']['rmse']:.3f} | {f['val'].get('coverage68', float('nan')):.3f} |" for f in finals),
         "",
-        f"The champion, trial {champion['trial']}{_seed(champion)}:",
+        f"The champion, registered as `{REGISTERED}` version {champion['version']} with alias `champion` "
+        f"(trial {champion['trial']}'s configuration, train.seed {champion['seed']}):",
         "",
         "```yaml",
         yaml.safe_dump({k: _plain(v) for k, v in champion["params"].items()}, sort_keys=False).rstrip(),
         "```",
         "",
-        f"scored once on the {champion['n_test']} test clusters"
-        f"{' with test-time augmentation' if champion['tta'] else ''}:",
+        f"scored once on the {champion['n_test']} test clusters with test-time augmentation:",
     ]
-
-
-_VIEWS = (" Each final was scored twice, by the plain forward pass and by test-time augmentation "
-          "(TTA: the mean over the 8 flips and right-angle rotations of each image), and keeps the "
-          "view with the lower validation rmse.")
-
-
-def _seed(final: dict) -> str:
-    return f" (train.seed {final['seed']})" if "seed" in final else ""
-
-
-def _seeds(seeds: set[int]) -> str:
-    return f" (seeds {', '.join(map(str, sorted(seeds)))} each)" if len(seeds) > 1 else ""
 
 
 def _relative(path: Path) -> Path:

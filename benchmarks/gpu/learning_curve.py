@@ -69,6 +69,11 @@ def main() -> None:
     env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
            "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{args.mem_fraction or 0.9 / len(runs):.3f}",
            "MLFLOW_TRACKING_URI": f"sqlite:///{args.work / 'mlflow.db'}"}
+    # The store is created (its schema migrated) here, once: MLflow's migrations race when
+    # several processes create one SQLite store at the same moment.
+    from mlflow import MlflowClient
+
+    MlflowClient(env["MLFLOW_TRACKING_URI"]).search_experiments(max_results=1)
     t1 = time.time()
     procs = [subprocess.Popen([*hpo, "train", str(r["config"]), "--json", "--experiment", "learning-curve"],
                               env=env, stdout=subprocess.PIPE, text=True) for r in runs]

@@ -36,10 +36,10 @@ hpo() { python3 -m hpo "$@"; }
 stamp() { echo "== $(date -u +%T) $*"; }
 
 if [ "$SCALE" = tiny ]; then
-  N=600; K=2; KS=1,2; KB_S=20; KB_EPOCHS=2; SIZES=300,600; CURVE_SAMPLES=3000; TEST_N=300
+  N=600; K=2; KS=1,2; KB_S=20; KB_EPOCHS=2; SIZES=300,600; CURVE_SAMPLES=600; CURVE_MIN=2; TEST_N=300
   STUDY=(study.timeout_s=20 base.train.epochs=3); REFIT=(--epochs 3 --top 2 --seeds 1)
 else
-  N=10000; K=8; KS=1,2,4,8; KB_S=30; KB_EPOCHS=12; SIZES=5000,20000,80000; CURVE_SAMPLES=1.5e6; TEST_N=5000
+  N=10000; K=8; KS=1,2,4,8; KB_S=30; KB_EPOCHS=12; SIZES=5000,20000,80000; CURVE_SAMPLES=1.5e6; CURVE_MIN=25; TEST_N=5000
   STUDY=(); REFIT=(--epochs 120 --top 3 --seeds 1,2)
 fi
 SPACE=$REPO/benchmarks/gpu/combined-gpu.yaml
@@ -86,7 +86,7 @@ kbench() {
 curve() {
   stamp "curve: training sizes $SIZES"
   python3 "$REPO/benchmarks/gpu/learning_curve.py" --config "$REPO/benchmarks/gpu/champion.yaml" \
-    --sizes "$SIZES" --samples "$CURVE_SAMPLES" --test-n "$TEST_N" --jobs "$JOBS" --mem-fraction 0.1 \
+    --sizes "$SIZES" --samples "$CURVE_SAMPLES" --min-epochs "$CURVE_MIN" --test-n "$TEST_N" --jobs "$JOBS" --mem-fraction 0.1 \
     --work "$WORK/curve" --out "$OUT/curve.json"
 }
 
