@@ -24,7 +24,9 @@ from emit import RESULTS
 HERE = Path(__file__).resolve().parent
 PAGE = HERE.parent / "docs" / "benchmarks.md"
 MOCK = HERE.parent / "data" / "results" / "erass8_10k.h5"  # shared with make_results.py
-ARGS = {"search": ["--data", str(MOCK)], "pruning": ["--data", str(MOCK)]}
+ARGS = {"search": ["--data", str(MOCK)], "pruning": ["--data", str(MOCK)],
+        "gpu": ["--out", os.devnull, "--table-from", str(HERE.parent / "docs/results/gpu-store/kbench.json")]}
+GPU_ONLY = {"gpu"}  # measured on a GPU machine; a full CPU run reuses its saved table
 
 # name, script, what it answers, its target
 BENCHMARKS = [
@@ -51,6 +53,15 @@ BENCHMARKS = [
      "`hpo simulate`: clusters per second against a per-cluster loop, and peak memory at 100,000 "
      "clusters.",
      "memory bounded (chunked writing), independent of N"),
+    ("backends", "bench_backends.py",
+     "Keras' JAX backend against TensorFlow (the CPU default) for the default model on this CPU: "
+     "the same `hpo.training.train` in fresh processes, alternating.",
+     "a measured ratio (TensorFlow stays the CPU default unless JAX is clearly faster)"),
+    ("gpu", "gpu/kbench.py",
+     "Several trials per GPU: `hpo launch --workers-per-gpu K` on one GPU (run on a GPU machine by "
+     "`benchmarks/gpu/run.sh kbench`; this page rebuilds its table with `kbench.py --table-from "
+     "docs/results/gpu-store/kbench.json`).",
+     "at least 3x the trials per hour of K = 1 at K = 8, and a best value no worse at the same trial count"),
     ("storage", "bench_storage.py",
      "Coordination cost of the study storages (SQLite, PostgreSQL, the gRPC proxy) with 1-8 "
      "workers, as a share of a real trial.",
@@ -64,7 +75,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="rerun nothing; rebuild the page")
     args = parser.parse_args()
     names = [b[0] for b in BENCHMARKS]
-    rerun = [] if args.reuse else (args.only.split(",") if args.only else names)
+    rerun = [] if args.reuse else (args.only.split(",") if args.only else [n for n in names if n not in GPU_ONLY])
     unknown = sorted(set(rerun) - set(names))
     if unknown:
         sys.exit(f"--only: unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(names)}")

@@ -263,7 +263,9 @@ def from_store(store: Path, work: Path) -> tuple[dict, dict, list[dict]]:
                 "GPU study (`study.enqueue`, from [its journal](results/combined-gpu.journal)); TPE drew the rest.",
     }
     final = {**champion, "final_epochs": max(f["epochs_run"] for f in finals)}
-    model = models.load(f"models:/{REGISTERED}@champion", f"sqlite:///{store / 'mlflow.db'}")
+    # The registered champion as the repository ships it (models/): the store's artifact paths are
+    # those of the GPU machine.
+    model = models.load(str(ROOT / "models" / REGISTERED))
     transfer = []
     for preset, seed in TRANSFER.items():
         other = load_dataset(mock(work / f"{preset.replace(':', '')}_3k.h5", 3000, seed, preset))

@@ -22,7 +22,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: studies, emit
 from studies import derive_space  # noqa: E402
 
 from hpo.objective.keys import EPOCHS_RUN_KEY  # noqa: E402
@@ -30,13 +30,18 @@ from hpo.objective.keys import EPOCHS_RUN_KEY  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("space", type=Path)
+    parser.add_argument("space", type=Path, nargs="?")
     parser.add_argument("--ks", default="1,2,4,8")
     parser.add_argument("--seconds", type=float, default=40)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--work", type=Path, default=Path("/tmp/kbench"))
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--table-from", type=Path, default=None,
+                        help="write benchmarks/results/gpu.md from a kbench JSON instead of running")
     args = parser.parse_args()
+    if args.table_from is not None:
+        table(json.loads(args.table_from.read_text()), args.table_from)
+        return
     rows: list[dict] = []
     for k in args.ks.split(","):
         rows.append(run_k(args, int(k)))
@@ -56,6 +61,31 @@ def summarize(rows: list[dict], out: Path) -> None:
         print(f"K={r['k']}: {r['finished']} trials, {r['trials_per_hour']:.0f} trials/h "
               f"(x{r['trials_per_hour_ratio'] or 0:.2f}), {r['epochs_per_s']:.2f} epochs/s, "
               f"GPU util {r['gpu_util_mean']}%, best of first {common}: {r['best_at_common']}", flush=True)
+
+
+def table(result: dict, source: Path) -> None:
+    """The markdown table of a kbench JSON (run on a GPU machine), for docs/benchmarks.md."""
+    from emit import emit
+
+    rows = result["rows"]
+    ks = ", ".join(str(r["k"]) for r in rows)
+    lines = [
+        f"K workers sharing one GPU (K = {ks}), the combined space, trials capped at "
+        f"{rows[0]['epochs'] // max(rows[0]['finished'], 1)} epochs, each worker time-boxed; rates over "
+        f"the span from the first trial's start to the last one's end (`{source.name}`):",
+        "",
+        "| K | trials | failed | trials/h | ratio | epochs/s | ratio | GPU util (mean, busy) | GPU memory peak | best val residual std, first "
+        f"{result['common_trials']} trial(s) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        best = f"{r['best_at_common']:.3f}" if r.get("best_at_common") is not None else "-"
+        lines.append(
+            f"| {r['k']}{' (baseline)' if r is rows[0] else ''} | {r['finished']} | {r['failed']} | "
+            f"{r['trials_per_hour']:.0f} | {r['trials_per_hour_ratio']:.2f} | {r['epochs_per_s']:.2f} | "
+            f"{r['epochs_per_s_ratio']:.2f} | {r['gpu_util_mean']}%, {r['gpu_util_mean_busy']}% | "
+            f"{r['gpu_mem_max_mib'] / 1024:.1f} GiB | {best} |")
+    emit("gpu", "\n".join(lines))
 
 
 def run_k(args: argparse.Namespace, k: int) -> dict:

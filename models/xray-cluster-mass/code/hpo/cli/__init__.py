@@ -1,0 +1,57 @@
+"""The `hpo` command line: thin commands over the library; an HpoError is one line and exit 1.
+
+    hpo --help
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+import typer
+
+from hpo.errors import HpoError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Hyperparameter optimisation, tracked in MLflow, of a CNN that measures galaxy-cluster masses.",
+)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
+) -> None:
+    if debug:
+        os.environ["HPO_DEBUG"] = "1"
+    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not debug:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+
+
+from hpo.cli import data as _data  # noqa: E402,F401  (registers commands)
+from hpo.cli import model as _model  # noqa: E402,F401
+from hpo.cli import report as _report  # noqa: E402,F401
+from hpo.cli import run as _run  # noqa: E402,F401
+from hpo.cli import study as _study  # noqa: E402,F401
+
+
+def main() -> None:
+    """Entry point of the `hpo` script."""
+    # A process started with `&` from a script inherits SIGINT ignored, and Python keeps it so;
+    # then `kill -INT` (how launchers, tests and schedulers ask for a clean stop) does nothing.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        app()
+    except HpoError as exc:
+        if os.environ.get("HPO_DEBUG"):
+            raise
+        typer.echo(f"hpo: error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("hpo: interrupted", err=True)
+        sys.exit(130)

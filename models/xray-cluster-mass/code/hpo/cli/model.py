@@ -1,0 +1,58 @@
+"""Commands on models: promote, pull, predict.
+
+    hpo promote quickstart --model xray-cluster-mass --tta
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from hpo.cli import app
+
+STORAGE_HELP = "Optuna storage URL (default: HPO_STORAGE or sqlite:///hpo.db)."
+TRACKING_HELP = "MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."
+
+
+@app.command()
+def promote(
+    name: str = typer.Argument(..., help="Study name."),
+    model: str = typer.Option(..., "--model", help="Registered model name, e.g. xray-cluster-mass."),
+    storage: str | None = typer.Option(None, "--storage", help=STORAGE_HELP),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: the study's)."),
+    top_k: int = typer.Option(3, "--top-k", min=1, help="Best trials re-evaluated on the test split."),
+    tta: bool = typer.Option(False, "--tta", help="Average predictions over the 8 flips and right-angle rotations."),
+) -> None:
+    """Evaluate the best trials on the held-out test split, register the winner, maybe move `champion`."""
+    from hpo.registry.promote import promote as run_promote
+
+    r = run_promote(name, model, storage_url=storage, tracking_uri=tracking_uri, top_k=top_k, tta=tta)
+    typer.echo(f"registered {r.model_name} version {r.version} (trial {r.trial}, test residual std"
+               f"{' with TTA' if tta else ''} {r.test_metrics['residual_std']:.4f} dex); {r.message}")
+
+
+@app.command()
+def pull(
+    ref: str = typer.Argument(..., help="NAME@alias, NAME/version, models:/NAME@alias, models:/NAME/version or runs:/RUN_ID/model."),
+    out: Path = typer.Option(..., "-o", "--out", help="Folder to download into."),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
+) -> None:
+    """Download a registered model (loadable with mlflow.pyfunc.load_model)."""
+    from hpo.registry.models import pull as run_pull
+
+    typer.echo(f"model in {run_pull(ref, out, tracking_uri)}")
+
+
+@app.command()
+def predict(
+    model: str = typer.Argument(..., help="NAME@alias, NAME/version, models:/..., runs:/... or a pulled folder."),
+    data: Path = typer.Argument(..., help="Data file; log_mass is optional."),
+    out: Path = typer.Option(..., "-o", "--out", help="CSV to write: index, log_mass, sigma."),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
+) -> None:
+    """Log mass and its uncertainty for every cluster in a file."""
+    from hpo.registry.predict import predict_file
+
+    typer.echo(json.dumps(predict_file(model, data, out, tracking_uri)))

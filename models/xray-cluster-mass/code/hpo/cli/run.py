@@ -1,0 +1,52 @@
+"""`hpo train`: one training run of one configuration, logged to MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from hpo.cli import app
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="YAML overrides of the run config (nested or dotted keys)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object, last line."),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
+    experiment: str = typer.Option("train", "--experiment", help="MLflow experiment of the run."),
+    run_name: str | None = typer.Option(None, "--run-name", help="MLflow run name (default: the config's file name)."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Keras progress output."),
+) -> None:
+    """Train one configuration on its data file and log params, epochs, plots and model to MLflow."""
+    from hpo.config import load_run_config
+    from hpo.data.lazy import open_dataset
+
+    cfg = load_run_config(config)
+    # Bad input fails here, before TensorFlow loads.
+    dataset = open_dataset(cfg.data.path, max_in_memory_gb=cfg.data.max_in_memory_gb)
+
+    from hpo.tracking import Tracker
+    from hpo.tracking.callback import MlflowEpochLogger
+    from hpo.tracking.trial_artifacts import log_trial_artifacts
+    from hpo.training import train as train_run
+
+    tracker = Tracker(tracking_uri)
+    tracker.check()
+    run_id = tracker.start_single_run(experiment, cfg, run_name or config.stem)
+    try:
+        result = train_run(cfg, dataset, callbacks=[MlflowEpochLogger(tracker, run_id)], verbose=min(verbose, 2))
+        log_trial_artifacts(tracker, run_id, result, dataset)
+    except BaseException:
+        tracker.end_run(run_id, "FAILED")
+        raise
+    tracker.end_run(run_id, "FINISHED")
+    out = {f"val_{k}": v for k, v in result.val_metrics.items()}
+    out.update(epochs_run=result.epochs_run, best_epoch=result.best_epoch,
+               seconds=round(result.seconds, 2), mlflow_run_id=run_id)
+    if as_json:
+        typer.echo(json.dumps(out))
+    else:
+        typer.echo(f"val_residual_std {out['val_residual_std']:.4f} dex after {result.epochs_run} epochs "
+                   f"(best epoch {result.best_epoch + 1}); MLflow run {run_id}")

@@ -1,0 +1,39 @@
+"""Named presets: YAML files of overrides under hpo/presets/, applied before a file's own overrides.
+
+    hpo train run.yaml      # with `preset: report` at the top of run.yaml
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+from hpo.config.overrides import apply_overrides
+from hpo.config.overrides import read_yaml
+from hpo.config.tree import RunConfig
+from hpo.errors import ConfigError
+
+PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+@functools.lru_cache(maxsize=16)
+def preset_config(name: str | None, where: str = "config") -> RunConfig:
+    """RunConfig() with the named preset applied (the plain defaults for None)."""
+    if name is None:
+        return RunConfig()
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(f"{where}: unknown preset '{name}'; presets are: {', '.join(preset_names())}")
+    return apply_overrides(read_yaml(path), where=str(path))
+
+
+def resolve(data: dict[str, Any], where: str) -> RunConfig:
+    """A config file's mapping (with an optional `preset:` key) as a validated RunConfig."""
+    data = dict(data)
+    preset = data.pop("preset", None)
+    return apply_overrides(data, base=preset_config(preset, where), where=where)

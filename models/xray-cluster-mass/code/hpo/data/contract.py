@@ -1,0 +1,225 @@
+"""Reads a data file (HDF5 or .npz) and enforces the data contract of PRODUCT.md.
+
+    hpo baseline data/mock.h5     # any command that reads data goes through load_dataset
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from hpo.errors import DataContractError
+
+REQUIRED_KEYS = ("images", "redshift")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A validated data set held in memory.
+
+    Attributes:
+        images: (N, H, W, C) float32 photon counts, channels last.
+        redshift: (N,) float32, all > 0.
+        log_mass: (N,) float32 log10(M500 / Msun), or None for files meant only for prediction.
+        truth: the simulator's hidden draws, each (N,), keyed without the `truth/` prefix.
+        attrs: file metadata (channel_edges_keV, pixel_arcsec, generator, seed, ...).
+        path: where it was read from.
+    """
+
+    images: np.ndarray
+    redshift: np.ndarray
+    log_mass: np.ndarray | None
+    truth: dict[str, np.ndarray] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of one image."""
+        h, w, c = self.images.shape[1:]
+        return int(h), int(w), int(c)
+
+    def subset(self, idx: np.ndarray) -> Dataset:
+        """The clusters at `idx`, truth included."""
+        return take_rows(self, self.images[idx], idx)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Content hash, size and generator attributes: enough to tell two data sets apart."""
+        return fingerprint(self.redshift, self.log_mass, self.image_shape, self.attrs)
+
+
+def take_rows(source: Any, images: np.ndarray, idx: np.ndarray) -> Dataset:
+    """A Dataset of the clusters at `idx` of `source` (a Dataset or an H5Source), their images
+    already read."""
+    return Dataset(
+        images=images,
+        redshift=source.redshift[idx],
+        log_mass=None if source.log_mass is None else source.log_mass[idx],
+        truth={k: v[idx] for k, v in source.truth.items()},
+        attrs=source.attrs,
+        path=source.path,
+    )
+
+
+def fingerprint(
+    redshift: np.ndarray, log_mass: np.ndarray | None, image_shape: tuple[int, ...], attrs: dict[str, Any]
+) -> dict[str, Any]:
+    """A data set's identity from its small arrays, so a streamed file need not be read whole.
+
+    Redshifts and masses are continuous draws: two files that share them are the same clusters.
+    """
+    h = hashlib.sha256(np.ascontiguousarray(redshift, np.float32).tobytes())
+    if log_mass is not None:
+        h.update(np.ascontiguousarray(log_mass, np.float32).tobytes())
+    h.update(repr(tuple(image_shape)).encode())
+    return {
+        "sha256": h.hexdigest()[:16],
+        "n": int(len(redshift)),
+        "image_shape": list(image_shape),
+        "generator": str(attrs.get("generator", "unknown")),
+        "seed": str(attrs.get("seed", "unknown")),
+    }
+
+
+def load_dataset(path: str | Path, *, require_labels: bool = True) -> Dataset:
+    """Reads and validates a data file.
+
+    Args:
+        path: an HDF5 file (`.h5`, `.hdf5`) or an `.npz` with the same keys (`truth/x` as `truth/x`
+            or `truth_x`).
+        require_labels: refuse a file without `log_mass` (training needs it, prediction does not).
+
+    Returns:
+        The validated Dataset, images as float32.
+
+    Raises:
+        DataContractError: the file is missing, unreadable, or breaks the contract; the message names
+            the file and the key.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataContractError(f"data file not found: {path}")
+    raw, attrs = read_h5(path) if path.suffix.lower() != ".npz" else _read_npz(path)
+    return validate_arrays(raw, attrs, path, require_labels)
+
+
+def read_h5(path: Path, *, skip_images: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The contract's arrays and attrs of an HDF5 file, unvalidated (images left out if asked)."""
+    try:
+        with h5py.File(path, "r") as f:
+            raw: dict[str, np.ndarray] = {}
+            for key in ("redshift", "log_mass") if skip_images else ("images", "redshift", "log_mass"):
+                if key in f:
+                    raw[key] = _dataset_array(f, key, path)
+            if "truth" in f and isinstance(f["truth"], h5py.Group):
+                for key in f["truth"]:
+                    raw[f"truth/{key}"] = _dataset_array(f, f"truth/{key}", path)
+            attrs = {k: _plain(v) for k, v in f.attrs.items()}
+    except OSError as exc:
+        raise DataContractError(f"{path}: not a readable HDF5 file ({exc})") from None
+    return raw, attrs
+
+
+def _dataset_array(f: h5py.File, key: str, path: Path) -> np.ndarray:
+    node = f[key]
+    if not isinstance(node, h5py.Dataset):
+        raise DataContractError(f"{path}: key '{key}' must be a data set, got a {type(node).__name__}")
+    return np.asarray(node[()])
+
+
+def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            raw = {}
+            for key in z.files:
+                name = key if not key.startswith("truth_") else "truth/" + key[len("truth_") :]
+                raw[name] = np.asarray(z[key])
+    except (OSError, ValueError) as exc:
+        raise DataContractError(f"{path}: not a readable .npz file ({exc})") from None
+    return raw, {}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def validate_arrays(
+    raw: dict[str, np.ndarray], attrs: dict[str, Any], path: Path, require_labels: bool
+) -> Dataset:
+    """Checks raw arrays against the contract; the Dataset, or DataContractError naming the key."""
+    for key in REQUIRED_KEYS:
+        if key not in raw:
+            raise DataContractError(f"{path}: missing key '{key}' (found: {sorted(raw) or 'none'})")
+    if require_labels and "log_mass" not in raw:
+        raise DataContractError(f"{path}: missing key 'log_mass', which training needs")
+
+    images = raw["images"]
+    if images.ndim != 4:
+        raise DataContractError(
+            f"{path}: key 'images' must have rank 4 (N, H, W, C), got shape {images.shape}"
+        )
+    if not np.issubdtype(images.dtype, np.number):
+        raise DataContractError(f"{path}: key 'images' must be numeric, got {images.dtype}")
+    n = images.shape[0]
+    if n == 0:
+        raise DataContractError(f"{path}: key 'images' holds no clusters")
+    images = images.astype(np.float32, copy=False)
+    _check_finite(images, "images", path)
+    negative = int(np.count_nonzero(images < 0))
+    if negative:
+        raise DataContractError(
+            f"{path}: key 'images' must hold counts >= 0, but {negative} values are negative"
+        )
+
+    vectors: dict[str, np.ndarray] = {}
+    for key in [k for k in raw if k != "images"]:
+        arr = raw[key]
+        if arr.ndim != 1:
+            raise DataContractError(f"{path}: key '{key}' must have shape (N,), got {arr.shape}")
+        if arr.shape[0] != n:
+            raise DataContractError(
+                f"{path}: key '{key}' has {arr.shape[0]} values but 'images' has {n} clusters"
+            )
+        if not np.issubdtype(arr.dtype, np.number):
+            raise DataContractError(f"{path}: key '{key}' must be numeric, got {arr.dtype}")
+        vectors[key] = arr
+
+    redshift = vectors["redshift"].astype(np.float32)
+    _check_finite(redshift, "redshift", path)
+    bad = np.flatnonzero(redshift <= 0)
+    if bad.size:
+        raise DataContractError(
+            f"redshift must be > 0: {path} key 'redshift' has {bad.size} values <= 0 "
+            f"(first at index {bad[0]})"
+        )
+    log_mass = vectors.get("log_mass")
+    if log_mass is not None:
+        log_mass = log_mass.astype(np.float32)
+        _check_finite(log_mass, "log_mass", path)
+
+    truth = {k[len("truth/") :]: v for k, v in vectors.items() if k.startswith("truth/")}
+    return Dataset(images, redshift, log_mass, truth, attrs, path)
+
+
+def _check_finite(arr: np.ndarray, key: str, path: Path) -> None:
+    bad = np.flatnonzero(~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1))
+    if bad.size:
+        raise DataContractError(
+            f"{path}: key '{key}' has NaN or infinite values in {bad.size} clusters "
+            f"(first at index {bad[0]})"
+        )

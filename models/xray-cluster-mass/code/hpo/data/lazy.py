@@ -1,0 +1,100 @@
+"""A data file too large for memory: validated chunk by chunk, read by index on demand.
+
+    hpo launch search_spaces/combined.yaml      # with data.max_in_memory_gb below the file's size
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from hpo.data.contract import Dataset
+from hpo.data.contract import fingerprint
+from hpo.data.contract import take_rows
+from hpo.data.contract import load_dataset
+from hpo.data.contract import read_h5
+from hpo.data.contract import validate_arrays
+from hpo.errors import DataContractError
+
+VALIDATE_CHUNK = 2048  # clusters read at once while checking a streamed file
+
+
+@dataclass(frozen=True)
+class H5Source:
+    """An HDF5 data file whose images stay on disk; labels, redshift and truth are in memory.
+
+    Attributes:
+        path: the HDF5 file.
+        redshift, log_mass, truth, attrs: as in Dataset.
+        image_shape: (H, W, C).
+    """
+
+    path: Path
+    n: int
+    image_shape: tuple[int, int, int]
+    redshift: np.ndarray
+    log_mass: np.ndarray | None
+    truth: dict[str, np.ndarray] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def read_images(self, idx: np.ndarray) -> np.ndarray:
+        """(len(idx), H, W, C) float32 images at `idx` (any order)."""
+        idx = np.asarray(idx)
+        order = np.argsort(idx)
+        with h5py.File(self.path, "r") as f:
+            block = f["images"][np.sort(idx)]  # h5py reads increasing indices only
+        out = np.empty((len(idx), *self.image_shape), np.float32)
+        out[order] = block
+        return out
+
+    def subset(self, idx: np.ndarray) -> Dataset:
+        """The clusters at `idx`, read into memory."""
+        return take_rows(self, self.read_images(idx), idx)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """As Dataset.fingerprint: the same file gives the same fingerprint either way."""
+        return fingerprint(self.redshift, self.log_mass, self.image_shape, self.attrs)
+
+
+def open_dataset(path: str | Path, *, max_in_memory_gb: float = 4.0, require_labels: bool = True) -> Dataset | H5Source:
+    """The file in memory if its float32 images fit in `max_in_memory_gb`, else an H5Source.
+
+    Either way the whole file is checked against the data contract first.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".npz" or not path.exists():
+        return load_dataset(path, require_labels=require_labels)
+    try:
+        with h5py.File(path, "r") as f:
+            shape = f["images"].shape if isinstance(f.get("images"), h5py.Dataset) else None
+    except OSError:
+        shape = None  # load_dataset gives the precise error
+    if shape is None or len(shape) != 4 or np.prod(shape, dtype=np.float64) * 4 <= max_in_memory_gb * 2**30:
+        return load_dataset(path, require_labels=require_labels)
+    return _open_streamed(path, require_labels)
+
+
+def _open_streamed(path: Path, require_labels: bool) -> H5Source:
+    # Validate everything but the images with the in-memory checks, on a one-cluster image stub.
+    with h5py.File(path, "r") as f:
+        images = f["images"]
+        n, h, w, c = images.shape
+        for start in range(0, n, VALIDATE_CHUNK):
+            block = np.asarray(images[start : start + VALIDATE_CHUNK], np.float32)
+            bad = np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(axis=1))
+            if bad.size:
+                raise DataContractError(f"{path}: key 'images' has NaN or infinite values (first at index {start + bad[0]})")
+            if (block < 0).any():
+                raise DataContractError(f"{path}: key 'images' must hold counts >= 0, found negative values near index {start}")
+    raw, attrs = read_h5(path, skip_images=True)
+    raw["images"] = np.zeros((n, 1, 1, 1), np.float32)  # stands in for the checked images
+    small = validate_arrays(raw, attrs, path, require_labels)
+    return H5Source(path, n, (h, w, c), small.redshift, small.log_mass, small.truth, small.attrs)

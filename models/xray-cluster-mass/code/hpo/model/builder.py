@@ -1,0 +1,184 @@
+"""Builds the Keras CNN from a ModelConfig: images and redshift in, log mass (and sigma) out.
+
+    hpo train run.yaml           # builds this model from the run's `model:` section
+
+Inputs:  images   (N, H, W, C) float32 photon counts, channels last (50 x 50 x 10 by default)
+         redshift (N, 1) float32
+Output:  log_mass (N, 1) = [mu], or (N, 2) = [mu, sigma] with a sigma head; log10(M500/Msun), dex
+
+    images -> [augment] -> transform -> standardise
+           -> { conv (+BN) -> act } x layers -> pool   (one per conv block)
+           -> flatten -> concat(redshift) -> { dense -> act -> [dropout] } x dense -> mu [, sigma]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from hpo.config.tree import ActivationConfig
+from hpo.config.tree import AugmentConfig
+from hpo.config.tree import ModelConfig
+from hpo.config.tree import RegularizerConfig
+from hpo.model.layers import CountsTransform
+from hpo.model.layers import RandomDihedral
+
+
+@dataclass(frozen=True)
+class InputStats:
+    """What the builder learns from the training split only.
+
+    Attributes:
+        channel_mean, channel_var: (C,) per-channel mean and variance of transformed counts.
+        label_mean, label_std: mean and std of training log10 M (output initialisers).
+        redshift_mean, redshift_std: for standardising the redshift input.
+    """
+
+    channel_mean: np.ndarray
+    channel_var: np.ndarray
+    label_mean: float
+    label_std: float
+    redshift_mean: float
+    redshift_std: float
+
+    @classmethod
+    def fit(
+        cls, images: np.ndarray, redshift: np.ndarray, log_mass: np.ndarray, transform: str
+    ) -> InputStats:
+        """Statistics of a training split; images (N, H, W, C) counts."""
+        x = np.asarray(CountsTransform(transform)(images[: min(len(images), 4096)]))
+        return cls(
+            channel_mean=x.mean(axis=(0, 1, 2)),
+            channel_var=np.maximum(x.var(axis=(0, 1, 2)), 1e-8),
+            label_mean=float(np.mean(log_mass)),
+            label_std=float(max(np.std(log_mass), 1e-3)),
+            redshift_mean=float(np.mean(redshift)),
+            redshift_std=float(max(np.std(redshift), 1e-3)),
+        )
+
+
+def build_model(
+    cfg: ModelConfig,
+    *,
+    image_shape: tuple[int, int, int],
+    stats: InputStats,
+    sigma_head: str | None = None,
+    augment: AugmentConfig | None = None,
+    seed: int | None = None,
+) -> keras.Model:
+    """Builds (does not compile) the network.
+
+    Args:
+        cfg: the `model` section of the run config.
+        image_shape: (H, W, C) of one image.
+        stats: training-split statistics for the input standardisation and output initialisers.
+        sigma_head: None for a point estimate, or "softplus" / "log_sigma" to add a sigma output.
+        augment: training-time flips/rotations (inactive at inference); None for none.
+        seed: seed of the augmentation layers.
+    """
+    images = keras.Input(shape=image_shape, name="images")
+    redshift = keras.Input(shape=(1,), name="redshift")
+
+    x = images
+    if augment is not None and (augment.flips or augment.rot90):
+        x = RandomDihedral(flips=augment.flips, rot90=augment.rot90, seed=seed, name="dihedral")(x)
+    if augment is not None and augment.rotation:
+        x = keras.layers.RandomRotation(
+            0.5, fill_mode="constant", interpolation="bilinear", seed=seed, name="rotation"
+        )(x)
+    x = CountsTransform(cfg.input.transform, name="counts_transform")(x)
+    if cfg.input.standardize:
+        x = keras.layers.Normalization(
+            axis=-1, mean=stats.channel_mean, variance=stats.channel_var, name="standardize"
+        )(x)
+
+    conv_reg = cfg.regularizer if cfg.regularizer.layers in ("conv", "both") else None
+    for b, block in enumerate(cfg.conv_blocks):
+        for i, filters in enumerate(block):
+            x = keras.layers.Conv2D(
+                cfg.filters or filters,
+                cfg.kernel_size,
+                padding=cfg.padding,
+                name=f"conv{b}_{i}",
+                **_regularizers(conv_reg),
+            )(x)
+            if cfg.batch_norm:
+                x = keras.layers.BatchNormalization(name=f"bn{b}_{i}")(x)
+            x = _activation(cfg.conv_activation, f"conv{b}_{i}_act")(x)
+        if cfg.pool.type != "none" and cfg.pool.size > 1:
+            pool = keras.layers.MaxPooling2D if cfg.pool.type == "max" else keras.layers.AveragePooling2D
+            x = pool(cfg.pool.size, padding="same", name=f"pool{b}")(x)
+
+    x = keras.layers.Flatten(name="flatten")(x)
+    if cfg.use_redshift:
+        z = keras.layers.Normalization(
+            axis=-1, mean=[stats.redshift_mean], variance=[stats.redshift_std**2], name="z_scale"
+        )(redshift)
+        x = keras.layers.Concatenate(name="join_redshift")([x, z])
+
+    dense_reg = cfg.regularizer if cfg.regularizer.layers in ("dense", "both") else None
+    dropout_at = _dropout_positions(cfg)
+    for i, units in enumerate(cfg.dense):
+        x = keras.layers.Dense(units, name=f"dense{i}", **_regularizers(dense_reg))(x)
+        x = _activation(cfg.dense_activation, f"dense{i}_act")(x)
+        if i in dropout_at:
+            x = keras.layers.Dropout(cfg.dropout.rate, seed=seed, name=f"dropout{i}")(x)
+
+    # The report's initialisers: start at the training mean mass (and its spread, for sigma).
+    mu = keras.layers.Dense(
+        1,
+        bias_initializer=keras.initializers.Constant(stats.label_mean),
+        dtype="float32",
+        name="mu",
+    )(x)
+    outputs = mu
+    if sigma_head is not None:
+        outputs = _sigma_output(x, mu, sigma_head, stats.label_std)
+    inputs = {"images": images, "redshift": redshift}
+    return keras.Model(inputs=inputs, outputs=outputs, name="xray_cluster_mass")
+
+
+def _sigma_output(x: Any, mu: Any, kind: str, label_std: float) -> Any:
+    if kind == "softplus":
+        bias = math.log(math.expm1(label_std))  # softplus(bias) = label_std
+        act = "softplus"
+    elif kind == "log_sigma":
+        bias = math.log(label_std)
+        act = "exponential"
+    else:
+        raise ValueError(f"sigma_head must be 'softplus' or 'log_sigma', got {kind!r}")
+    raw = keras.layers.Dense(
+        1,
+        kernel_initializer=keras.initializers.RandomNormal(stddev=1e-3),
+        bias_initializer=keras.initializers.Constant(bias),
+        dtype="float32",
+        name="sigma_raw",
+    )(x)
+    sigma = keras.layers.Activation(act, dtype="float32", name="sigma")(raw)
+    return keras.layers.Concatenate(name="log_mass", dtype="float32")([mu, sigma])
+
+
+def _dropout_positions(cfg: ModelConfig) -> set[int]:
+    if cfg.dropout.placement == "none" or cfg.dropout.rate == 0 or not cfg.dense:
+        return set()
+    if cfg.dropout.placement == "every_dense":
+        return set(range(len(cfg.dense)))
+    return {cfg.dropout.index % len(cfg.dense)}
+
+
+def _activation(cfg: ActivationConfig, name: str) -> keras.layers.Layer:
+    if cfg.type == "leaky_relu":
+        return keras.layers.LeakyReLU(negative_slope=cfg.negative_slope, name=name)
+    return keras.layers.Activation(cfg.type, name=name)
+
+
+def _regularizers(cfg: RegularizerConfig | None) -> dict[str, Any]:
+    if cfg is None or cfg.type == "none":
+        return {}
+    l1 = cfg.l1 if cfg.type in ("l1", "l1l2") else 0.0
+    l2 = cfg.l2 if cfg.type in ("l2", "l1l2") else 0.0
+    return {f"{cfg.target}_regularizer": keras.regularizers.L1L2(l1=l1, l2=l2)}

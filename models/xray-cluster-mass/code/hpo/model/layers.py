@@ -1,0 +1,72 @@
+"""Custom Keras layers saved with the model: the counts transform and dihedral augmentation.
+
+    python -m pytest tests/model/test_layers.py
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+TRANSFORMS = ("none", "log1p", "asinh", "sqrt")
+
+
+@keras.saving.register_keras_serializable(package="hpo")
+class CountsTransform(keras.layers.Layer):
+    """Pointwise transform of photon counts (none, log1p, asinh, sqrt); no weights."""
+
+    def __init__(self, kind: str = "log1p", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if kind not in TRANSFORMS:
+            raise ValueError(f"transform must be one of {TRANSFORMS}, got {kind!r}")
+        self.kind = kind
+
+    def call(self, x: Any) -> Any:
+        if self.kind == "log1p":
+            return ops.log1p(x)
+        if self.kind == "asinh":
+            return ops.arcsinh(x)
+        if self.kind == "sqrt":
+            return ops.sqrt(x)
+        return x
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "kind": self.kind}
+
+
+@keras.saving.register_keras_serializable(package="hpo")
+class RandomDihedral(keras.layers.Layer):
+    """Random flips and/or right-angle rotations of square images, per sample, in training only.
+
+    With both on, every one of the 8 symmetries of the square is equally likely; with `rot90`
+    alone, one of the 4 rotations. Pixels are only moved, never interpolated, so counts are kept.
+    """
+
+    def __init__(self, flips: bool = True, rot90: bool = True, seed: int | None = None, **kw: Any):
+        super().__init__(**kw)
+        self.flips, self.rot90, self.seed = flips, rot90, seed
+        self._rng = keras.random.SeedGenerator(seed)
+
+    def call(self, x: Any, training: bool = False) -> Any:
+        if not training or not (self.flips or self.rot90):
+            return x
+        batch = ops.shape(x)[0]
+        draws = keras.random.uniform((batch, 3), seed=self._rng) < 0.5
+        flip_h, flip_v, transpose = draws[:, 0], draws[:, 1], draws[:, 2]
+        if not self.rot90:
+            transpose = ops.zeros_like(transpose)
+        elif not self.flips:
+            # A rotation is a transpose plus one flip, or two flips: flip_v = flip_h xor transpose.
+            flip_v = ops.not_equal(flip_h, transpose)
+
+        def where(mask: Any, a: Any, b: Any) -> Any:
+            return ops.where(ops.reshape(mask, (-1, 1, 1, 1)), a, b)
+
+        x = where(transpose, ops.transpose(x, (0, 2, 1, 3)), x)
+        x = where(flip_h, ops.flip(x, axis=2), x)
+        return where(flip_v, ops.flip(x, axis=1), x)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "flips": self.flips, "rot90": self.rot90, "seed": self.seed}

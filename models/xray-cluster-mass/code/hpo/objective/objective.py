@@ -1,0 +1,111 @@
+"""The Optuna objective: config from the trial, train with pruning, log the trial's MLflow run.
+
+    hpo worker --study quickstart --storage sqlite:///hpo.db
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+import optuna
+
+from hpo.data.contract import Dataset
+from hpo.data.lazy import H5Source
+from hpo.errors import TrialFailed
+from hpo.objective.keys import CONFIG_KEY
+from hpo.objective.keys import EPOCHS_RUN_KEY
+from hpo.objective.keys import FAIL_REASON_KEY
+from hpo.objective.keys import MLFLOW_RUN_ID_KEY
+from hpo.objective.keys import MODEL_URI_KEY
+from hpo.objective.keys import WORKER_KEY
+from hpo.objective.pruning import PruningCallback
+from hpo.objective.space import SearchSpace
+from hpo.objective.suggest import config_for_trial
+from hpo.study.interrupt import StopCheck
+from hpo.study.interrupt import StopRequest
+from hpo.tracking.callback import MlflowEpochLogger
+from hpo.tracking.runs import Tracker
+from hpo.tracking.trial_artifacts import log_trial_artifacts
+from hpo.training.loop import train
+
+_logger = logging.getLogger(__name__)
+
+
+class Objective:
+    """Callable for study.optimize; every trial ends with its MLflow run ended too."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        dataset: Dataset | H5Source,
+        tracker: Tracker,
+        *,
+        experiment_id: str,
+        parent_run_id: str | None,
+        stop: StopRequest | None = None,
+    ) -> None:
+        self.space, self.dataset, self.tracker = space, dataset, tracker
+        self.experiment_id, self.parent_run_id = experiment_id, parent_run_id
+        self.stop = stop  # a signal then ends training at a batch end
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.trial_number: int | None = None  # the trial this worker runs or ran last
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.trial_number = trial.number
+        trial.set_user_attr(WORKER_KEY, self.worker)
+        cfg = config_for_trial(trial, self.space)
+        trial.set_user_attr(CONFIG_KEY, cfg.model_dump(mode="json"))
+        run_id = self.tracker.start_trial_run(
+            self.experiment_id, self.parent_run_id, self.space.study.name, trial.number, cfg
+        )
+        trial.set_user_attr(MLFLOW_RUN_ID_KEY, run_id)
+        pruning = PruningCallback(trial, self.space.study.metric)
+        callbacks = [pruning, MlflowEpochLogger(self.tracker, run_id)]
+        if self.stop is not None:
+            callbacks.append(StopCheck(self.stop))
+        try:
+            result = train(cfg, self.dataset, callbacks=callbacks)
+            value = result.val_metrics["residual_std"]
+            # Inside the try: a failure while logging must still end the run.
+            model_uri = log_trial_artifacts(self.tracker, run_id, result, self.dataset,
+                                            log_model=self._keeps_model(trial, value))
+        except optuna.TrialPruned:
+            epochs = pruning.last_epoch + 1
+            trial.set_user_attr(EPOCHS_RUN_KEY, epochs)
+            self.tracker.finish_trial_run(run_id, "PRUNED", epochs_run=epochs)
+            raise
+        except TrialFailed as exc:
+            self._fail(trial, run_id, str(exc), "FAIL")
+            raise
+        except KeyboardInterrupt:
+            self._fail(trial, run_id, "interrupted", "KILLED")
+            raise
+        except Exception as exc:
+            self._fail(trial, run_id, f"{type(exc).__name__}: {exc}", "FAIL")
+            raise
+
+        trial.set_user_attr(EPOCHS_RUN_KEY, result.epochs_run)
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        if model_uri is not None:
+            trial.set_user_attr(MODEL_URI_KEY, model_uri)
+        self.tracker.finish_trial_run(run_id, "COMPLETE", epochs_run=result.epochs_run)
+        return value
+
+    def _keeps_model(self, trial: optuna.Trial, value: float) -> bool:
+        """The space's tracking.log_models policy for a trial that ended with `value`."""
+        policy = self.space.tracking.log_models
+        if policy != "improving":
+            return policy == "all"
+        done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        return all(value < t.value for t in done if t.value is not None)
+
+    def _fail(self, trial: optuna.Trial, run_id: str, reason: str, state: str) -> None:
+        _logger.warning("trial %d failed: %s", trial.number, reason)
+        try:
+            # The run first: if a peer already failed this trial as lost, set_user_attr raises.
+            self.tracker.finish_trial_run(run_id, state, reason=reason)
+        finally:
+            # Kept even when the tracking server is the reason the trial failed.
+            trial.set_user_attr(FAIL_REASON_KEY, reason[:2000])

@@ -1,0 +1,130 @@
+"""Model references (NAME@alias, NAME/version, models:/..., runs:/..., a folder) as pyfunc models.
+
+    hpo pull xray-cluster-mass@champion -o champion/
+    hpo predict models:/xray-cluster-mass/3 data/new.h5 -o predictions.csv
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.artifacts
+import mlflow.pyfunc
+import numpy as np
+from mlflow.exceptions import MlflowException
+
+from hpo.errors import TrackingError
+from hpo.tracking.retry import auth_error
+from hpo.errors import first_line
+from hpo.tracking.runs import default_tracking_uri
+
+REF_FORMS = ("NAME@alias, NAME/version, models:/NAME@alias, models:/NAME/version, "
+             "runs:/RUN_ID/model or a pulled folder")
+
+
+def model_uri(ref: str) -> str:
+    """An MLflow URI for `ref`: NAME@alias -> models:/NAME@alias, NAME/3 -> models:/NAME/3.
+
+    models:/..., runs:/..., other URIs and existing local folders pass through unchanged.
+
+    Raises:
+        TrackingError: `ref` has none of the accepted forms.
+    """
+    if ref.startswith(("models:/", "runs:/", "file:", "s3:", "gs:", "http")) or Path(ref).exists():
+        return ref
+    if "@" in ref and ref.count("@") == 1 and all(ref.split("@")):
+        return f"models:/{ref}"
+    name, _, version = ref.rpartition("/")
+    if name and version.isdigit():
+        return f"models:/{ref}"
+    raise TrackingError(f"'{ref}' is not a model reference, nor an existing folder; use {REF_FORMS}")
+
+
+def load(ref: str, tracking_uri: str | None = None) -> Any:
+    """The pyfunc model behind `ref`, from `tracking_uri` (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db).
+
+    Raises:
+        TrackingError: the reference resolves to nothing, or the server refuses or is away.
+    """
+    uri = model_uri(ref)
+    mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    except (MlflowException, OSError) as exc:
+        raise _error("load", uri, exc) from None
+
+
+def pull(ref: str, out_dir: str | Path, tracking_uri: str | None = None) -> Path:
+    """Downloads the model behind `ref` into `out_dir` (out_dir/MLmodel; pyfunc.load_model takes it).
+
+    Raises:
+        TrackingError: as for `load`, or the download holds no MLmodel.
+    """
+    uri = model_uri(ref)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tracking_uri = tracking_uri or default_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)  # models:/ URIs resolve through the registry URI
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        try:
+            path = Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri))
+        except (MlflowException, OSError) as exc:
+            raise _error("download", uri, exc) from None
+        # runs:/RUN/model lands in a `model` subfolder, models:/ URIs at the top: flatten to out/.
+        found = [path] if (path / "MLmodel").exists() else [p.parent for p in path.rglob("MLmodel")]
+        if not found:
+            raise TrackingError(f"{uri} holds no MLmodel file: it is not a model; use {REF_FORMS}")
+        for item in found[0].iterdir():
+            target = out / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+            shutil.move(str(item), target)
+    return out
+
+
+def predict_arrays(
+    model: Any, images: np.ndarray, redshift: np.ndarray, chunk: int = 2048, *, tta: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """log_mass and sigma (or None) for every cluster, in chunks to bound memory.
+
+    Args:
+        model: a pyfunc model of this package (see hpo.tracking.pyfunc).
+        images: (N, H, W, C) counts.
+        redshift: (N,).
+        chunk: clusters per predict call.
+        tta: average over the 8 flips and right-angle rotations of each image (log_mass as the
+            mean, sigma as the root mean square), as hpo.training.evaluate.predict does.
+    """
+    views = _dihedral_views if tta else (lambda x: [x])
+    mus, sigmas = [], []
+    for i in range(0, len(images), chunk):
+        z = redshift[i : i + chunk]
+        frames = [model.predict({"images": v, "redshift": z}) for v in views(images[i : i + chunk])]
+        mus.append(np.mean([f["log_mass"].to_numpy(np.float64) for f in frames], axis=0))
+        if "sigma" in frames[0]:
+            squares = [np.square(f["sigma"].to_numpy(np.float64)) for f in frames]
+            sigmas.append(np.sqrt(np.mean(squares, axis=0)))
+    if not mus:
+        return np.zeros(0), None
+    return np.concatenate(mus), (np.concatenate(sigmas) if sigmas else None)
+
+
+def _dihedral_views(images: np.ndarray) -> list[np.ndarray]:
+    from hpo.training.evaluate import dihedral_views
+
+    return [np.ascontiguousarray(v, dtype=np.float32) for v in dihedral_views(images)]
+
+
+def _error(action: str, uri: str, exc: BaseException) -> TrackingError:
+    refused = auth_error(exc, mlflow.get_tracking_uri())
+    if refused is not None:
+        return refused
+    where = mlflow.get_tracking_uri()
+    return TrackingError(f"cannot {action} model {uri} (tracking {where}): {first_line(exc)}")

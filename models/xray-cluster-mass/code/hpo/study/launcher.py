@@ -1,0 +1,411 @@
+"""`hpo launch`: validate a space, create or join its study, start workers, show progress.
+
+    hpo launch search_spaces/quickstart.yaml --workers 2
+    hpo launch search_spaces/dropout.yaml --launcher docker --storage postgresql+psycopg://... \
+        --tracking-uri http://127.0.0.1:5000
+
+Workers are processes the launcher starts and watches: `local` runs `hpo worker` here, each
+with its own GPU (round robin over the visible ones, through CUDA_VISIBLE_DEVICES); `docker`
+runs one worker container per GPU. Ctrl-C stops them cleanly: each worker gets one SIGINT,
+fails its running trial with reason "interrupted" and ends its MLflow run as KILLED; a worker
+still alive after STOP_TIMEOUT_S is killed and its trial failed by the launcher.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from hpo.data.contract import Dataset
+from hpo.data.lazy import H5Source
+from hpo.data.lazy import open_dataset
+from hpo.errors import ConfigError
+from hpo.errors import HpoError
+from hpo.objective.keys import FAIL_REASON_KEY
+from hpo.objective.keys import WORKER_KEY
+from hpo.objective.space import SearchSpace
+from hpo.objective.space import load_space
+from hpo.study.budget import Progress
+from hpo.study.budget import progress
+from hpo.study.create import TRACKING_URI_KEY
+from hpo.study.create import create_or_join
+from hpo.study.docker import DEFAULT_IMAGE
+from hpo.study.docker import DEFAULT_NETWORK
+from hpo.study.docker import SECRET_ENV
+from hpo.study.docker import docker_workers
+from hpo.study.gpus import gpu_env
+from hpo.study.gpus import gpu_memory_mb
+from hpo.study.gpus import round_robin
+from hpo.study.gpus import sharing
+from hpo.study.gpus import visible_gpus
+from hpo.study.heartbeat import StaleTrialHandler
+from hpo.study.preflight import checked_tracker
+from hpo.study.storage import default_storage_url
+from hpo.study.storage import make_storage
+from hpo.study.storage import redact
+from hpo.study.worker import finish_parent_run
+from hpo.tracking.runs import MLFLOW_EXPERIMENT_KEY
+from hpo.tracking.runs import MLFLOW_PARENT_RUN_KEY
+
+POLL_S = 2.0
+STOP_TIMEOUT_S = 60.0  # how long stopped workers get to end their trial and MLflow run
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    study_name: str
+    created: bool
+    progress: Progress | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a launcher needs to start the workers of one study."""
+
+    study: str
+    storage_url: str
+    tracking_uri: str
+    data_path: str
+    workers: int | None
+    gpus: list[str]
+    cwd: Path
+    image: str = DEFAULT_IMAGE
+    network: str = DEFAULT_NETWORK
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    workers_per_gpu: int = 1
+
+    def worker_count(self) -> int:
+        """plan.workers, or by default workers_per_gpu per visible GPU (1 without a GPU)."""
+        if self.workers is not None:
+            return self.workers
+        return self.workers_per_gpu * len(self.gpus) if self.gpus else 1
+
+
+@dataclass(frozen=True)
+class WorkerProcess:
+    """One worker as the launcher starts it: argv, environment, and how to force it to stop."""
+
+    label: str
+    argv: list[str]
+    env: dict[str, str]
+    kill_argv: list[str] | None = None  # None: SIGKILL the process itself
+
+
+def local_workers(plan: Plan) -> list[WorkerProcess]:
+    """`hpo worker` processes on this machine, worker i on GPU i mod n (see Plan.worker_count).
+
+    Workers sharing a GPU each get a bounded share of its memory (gpus.gpu_env).
+    """
+    n = plan.worker_count()
+    threads = str(max(1, (os.cpu_count() or 1) // max(n, 1)))
+    assigned = round_robin(n, plan.gpus)
+    on_gpu = sharing(assigned)
+    memory = gpu_memory_mb() if any(k > 1 for k in on_gpu.values()) else {}
+    out = []
+    for i, gpu in enumerate(assigned):
+        env = {**plan.env, "HPO_THREADS": threads}
+        if gpu is not None:
+            env.update(gpu_env(gpu, on_gpu[gpu], memory.get(gpu)))
+        argv = [
+            sys.executable,
+            "-m",
+            "hpo",
+            "worker",
+            "--study",
+            plan.study,
+            "--storage",
+            plan.storage_url,
+            "--tracking-uri",
+            plan.tracking_uri,
+            "--worker-index",
+            str(i),
+        ]
+        out.append(
+            WorkerProcess(f"worker {i}" + (f" (GPU {gpu})" if gpu is not None else ""), argv, env)
+        )
+    return out
+
+
+def container_workers(plan: Plan) -> list[WorkerProcess]:
+    """One worker container per GPU (or plan.workers containers), see hpo/study/docker.py."""
+    env = {**plan.env, "HPO_STORAGE": plan.storage_url}
+    containers = docker_workers(
+        plan.study,
+        storage_url=plan.storage_url,
+        tracking_uri=plan.tracking_uri,
+        data_path=plan.data_path,
+        gpus=plan.gpus,
+        workers=plan.workers,
+        image=plan.image,
+        network=plan.network,
+        cwd=plan.cwd,
+        launch_id=str(os.getpid()),
+        env_present=frozenset(v for v in SECRET_ENV if env.get(v)),
+    )
+    return [WorkerProcess(c.name, c.run, env, c.kill) for c in containers]
+
+
+LAUNCHERS: dict[str, Callable[[Plan], list[WorkerProcess]]] = {
+    "local": local_workers,
+    "docker": container_workers,
+}
+
+
+def launch(
+    spec: str | Path,
+    *,
+    workers: int | None = 1,
+    storage_url: str | None = None,
+    tracking_uri: str | None = None,
+    launcher: str = "local",
+    image: str = DEFAULT_IMAGE,
+    network: str = DEFAULT_NETWORK,
+    workers_per_gpu: int = 1,
+    echo: Echo = print,
+) -> LaunchResult:
+    """Creates or resumes the study of `spec`, runs its workers until the budget is spent.
+
+    A space with study.engine keras_tuner is searched in this process instead (launch_keras_tuner).
+
+    Args:
+        spec: the search-space file.
+        workers: number of workers; 0 creates or updates the study and starts nothing; None
+            means `workers_per_gpu` per visible GPU (1 on a machine without GPUs for `local`).
+        storage_url: Optuna storage (default HPO_STORAGE or sqlite:///hpo.db).
+        tracking_uri: MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db).
+        launcher: a name in LAUNCHERS.
+        image: worker image (docker).
+        network: Docker network of the containers (docker).
+        workers_per_gpu: workers sharing each GPU, each with a bounded share of its memory.
+        echo: where progress lines go.
+
+    Raises:
+        HpoError: a bad space or data file, an unreachable store, or workers that failed
+            before the budget was spent.
+    """
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"--launcher must be one of: {', '.join(LAUNCHERS)}; got {launcher!r}")
+    if workers_per_gpu < 1:
+        raise ConfigError(f"--workers-per-gpu must be at least 1, got {workers_per_gpu}")
+    space = load_space(spec)
+    space.budget()  # a missing n_trials is an error now, not once workers run
+    if space.study.engine == "keras_tuner":
+        return launch_keras_tuner(
+            space, workers=workers, tracking_uri=tracking_uri, launcher=launcher, echo=echo
+        )
+    name = space.study.name
+    storage_url = storage_url or default_storage_url()
+    # A dead tracking server is an error now, not in every trial.
+    tracker = checked_tracker(tracking_uri)
+    data_cfg = space.resolved_base().data
+    # A broken file fails here, before any trial starts.
+    dataset = open_dataset(data_cfg.path, max_in_memory_gb=data_cfg.max_in_memory_gb)
+    # A launcher's own errors (no GPU, a file URL for containers) come before the study exists.
+    plan, processes = None, []
+    if workers != 0:
+        gpus = visible_gpus()
+        data_path = str(space.resolved_base().data.path)
+        plan = Plan(
+            name, storage_url, tracker.uri, data_path, workers, gpus, Path.cwd(), image, network,
+            workers_per_gpu=workers_per_gpu,
+        )
+        processes = LAUNCHERS[launcher](plan)
+    storage = make_storage(storage_url)
+    study, created = create_or_join(storage, space)
+    if MLFLOW_PARENT_RUN_KEY not in study.user_attrs:
+        experiment_id = tracker.experiment_id(name)
+        parent = tracker.start_study_run(experiment_id, name, space.to_yaml(), _data_info(dataset))
+        study.set_user_attr(MLFLOW_EXPERIMENT_KEY, experiment_id)
+        study.set_user_attr(MLFLOW_PARENT_RUN_KEY, parent)
+        study.set_user_attr(TRACKING_URI_KEY, tracker.uri)
+    elif tracker.run_status(study.user_attrs[MLFLOW_PARENT_RUN_KEY]) != "RUNNING":
+        tracker.client.update_run(study.user_attrs[MLFLOW_PARENT_RUN_KEY], status="RUNNING")
+    echo(
+        f"study '{name}' {'created' if created else 'joined'} in {redact(storage_url)}; "
+        f"MLflow: {tracker.uri}, experiment '{name}'"
+    )
+    if plan is None:
+        return LaunchResult(name, created, progress(study, space))
+
+    try:
+        final = supervise(study, space, processes, echo)
+    except KeyboardInterrupt:
+        tracker.end_run(study.user_attrs[MLFLOW_PARENT_RUN_KEY], "KILLED")  # a relaunch resumes it
+        raise
+    finish_parent_run(study, tracker)
+    return LaunchResult(name, created, final)
+
+
+def launch_keras_tuner(
+    space: SearchSpace, *, workers: int | None, tracking_uri: str | None, launcher: str, echo: Echo
+) -> LaunchResult:
+    """study.engine keras_tuner: the search runs here, in this process (hpo/study/keras_tuner.py).
+
+    Raises:
+        ConfigError: more than one worker or a launcher other than local were asked for.
+    """
+    name = space.study.name
+    if (workers is not None and workers > 1) or launcher != "local":
+        raise ConfigError(
+            f"{space.source}: study.engine keras_tuner runs its trials one at a time in the "
+            f"launching process; got --workers {workers} --launcher {launcher}, use --workers 1 "
+            "--launcher local (keras-tuner's distributed mode needs a chief oracle and worker "
+            "processes, which hpo does not run; engine optuna runs parallel workers)"
+        )
+    tracker = checked_tracker(tracking_uri)
+    data_cfg = space.resolved_base().data
+    dataset = open_dataset(data_cfg.path, max_in_memory_gb=data_cfg.max_in_memory_gb)
+    from hpo.study.keras_tuner import kt_directory
+    from hpo.study.keras_tuner import run_search
+
+    project = kt_directory() / name
+    created = not project.exists()
+    if workers == 0:
+        echo(f"study '{name}' (engine keras_tuner) runs in `hpo launch` itself: "
+             "--workers 0 starts nothing")
+        return LaunchResult(name, created, None)
+    tuner = space.study.tuner
+    assert tuner is not None
+    echo(
+        f"study '{name}' {'created' if created else 'resumed'} in {project} "
+        f"(keras-tuner {tuner.type}); MLflow: {tracker.uri}, experiment '{name}'"
+    )
+    records = run_search(space, dataset, tracker, echo=echo)
+    values = [r.value for r in records if r.state == "COMPLETE" and r.value is not None]
+    done = len(values)
+    final = Progress(complete=done, pruned=0, failed=len(records) - done, running=0, waiting=0,
+                     budget=space.budget(), best=min(values) if values else None)
+    return LaunchResult(name, created, final)
+
+
+def supervise(
+    study: optuna.Study, space: SearchSpace, processes: list[WorkerProcess], echo: Echo
+) -> Progress:
+    """Starts the workers, prints progress until they exit, stops them all on Ctrl-C.
+
+    Raises:
+        HpoError: workers exited with errors before the budget was spent.
+        KeyboardInterrupt: after the workers were stopped.
+    """
+    for w in processes:
+        echo(f"starting {w.label}")
+    # Own sessions: a terminal's Ctrl-C reaches only the launcher, which sends each worker
+    # exactly one SIGINT (a second one would stop a worker before it ends its trial cleanly).
+    procs = [subprocess.Popen(w.argv, env=w.env, start_new_session=True) for w in processes]
+    last = None
+    t0 = time.monotonic()
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(POLL_S)
+            last = _report(study, space, last, t0, echo)
+    except BaseException as exc:  # Ctrl-C, or an error of the launcher: workers never outlive it
+        if isinstance(exc, KeyboardInterrupt):
+            echo("interrupted: stopping workers (running trials end FAIL, MLflow runs KILLED)")
+        # A second Ctrl-C must not cut the clean stop short (workers are killed after a timeout).
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            _stop(study, space, processes, procs, echo)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        raise
+    final = _report(study, space, None, t0, echo)
+    codes = [p.returncode for p in procs]
+    if any(codes) and not final.spent:
+        raise HpoError(
+            f"workers exited with codes {codes} before the budget was spent; see their output"
+        )
+    return final
+
+
+def _stop(
+    study: optuna.Study,
+    space: SearchSpace,
+    processes: list[WorkerProcess],
+    procs: list[subprocess.Popen],
+    echo: Echo,
+) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    killed = []
+    for w, p in zip(processes, procs, strict=True):
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            echo(f"{w.label} did not stop within {STOP_TIMEOUT_S:.0f} s: killing it")
+            if w.kill_argv is not None:
+                subprocess.run(w.kill_argv, capture_output=True, check=False)
+            p.kill()
+            p.wait()
+            killed.append(p.pid)
+    if killed:
+        fail_trials_of(study, space, {f"{socket.gethostname()}:{pid}" for pid in killed})
+
+
+def fail_trials_of(study: optuna.Study, space: SearchSpace, workers: set[str]) -> list[int]:
+    """Fails the RUNNING trials of workers known dead (WORKER_KEY in `workers`).
+
+    Returns:
+        The numbers of the trials failed.
+    """
+    reason = "interrupted: worker killed by the launcher"
+    handler = StaleTrialHandler(space)
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get(WORKER_KEY) in workers:
+            try:
+                study._storage.set_trial_user_attr(t._trial_id, FAIL_REASON_KEY, reason)
+                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+            handler.end_run(study, t, reason)
+            failed.append(t.number)
+    return failed
+
+
+def _report(
+    study: optuna.Study, space: SearchSpace, last: Progress | None, t0: float, echo: Echo
+) -> Progress:
+    p = progress(study, space)
+    if p != last:
+        elapsed = time.monotonic() - t0
+        left = ""
+        if 0 < p.done < p.budget:
+            left = f" | ~{elapsed / p.done * (p.budget - p.done):.0f}s left"
+        best = f"{p.best:.4f}" if p.best is not None else "-"
+        echo(
+            f"[{elapsed:6.0f}s] done {p.done}/{p.budget} "
+            f"(complete {p.complete}, pruned {p.pruned})"
+            f" | failed {p.failed} | running {p.running} | best val_residual_std {best}{left}"
+        )
+    return p
+
+
+FLOORS_MAX_CLUSTERS = 20_000  # enough for floors to 3 digits; a streamed file is not read whole
+
+
+def _data_info(dataset: Dataset | H5Source) -> dict:
+    from hpo.data.baseline import floors
+
+    info: dict = {"fingerprint": dataset.fingerprint(), "path": str(dataset.path)}
+    if dataset.log_mass is not None:
+        sample = dataset
+        if isinstance(dataset, H5Source):
+            sample = dataset.subset(np.arange(min(len(dataset), FLOORS_MAX_CLUSTERS)))
+        info["floors"] = {k: v for k, v in floors(sample).items() if v is not None}
+    return info

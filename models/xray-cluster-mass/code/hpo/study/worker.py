@@ -1,0 +1,209 @@
+"""A worker: joins a study and runs trials until its budget is spent (what a container runs).
+
+    hpo worker --study quickstart --storage sqlite:///hpo.db
+
+Each pass of the loop fails stale trials (a lost peer's: see heartbeat.py), then either runs
+one trial, or waits while the rest of the budget is running on other workers (so that it can
+run a lost one again), or stops: budget spent, grid exhausted or study.timeout_s passed.
+Before it exits it waits, at most a grace period, for RUNNING trials of dead peers to go stale
+and fails them, so that none stays RUNNING.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import optuna
+from optuna.trial import FrozenTrial
+from optuna.trial import TrialState
+
+from hpo.data.lazy import open_dataset
+from hpo.errors import HpoError
+from hpo.errors import first_line
+from hpo.errors import TrialFailed
+from hpo.objective.keys import FAIL_REASON_KEY
+from hpo.objective.objective import Objective
+from hpo.objective.space import SearchSpace
+from hpo.study.budget import grid_exhausted
+from hpo.study.budget import progress
+from hpo.study.create import TRACKING_URI_KEY
+from hpo.study.create import load_study
+from hpo.study.heartbeat import enable_heartbeat
+from hpo.study.heartbeat import grace_s
+from hpo.study.heartbeat import reap
+from hpo.study.interrupt import StopRequest
+from hpo.study.preflight import checked_tracker
+from hpo.study.retry import RETRY_WINDOW_S
+from hpo.study.retry import is_transient
+from hpo.study.storage import default_storage_url
+from hpo.study.storage import make_storage
+from hpo.study.storage import redact
+from hpo.training import device
+from hpo.tracking.runs import MLFLOW_EXPERIMENT_KEY
+from hpo.tracking.runs import MLFLOW_PARENT_RUN_KEY
+from hpo.tracking.runs import Tracker
+
+_logger = logging.getLogger(__name__)
+
+MAX_CONSECUTIVE_FAILURES = 5  # a worker whose every trial fails is misconfigured: stop it
+
+
+def run_worker(
+    study_name: str,
+    storage_url: str | None = None,
+    tracking_uri: str | None = None,
+    *,
+    worker_index: int = 0,
+    stop: StopRequest | None = None,
+) -> int:
+    """Runs trials of `study_name` until COMPLETE + PRUNED reach n_trials (or the timeout passes).
+
+    Args:
+        study_name: the study to join.
+        storage_url: its Optuna storage (default HPO_STORAGE or sqlite:///hpo.db).
+        tracking_uri: MLflow (default MLFLOW_TRACKING_URI, else the URI stored with the study).
+        worker_index: offsets the sampler seed.
+        stop: set by SIGINT/SIGTERM (`StopRequest().install()`); the worker then stops at a safe
+            point and raises KeyboardInterrupt.
+
+    Returns:
+        The number of trials this worker ran.
+
+    Raises:
+        HpoError: the study, its data or its tracking store cannot be used, or trials keep failing.
+    """
+    device.configure()  # this worker's threads and GPU memory share (HPO_THREADS, HPO_GPU_MEMORY_MB)
+    storage = make_storage(storage_url)
+    study, space = load_study(storage, study_name, worker_index)
+    env_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    tracker = checked_tracker(tracking_uri or env_uri or study.user_attrs.get(TRACKING_URI_KEY))
+    data_cfg = space.resolved_base().data
+    dataset = open_dataset(data_cfg.path, max_in_memory_gb=data_cfg.max_in_memory_gb)
+    stop = stop or StopRequest()
+    objective = Objective(
+        space,
+        dataset,
+        tracker,
+        experiment_id=(
+            study.user_attrs.get(MLFLOW_EXPERIMENT_KEY) or tracker.experiment_id(study_name)
+        ),
+        parent_run_id=study.user_attrs.get(MLFLOW_PARENT_RUN_KEY),
+        stop=stop,
+    )
+    enable_heartbeat(storage, space, tracker)
+    try:
+        ran = _run_until_spent(study, space, objective, stop)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        cause = first_line(exc.__cause__ or exc, None)
+        url = redact(storage_url or default_storage_url())
+        raise HpoError(
+            f"study storage {url} did not answer for {RETRY_WINDOW_S:.0f} s ({cause}); the "
+            "running trial is failed and rerun by other workers once its heartbeat stops; "
+            "restart this worker when the database is back"
+        ) from None
+    if progress(study, space).spent or grid_exhausted(study, space):
+        finish_parent_run(study, tracker)
+    return ran
+
+
+def _run_until_spent(
+    study: optuna.Study, space: SearchSpace, objective: Objective, stop: StopRequest
+) -> int:
+    """The worker loop (see the module docstring); returns the number of trials it ran."""
+    poll_s = float(min(5, space.study.heartbeat_s))
+    deadline = None if space.study.timeout_s is None else time.monotonic() + space.study.timeout_s
+    ran = failures = 0
+    while True:
+        stop.check()
+        reap(study)
+        p = progress(study, space)
+        if p.spent or grid_exhausted(study, space):
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            _logger.info(
+                "study %s: timeout of %s s reached", study.study_name, space.study.timeout_s
+            )
+            break
+        if p.done + p.running >= p.budget:
+            # The rest of the budget runs elsewhere: stay, to run it again if its worker is lost.
+            time.sleep(poll_s)
+            continue
+        with stop.in_trial():
+            last = _run_one(study, objective)
+        if last is None:
+            continue
+        ran += 1
+        failures = failures + 1 if last.state == TrialState.FAIL else 0
+        if failures >= MAX_CONSECUTIVE_FAILURES:
+            reason = last.user_attrs.get(FAIL_REASON_KEY, "see the worker log")
+            raise HpoError(
+                f"study '{study.study_name}': {failures} trials in a row failed; last: {reason}"
+            )
+    _reap_before_exit(study, space, poll_s)
+    return ran
+
+
+def _run_one(study: optuna.Study, objective: Objective) -> FrozenTrial | None:
+    """Runs one trial; None when a peer failed it as lost meanwhile (its copy runs again)."""
+    finished: list[FrozenTrial] = []
+    try:
+        study.optimize(
+            objective,
+            n_trials=1,
+            catch=(TrialFailed,),
+            gc_after_trial=True,
+            callbacks=[lambda _, trial: finished.append(trial)],
+        )
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
+        # Optuna refuses to tell a trial that another process finished: a peer saw no heartbeat
+        # from us for a grace period (a long database outage, a frozen process) and failed it.
+        if not _lost_to_peer(study, objective, exc):
+            raise
+        _logger.warning(
+            "trial %s was failed by another worker (no heartbeat seen); going on",
+            objective.trial_number,
+        )
+        return None
+    return finished[-1] if finished else None
+
+
+def _lost_to_peer(study: optuna.Study, objective: Objective, exc: Exception) -> bool:
+    refused = isinstance(exc, optuna.exceptions.UpdateFinishedTrialError) or (
+        not isinstance(exc, HpoError) and str(exc).startswith("Cannot tell a ")
+    )
+    mine = [t for t in study.get_trials(deepcopy=False) if t.number == objective.trial_number]
+    # A trial this worker failed itself carries its reason; a lost one was failed without.
+    return (
+        refused
+        and bool(mine)
+        and mine[0].state.is_finished()
+        and FAIL_REASON_KEY not in mine[0].user_attrs
+    )
+
+
+def _reap_before_exit(study: optuna.Study, space: SearchSpace, poll_s: float) -> None:
+    # A dead peer's trial goes stale within a grace period; a live one beats and ends on its own.
+    deadline = time.monotonic() + grace_s(space) + space.study.heartbeat_s
+    while time.monotonic() < deadline:
+        reap(study)
+        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            return
+        time.sleep(poll_s)
+
+
+def finish_parent_run(study: optuna.Study, tracker: Tracker) -> None:
+    """Ends the study's parent run with its best value (idempotent: any worker may call it)."""
+    parent = study.user_attrs.get(MLFLOW_PARENT_RUN_KEY)
+    if not parent:
+        return
+    try:
+        best = study.best_trial
+        tracker.log_metrics(parent, {"best_val_residual_std": float(best.value or float("nan"))})
+        tracker.set_tags(parent, {"hpo.best_trial": best.number})
+    except ValueError:  # no complete trial
+        pass
+    tracker.end_run(parent, "FINISHED")

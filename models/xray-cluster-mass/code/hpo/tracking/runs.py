@@ -1,0 +1,293 @@
+"""MLflow runs of a study: one experiment and parent run per study, one nested run per trial.
+
+    hpo launch search_spaces/quickstart.yaml --tracking-uri sqlite:///mlflow.db
+    MLFLOW_TRACKING_USERNAME=alice MLFLOW_TRACKING_PASSWORD=... hpo launch SPACE --tracking-uri http://host:5000
+
+Every call goes through a RetryingClient (retry.py): a server away for less than
+HPO_TRACKING_RETRY_S seconds (default 120) costs a trial nothing; one gone for longer fails the
+running trial with TrackingUnavailable. Basic-auth credentials come from
+MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, read by MLflow's client itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pyfunc
+import numpy as np
+import yaml
+from matplotlib.figure import Figure
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec
+from mlflow.types import Schema
+from mlflow.types import TensorSpec
+
+from hpo.config.overrides import flatten
+from hpo.config.tree import RunConfig
+from hpo.errors import TrackingError
+from hpo.objective.keys import MLFLOW_RUN_ID_KEY  # noqa: F401  (re-exported)
+from hpo.tracking import system_metrics
+from hpo.tracking.retry import RetryingClient
+from hpo.tracking.retry import auth_error
+from hpo.tracking.retry import default_window_s
+from hpo.errors import first_line
+
+_logger = logging.getLogger(__name__)
+
+MLFLOW_PARENT_RUN_KEY = "mlflow_parent_run_id"  # study user attr: the study's parent run
+MLFLOW_EXPERIMENT_KEY = "mlflow_experiment_id"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_ARTIFACT_DIR = "mlartifacts"
+MODEL_REQUIREMENTS = ["keras>=3.15", "numpy", "pandas", "mlflow>=3.17"]
+BACKEND_REQUIREMENTS = {"tensorflow": "tensorflow>=2.21", "jax": "jax>=0.4.30"}  # the saving backend's
+FLOOR_METRICS = ("oracle_floor", "counts_baseline")  # parent-run metrics, drawn as lines by `hpo report`
+FINAL_STATES = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "KILLED": "KILLED"}
+
+
+def default_tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else the embedded SQLite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+class Tracker:
+    """Writes a study's runs to one MLflow tracking server or store, through an explicit client.
+
+    Args:
+        tracking_uri: default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db.
+        retry_window_s: seconds each call retries while the server is unreachable (default
+            HPO_TRACKING_RETRY_S, else 120); 0 tries once.
+    """
+
+    def __init__(self, tracking_uri: str | None = None, *, retry_window_s: float | None = None) -> None:
+        self.uri = tracking_uri or default_tracking_uri()
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keeps worker logs legible
+        if self.uri.startswith(("http://", "https://")):
+            # MLflow's client would retry each request for minutes; RetryingClient bounds that instead.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        # Model.log resolves the store from the fluent URI; a worker talks to one store, so set once.
+        mlflow.set_tracking_uri(self.uri)
+        window = default_window_s() if retry_window_s is None else retry_window_s
+        self.client: Any = RetryingClient(MlflowClient(self.uri), self.uri, window)
+        self._monitors: dict[str, Any] = {}  # run id -> its system-metrics sampler
+
+    def check(self) -> None:
+        """One attempt, no retries: raises TrackingError, with the URI, if the store refuses or is away."""
+        try:
+            self.client.raw.search_experiments(max_results=1)
+        except MlflowException as exc:
+            refused = auth_error(exc, self.uri)
+            if refused is not None:
+                raise refused from None
+            raise TrackingError(f"MLflow tracking at {self.uri} is not usable: {first_line(exc)}") from None
+        except Exception as exc:  # requests' connection errors arrive as many types
+            raise TrackingError(f"MLflow tracking at {self.uri} is unreachable: {first_line(exc)}") from None
+
+    # ------------------------------------------------------------------------ study level
+    def experiment_id(self, name: str) -> str:
+        """The experiment called `name`, created with artifacts under ./mlartifacts for local stores."""
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return str(found.experiment_id)
+        location = None
+        if not self.uri.startswith(("http://", "https://", "databricks")):
+            location = Path(DEFAULT_ARTIFACT_DIR).resolve().as_uri()
+        try:
+            return str(self.client.create_experiment(name, artifact_location=location))
+        except MlflowException:  # another worker created it a moment ago
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return str(found.experiment_id)
+
+    def start_study_run(
+        self, experiment_id: str, study_name: str, space_yaml: str, data_info: dict[str, Any]
+    ) -> str:
+        """The study's parent run: search_space.yaml, the data info as data.* params, floors as metrics.
+
+        Args:
+            data_info: {"fingerprint": {...}, "path": ..., "floors": {"oracle_floor": dex,
+                "counts_baseline": dex, ...}} (floors optional), as the launcher builds it.
+        """
+        run = self.client.create_run(
+            experiment_id, run_name=f"study-{study_name}", tags={"hpo.study": study_name, "hpo.kind": "study"}
+        )
+        run_id = run.info.run_id
+        self.client.log_text(run_id, space_yaml, "search_space.yaml")
+        flat = {f"data.{k}": v for k, v in flatten(data_info).items()}
+        params = [_param(k, v) for k, v in flat.items()]
+        for i in range(0, len(params), 90):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(run_id, params=params[i : i + 90])
+        floors = data_info.get("floors") or {}
+        self.log_metrics(run_id, {k: float(floors[k]) for k in FLOOR_METRICS if floors.get(k) is not None})
+        return run_id
+
+    # ------------------------------------------------------------------------ trial level
+    def start_trial_run(
+        self, experiment_id: str, parent_run_id: str | None, study_name: str, number: int, cfg: RunConfig
+    ) -> str:
+        """A nested run named trial-<n>, with the flattened config as params and config.yaml."""
+        tags = {"hpo.study": study_name, "hpo.trial": str(number), "hpo.kind": "trial", "hpo.state": "RUNNING"}
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        tags.update(_device_tags())
+        run = self.client.create_run(experiment_id, run_name=f"trial-{number}", tags=tags)
+        self.log_config(run.info.run_id, cfg)
+        self._monitors[run.info.run_id] = system_metrics.start(run.info.run_id, self.uri)
+        return run.info.run_id
+
+    def start_single_run(self, experiment_name: str, cfg: RunConfig, run_name: str | None) -> str:
+        """A standalone run for `hpo train`."""
+        run = self.client.create_run(
+            self.experiment_id(experiment_name), run_name=run_name,
+            tags={"hpo.kind": "train", **_device_tags()},
+        )
+        self.log_config(run.info.run_id, cfg)
+        self._monitors[run.info.run_id] = system_metrics.start(run.info.run_id, self.uri)
+        return run.info.run_id
+
+    def finish_trial_run(
+        self, run_id: str, state: str, *, epochs_run: int | None = None, reason: str | None = None
+    ) -> None:
+        """Tags a trial's final Optuna state (and why, and when it stopped) and ends its run.
+
+        Args:
+            state: COMPLETE, PRUNED, FAIL or KILLED; the run ends FINISHED, FINISHED, FAILED, KILLED.
+            epochs_run: epochs trained; for a pruned trial also tagged hpo.pruned_at_epoch.
+            reason: why a trial failed, tagged hpo.fail_reason.
+        """
+        if state not in FINAL_STATES:
+            raise TrackingError(f"a trial's final state must be one of {', '.join(FINAL_STATES)}, got {state!r}")
+        tags: dict[str, Any] = {"hpo.state": state}
+        if epochs_run is not None:
+            self.log_metrics(run_id, {"epochs_run": epochs_run})
+            if state == "PRUNED":
+                tags["hpo.pruned_at_epoch"] = epochs_run
+        if reason:
+            tags["hpo.fail_reason"] = reason
+        self.set_tags(run_id, tags)
+        self.end_run(run_id, FINAL_STATES[state])
+
+    def log_config(self, run_id: str, cfg: RunConfig) -> None:
+        """The resolved config as flattened dotted params and as artifact config.yaml."""
+        tree = cfg.model_dump(mode="json")
+        params = [_param(k, v) for k, v in flatten(tree).items()]
+        for i in range(0, len(params), 90):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(run_id, params=params[i : i + 90])
+        self.client.log_text(run_id, yaml.safe_dump(tree, sort_keys=False), "config.yaml")
+
+    def log_epoch(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        """One batch of metrics at `step` (an epoch, 0-based); non-finite values are left out."""
+        ts = _now_ms()
+        batch = [Metric(k, float(v), ts, step) for k, v in metrics.items() if np.isfinite(v)]
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
+        """Metrics that have one value per run (step 0)."""
+        self.log_epoch(run_id, metrics, step=0)
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        """Tags in one call, values cut to MLflow's 5000 characters."""
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def log_figure(self, run_id: str, fig: Figure, name: str) -> None:
+        """Logs a matplotlib figure as artifact `name` (a .png path) and closes it."""
+        import matplotlib.pyplot as plt
+
+        try:
+            self.client.log_figure(run_id, fig, name)
+        finally:
+            plt.close(fig)
+
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        """Ends a run as FINISHED, FAILED or KILLED, after its last system metrics."""
+        system_metrics.stop(self._monitors.pop(run_id, None))
+        self.client.set_terminated(run_id, status=status)
+
+    def run_status(self, run_id: str) -> str:
+        return str(self.client.get_run(run_id).info.status)
+
+    def log_model(self, run_id: str, keras_model: Any, example: dict[str, np.ndarray]) -> str:
+        """Logs the network as a pyfunc model of this run; returns its models:/ URI."""
+        from hpo.tracking.pyfunc import KERAS_ARTIFACT
+
+        h, w, c = (int(d) for d in keras_model.input["images"].shape[1:])
+        has_sigma = int(keras_model.output.shape[-1]) > 1
+        inputs = Schema([
+            TensorSpec(np.dtype(np.float32), (-1, h, w, c), "images"),
+            TensorSpec(np.dtype(np.float32), (-1,), "redshift"),
+        ])
+        columns: list[ColSpec | TensorSpec] = [ColSpec("double", "log_mass")]
+        outputs = Schema(columns + ([ColSpec("double", "sigma")] if has_sigma else []))
+        package = Path(__file__).resolve().parents[1]
+        signature = ModelSignature(inputs=inputs, outputs=outputs)
+
+        def log_once() -> Any:
+            run = self.client.raw.get_run(run_id)
+            # A LoggedModel in the run's experiment (MLflow files one without an active run under
+            # the Default experiment), then Model.log with run_id: pyfunc.log_model without
+            # MLflow's global active run.
+            logged = self.client.raw.create_logged_model(
+                experiment_id=run.info.experiment_id, name="model", source_run_id=run_id,
+                params={k: str(v) for k, v in run.data.params.items()},
+            )
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "model.keras"
+                keras_model.save(path)
+                return Model.log(
+                    artifact_path=None,
+                    name="model",
+                    flavor=mlflow.pyfunc,
+                    run_id=run_id,
+                    model_id=logged.model_id,
+                    python_model=str(package / "tracking" / "pyfunc_entry.py"),
+                    artifacts={KERAS_ARTIFACT: str(path)},
+                    code_paths=[str(package)],
+                    signature=signature,
+                    input_example={k: np.asarray(v, np.float32) for k, v in example.items()},
+                    pip_requirements=[BACKEND_REQUIREMENTS.get(keras_backend(), "tensorflow>=2.21"),
+                                      *MODEL_REQUIREMENTS],
+                )
+
+        info = self.client.call("log_model", log_once)
+        return str(info.model_uri)
+
+
+def _device_tags() -> dict[str, str]:
+    """hpo.keras_backend, hpo.keras_version, hpo.backend_version, hpo.device of this process."""
+    from hpo.training import device
+
+    return {f"hpo.{k}": v for k, v in device.describe().items()}
+
+
+def keras_backend() -> str:
+    import keras
+
+    return str(keras.backend.backend())
+
+
+def _param(key: str, value: Any) -> Any:
+    from mlflow.entities import Param
+
+    return Param(key, str(value)[:6000])
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+

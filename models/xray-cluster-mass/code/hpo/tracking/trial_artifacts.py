@@ -1,0 +1,49 @@
+"""What a finished training run leaves in its MLflow run: final metrics, plots and the model.
+
+    hpo train run.yaml     # or every COMPLETE trial of `hpo worker`
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hpo.data.contract import Dataset
+from hpo.data.lazy import H5Source
+from hpo.tracking import plots
+from hpo.tracking.runs import Tracker
+from hpo.training.evaluate import predict
+from hpo.training.loop import TrainResult
+
+
+def log_trial_artifacts(
+    tracker: Tracker, run_id: str, result: TrainResult, ds: Dataset | H5Source, *, log_model: bool = True
+) -> str | None:
+    """Logs final validation metrics, the plots and (unless `log_model` is false) the model of a run.
+
+    Plots (validation split): plots/loss_curves.png, plots/predicted_vs_true.png (1:1 line),
+    plots/residuals_vs_mass.png, plots/residuals_vs_redshift.png, and for a model with a sigma
+    head plots/sigma_calibration.png.
+
+    Returns:
+        The logged model's URI, or None when no model was logged (tag hpo.model_logged false).
+    """
+    val = ds.subset(result.split.val)  # max_clusters keeps the first N, so indices still hold
+    tracker.log_metrics(run_id, {f"final_val_{k}": v for k, v in result.val_metrics.items()})
+    tracker.log_metrics(run_id, {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+                                 "train_seconds": result.seconds})
+    tracker.log_figure(run_id, plots.loss_curves(result.history), "plots/loss_curves.png")
+    mu, sigma = predict(result.model, val.images, val.redshift)
+    true = val.log_mass
+    assert true is not None  # train() refuses a data set without labels
+    tracker.log_figure(run_id, plots.predicted_vs_true(mu, true, sigma), "plots/predicted_vs_true.png")
+    tracker.log_figure(run_id, plots.residuals_vs(true, mu, true, xlabel="true log10 M500"),
+                       "plots/residuals_vs_mass.png")
+    tracker.log_figure(run_id, plots.residuals_vs(val.redshift, mu, true, xlabel="redshift z"),
+                       "plots/residuals_vs_redshift.png")
+    if sigma is not None:
+        tracker.log_figure(run_id, plots.sigma_calibration(mu, true, sigma), "plots/sigma_calibration.png")
+    if not log_model:
+        tracker.set_tags(run_id, {"hpo.model_logged": "false"})
+        return None
+    example = {"images": val.images[:2], "redshift": val.redshift[:2]}
+    return tracker.log_model(run_id, result.model, {k: np.asarray(v) for k, v in example.items()})

@@ -1,0 +1,70 @@
+"""The Keras backend and devices of a training process: threads, GPU memory share, what runs record.
+
+    KERAS_BACKEND=jax hpo worker --study combined --storage sqlite:///hpo.db
+
+Keras 3 picks its backend from KERAS_BACKEND (default tensorflow) when it is first imported.
+Everything in the training path uses keras.ops and a keras.utils.PyDataset, so the same code
+trains on TensorFlow and on JAX; only the thread and memory settings below are per backend.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from functools import lru_cache
+
+import keras
+
+
+def configure(threads: int | None = None, memory_mb: int | None = None) -> None:
+    """Applies a worker's share of the machine before its first model is built.
+
+    Args:
+        threads: CPU threads for the backend's op pools (default HPO_THREADS, else all).
+        memory_mb: GPU memory this process may take, TensorFlow only (default HPO_GPU_MEMORY_MB);
+            JAX reads its share from XLA_PYTHON_CLIENT_MEM_FRACTION, set by the launcher.
+    """
+    threads = threads or int(os.environ.get("HPO_THREADS") or 0) or None
+    memory_mb = memory_mb or int(os.environ.get("HPO_GPU_MEMORY_MB") or 0) or None
+    if keras.backend.backend() != "tensorflow":
+        return  # JAX/XLA take their thread and memory settings from the environment
+    import tensorflow as tf
+
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(max(1, threads))
+    gpus = tf.config.list_physical_devices("GPU")
+    if memory_mb and gpus:
+        tf.config.set_logical_device_configuration(
+            gpus[0], [tf.config.LogicalDeviceConfiguration(memory_limit=memory_mb)]
+        )
+
+
+def describe() -> dict[str, str]:
+    """What a run records about where it trained: Keras backend and versions, and the device."""
+    backend = keras.backend.backend()
+    module = __import__({"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend, backend))
+    return {
+        "keras_backend": backend,
+        "keras_version": keras.__version__,
+        "backend_version": str(getattr(module, "__version__", "?")),
+        "device": gpu_name() or "cpu",
+    }
+
+
+@lru_cache(maxsize=1)
+def gpu_name() -> str | None:
+    """The name of this process's GPU (the first visible one), or None without one."""
+    exe = shutil.which("nvidia-smi")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if exe is None or visible in ("", "-1"):
+        return None
+    cmd = [exe, "--query-gpu=name", "--format=csv,noheader"]
+    if visible:
+        cmd += ["-i", visible.split(",")[0]]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.splitlines()[0].strip() if out.strip() else None

@@ -1,0 +1,165 @@
+"""The training loop: one run of one configuration on one data set, read top to bottom.
+
+    hpo train run.yaml
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+
+import keras
+import numpy as np
+
+from hpo.config.tree import RunConfig
+from hpo.data.contract import Dataset
+from hpo.data.lazy import H5Source
+from hpo.data.split import Split
+from hpo.data.split import split_indices
+from hpo.errors import TrialFailed
+from hpo.model.builder import InputStats
+from hpo.model.builder import build_model
+from hpo.model.losses import LOSSES
+from hpo.model.metrics import streaming_metrics
+from hpo.pipeline import fit_inputs
+from hpo.training.callbacks import MONITOR
+from hpo.training.callbacks import EpochEvaluator
+from hpo.training.evaluate import score
+from hpo.training.optimizers import build_optimizer
+
+STATS_SAMPLE = 4096  # training clusters the input statistics are fitted on
+
+
+@dataclass
+class TrainResult:
+    """What a run produced.
+
+    Attributes:
+        model: the trained network, at its best epoch when restore_best_weights is on.
+        history: per-epoch values of loss, val_* and train_* metrics.
+        best_epoch: 0-based epoch of the lowest val_residual_std.
+        val_metrics: residual metrics of `model` on the validation split (with TTA if configured).
+        epochs_run: epochs actually trained (early stopping or pruning can cut the run short).
+        seconds: wall time of the fit.
+    """
+
+    model: keras.Model
+    history: dict[str, list[float]]
+    best_epoch: int
+    val_metrics: dict[str, float]
+    epochs_run: int
+    seconds: float
+    split: Split = field(repr=False)
+
+
+def prepare(cfg: RunConfig, ds: Dataset | H5Source) -> tuple[Dataset | H5Source, Split]:
+    """The clusters a run may use and their deterministic split (first `max_clusters` only)."""
+    n = len(ds) if cfg.data.max_clusters is None else min(cfg.data.max_clusters, len(ds))
+    split = split_indices(
+        n,
+        val_fraction=cfg.data.val_fraction,
+        test_fraction=cfg.data.test_fraction,
+        seed=cfg.data.split_seed,
+    )
+    return ds, split
+
+
+def train(
+    cfg: RunConfig,
+    ds: Dataset | H5Source,
+    *,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int = 0,
+) -> TrainResult:
+    """Trains the configured network on the training split, scoring the validation split each epoch.
+
+    Args:
+        cfg: the resolved run config.
+        ds: the whole data set, in memory or streamed from disk; it is split here by `cfg.data`
+            (the test split is never touched).
+        callbacks: extra Keras callbacks (pruning, tracking); they see the val_* metrics in `logs`.
+        verbose: Keras fit verbosity.
+
+    Raises:
+        TrialFailed: the loss or the predictions became non-finite, or memory ran out.
+    """
+    if ds.log_mass is None:
+        raise TrialFailed(f"{ds.path}: no 'log_mass' to train on")
+    # ---------------------------------------------------------------- setup
+    keras.utils.set_random_seed(cfg.train.seed)
+    policy = keras.mixed_precision.global_policy()
+    if cfg.train.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    ds, split = prepare(cfg, ds)
+    va = ds.subset(split.val)
+    # The input statistics need only a sample of the training split (a streamed file is not read whole).
+    sample = np.sort(np.random.default_rng(cfg.train.seed).permutation(split.train)[:STATS_SAMPLE])
+    tr_sample = ds.subset(sample)
+    assert ds.log_mass is not None and va.log_mass is not None
+    feed = fit_inputs(ds, split.train, cfg.train.batch_size, cfg.train.seed)
+
+    # ---------------------------------------------------------------- model
+    loss_cfg = cfg.train.loss
+    sigma_head = loss_cfg.sigma_param if loss_cfg.type == "gaussian_nll" else None
+    stats = InputStats.fit(tr_sample.images, ds.redshift[split.train], ds.log_mass[split.train],
+                           cfg.model.input.transform)
+    model = build_model(
+        cfg.model,
+        image_shape=ds.image_shape,
+        stats=stats,
+        sigma_head=sigma_head,
+        augment=cfg.train.augment,
+        seed=cfg.train.seed,
+    )
+    steps = int(np.ceil(len(split.train) / cfg.train.batch_size))
+
+    def compile_for(loss_name: str, epochs: int) -> None:
+        model.compile(
+            optimizer=build_optimizer(cfg.train.optimizer, cfg.train.schedule, steps, epochs),
+            loss=LOSSES[loss_name],
+            metrics=streaming_metrics(with_sigma=sigma_head is not None),
+            jit_compile=cfg.train.jit_compile,
+        )
+
+    evaluator = EpochEvaluator(
+        (va.images, va.redshift, va.log_mass), patience=cfg.train.early_stopping_patience
+    )
+    all_callbacks = [evaluator, *callbacks]
+
+    # ---------------------------------------------------------------- fit
+    t0 = time.perf_counter()
+    warm = min(loss_cfg.warm_start_epochs, cfg.train.epochs) if sigma_head else 0
+    try:
+        if warm:
+            # The mean first, with MSE; the likelihood then only has to learn sigma and refine.
+            compile_for("mse", warm)
+            model.fit(**feed, epochs=warm, callbacks=all_callbacks, verbose=verbose)
+        if cfg.train.epochs > warm and not getattr(model, "stop_training", False):
+            compile_for(loss_cfg.type, cfg.train.epochs - warm)
+            model.fit(
+                **feed,
+                verbose=verbose,
+                initial_epoch=warm,
+                epochs=cfg.train.epochs,
+                callbacks=all_callbacks,
+            )
+    except MemoryError as exc:
+        raise TrialFailed(f"out of memory: {exc}") from exc
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    seconds = time.perf_counter() - t0
+
+    # ---------------------------------------------------------------- result
+    if cfg.train.restore_best_weights and evaluator.best_weights is not None:
+        model.set_weights(evaluator.best_weights)
+    return TrainResult(
+        model=model,
+        history=evaluator.history,
+        best_epoch=evaluator.best_epoch,
+        val_metrics=score(model, va, tta=cfg.train.augment.tta),
+        epochs_run=len(evaluator.history.get(MONITOR, [])),
+        seconds=seconds,
+        split=split,
+    )
