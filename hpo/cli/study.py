@@ -143,6 +143,14 @@ def worker(
         help="Offsets the sampler seed so workers differ "
         "(default: derived from host and process).",
     ),
+    workers_per_gpu: int = typer.Option(
+        1,
+        "--workers-per-gpu",
+        min=1,
+        envvar="HPO_WORKERS_PER_GPU",
+        help="Run K worker processes on this node's GPU, each with a bounded share of its memory "
+        "(what a container, pod or Slurm task with one GPU runs to pack K trials onto it).",
+    ),
 ) -> None:
     """Join an existing study and run trials until its budget is spent."""
     import socket
@@ -155,6 +163,13 @@ def worker(
     if worker_index is None:
         # Replicas started alike (docker compose --scale) must still draw different trials.
         worker_index = zlib.crc32(f"{socket.gethostname()}-{os.getpid()}".encode()) % 100_000
+    if workers_per_gpu > 1:
+        from hpo.study.launcher import worker_group
+
+        p = worker_group(study, storage, tracking_uri, workers_per_gpu=workers_per_gpu,
+                         worker_index=worker_index, echo=typer.echo)
+        typer.echo(f"{workers_per_gpu} workers of study '{study}': {p.done}/{p.budget} trials done")
+        return
     ran = run_worker(study, storage, tracking_uri, worker_index=worker_index, stop=stop)
     typer.echo(f"worker {worker_index}: ran {ran} trials of study '{study}'")
 

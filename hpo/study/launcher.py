@@ -250,6 +250,39 @@ def launch(
     return LaunchResult(name, created, final)
 
 
+def worker_group(
+    study_name: str,
+    storage_url: str,
+    tracking_uri: str | None,
+    *,
+    workers_per_gpu: int,
+    worker_index: int = 0,
+    echo: Echo = print,
+) -> Progress:
+    """`hpo worker --workers-per-gpu K`: K worker processes on this node's GPU, as one worker.
+
+    What a container, a pod or a Slurm task with one GPU runs to pack K trials onto it: each
+    process gets the same bounded memory share as under `hpo launch --workers-per-gpu K`, and
+    worker index `worker_index * K + i`. A signal to this process stops all K cleanly.
+
+    Raises:
+        HpoError: the study is unknown, or its workers failed before the budget was spent.
+    """
+    from hpo.study.create import load_study
+
+    study, space = load_study(make_storage(storage_url), study_name)
+    env_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    plan = Plan(study_name, storage_url, tracking_uri or env_uri or study.user_attrs.get(TRACKING_URI_KEY, ""),
+                str(space.resolved_base().data.path), workers_per_gpu, visible_gpus()[:1], Path.cwd())
+    processes = []
+    for i, w in enumerate(local_workers(plan)):
+        argv = list(w.argv)
+        argv[argv.index("--worker-index") + 1] = str(worker_index * workers_per_gpu + i)
+        env = {**w.env, "HPO_WORKERS_PER_GPU": "1"}  # each child is one worker
+        processes.append(WorkerProcess(w.label, argv, env, w.kill_argv))
+    return supervise(study, space, processes, echo)
+
+
 def launch_keras_tuner(
     space: SearchSpace, *, workers: int | None, tracking_uri: str | None, launcher: str, echo: Echo
 ) -> LaunchResult:

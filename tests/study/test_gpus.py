@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from hpo.study.gpus import gpu_env
 from hpo.study.gpus import round_robin
 from hpo.study.gpus import visible_gpus
@@ -97,3 +99,29 @@ def test_gpu_env_shares():
     assert float(env["XLA_PYTHON_CLIENT_MEM_FRACTION"]) * 8 <= 0.9
     assert int(env["HPO_GPU_MEMORY_MB"]) == int(143771 * float(env["XLA_PYTHON_CLIENT_MEM_FRACTION"]))
     assert gpu_env("3", 1) == {"CUDA_VISIBLE_DEVICES": "3"}
+
+
+@pytest.mark.slow
+def test_one_worker_command_runs_k_worker_processes(tmp_path):
+    # Rule: `hpo worker --workers-per-gpu 2` (HPO_WORKERS_PER_GPU in compose, k8s and Slurm) runs
+    # 2 worker processes of the study as one command: both take trials, the budget is spent, and
+    # their sampler indexes follow from the command's own (--worker-index 3 -> 6 and 7).
+    from optuna.trial import TrialState
+
+    from tests.study.conftest import create_study
+    from tests.study.conftest import hpo_cmd
+    from tests.study.conftest import trials_of
+    from tests.study.conftest import write_study_files
+
+    write_study_files(tmp_path, "group", n_trials=4,
+                      params={"model.dropout.rate": {"float": [0.0, 0.3]}})
+    storage = f"sqlite:///{tmp_path / 'hpo.db'}"
+    create_study(tmp_path, storage)
+    out = hpo_cmd(tmp_path, "worker", "--study", "group", "--storage", storage,
+                  "--workers-per-gpu", "2", "--worker-index", "3", timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "2 workers of study 'group': 4/4 trials done" in out.stdout
+    trials = trials_of(storage, "group")
+    assert sum(t.state == TrialState.COMPLETE for t in trials) >= 4
+    assert len({t.user_attrs["worker"] for t in trials}) == 2
+    assert "worker 6: ran" in out.stdout and "worker 7: ran" in out.stdout
