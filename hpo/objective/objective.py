@@ -19,8 +19,10 @@ from hpo.objective.keys import EPOCHS_RUN_KEY
 from hpo.objective.keys import FAIL_REASON_KEY
 from hpo.objective.keys import MLFLOW_RUN_ID_KEY
 from hpo.objective.keys import MODEL_URI_KEY
+from hpo.objective.keys import VAL_METRICS_KEY
 from hpo.objective.keys import WORKER_KEY
 from hpo.objective.pruning import PruningCallback
+from hpo.objective.space import METRICS
 from hpo.objective.space import SearchSpace
 from hpo.objective.suggest import config_for_trial
 from hpo.study.interrupt import StopCheck
@@ -45,8 +47,11 @@ class Objective:
         experiment_id: str,
         parent_run_id: str | None,
         stop: StopRequest | None = None,
+        data_sha256: str | None = None,
     ) -> None:
         self.space, self.dataset, self.tracker = space, dataset, tracker
+        # The study's data fingerprint: a streamed file must still be the file the study began on.
+        self.data_sha256 = data_sha256 or dataset.fingerprint()["sha256"]
         self.experiment_id, self.parent_run_id = experiment_id, parent_run_id
         self.stop = stop  # a signal then ends training at a batch end
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -66,7 +71,9 @@ class Objective:
         if self.stop is not None:
             callbacks.append(StopCheck(self.stop))
         try:
-            result = train(cfg, self.dataset, callbacks=callbacks)
+            self._check_data()
+            result = train(cfg, self.dataset, callbacks=callbacks, monitor=self.space.study.metric)
+            self._check_data()
             # Inside the try: a failure while logging must still end the run.
             model_uri = log_trial_artifacts(self.tracker, run_id, result, self.dataset)
         except optuna.TrialPruned:
@@ -87,8 +94,21 @@ class Objective:
         trial.set_user_attr(EPOCHS_RUN_KEY, result.epochs_run)
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr(MODEL_URI_KEY, model_uri)
+        trial.set_user_attr(VAL_METRICS_KEY, result.val_metrics)
         self.tracker.finish_trial_run(run_id, "COMPLETE", epochs_run=result.epochs_run)
-        return result.val_metrics["residual_std"]
+        return result.val_metrics[METRICS[self.space.study.metric]]
+
+    def _check_data(self) -> None:
+        """Raises TrialFailed if the data file is no longer the one the study began on."""
+        if isinstance(self.dataset, H5Source):
+            now = self.dataset.fingerprint_on_disk()
+        else:  # in memory: what this worker trains on, read at its start
+            now = self.dataset.fingerprint()["sha256"]
+        if now != self.data_sha256:
+            raise TrialFailed(
+                f"data file {self.dataset.path} changed while the study ran (fingerprint "
+                f"{self.data_sha256} at its start, {now} now); restore it, or start a new study "
+                "for the new file")
 
     def _fail(self, trial: optuna.Trial, run_id: str, reason: str, state: str) -> None:
         _logger.warning("trial %d failed: %s", trial.number, reason)
