@@ -339,10 +339,13 @@ def _register(tracker: Tracker, name: str, winner: _Candidate, select_by: str, v
             f"hpo.{select_by}": f"{val_value:.6f}", "hpo.test_clusters": str(n_test), **lineage, **report_tags}
     how = " with test-time averaging over 8 flips and rotations" if tta else ""
     floor_text = ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in floors.items())
+    # An mlflow server checks that a models:/m-... source is the model named by model_id.
+    model_id = winner.uri.removeprefix("models:/") if winner.uri.startswith("models:/m-") else None
     mv = client.create_model_version(
         name,
         source=winner.uri,
         run_id=run_id,
+        model_id=model_id,
         tags=tags,
         description=(f"Study '{study}', trial {trial.number}, chosen by validation {select_by} "
                      f"{val_value:.4f}. Scored once on the {n_test} test clusters{how}: residual std "
