@@ -56,7 +56,8 @@ class Comparison:
         }.items()}
 
     def describe(self) -> str:
-        where = f"the same {self.clusters} test clusters" if self.on == "test" else f"{self.clusters} clusters of {self.on}"
+        where = (f"the same {self.clusters} test clusters" if self.on == "test"
+                 else f"{self.clusters} clusters of {self.on}")
         return (f"{self.metric} {self.challenger:.4f} against version {self.champion_version}'s "
                 f"{self.champion:.4f} on {where}: gain "
                 f"{self.gain:+.4f} (95% interval {self.low:+.4f} to {self.high:+.4f}), margin "
@@ -106,4 +107,5 @@ def compare(
         gains.append(theirs(idx) - ours(idx))
     low, high = np.quantile(np.concatenate(gains), [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
     a, b = float(ours(everyone)), float(theirs(everyone))
-    return Comparison(metric, a, b, b - a, float(low), float(high), min_gain, n, champion_version, on)
+    return Comparison(metric, a, b, b - a, float(low), float(high), min_gain, n,
+                      champion_version, on)

@@ -29,7 +29,8 @@ POLL_S = 0.5
 
 
 @contextmanager
-def registry_lock(client: Any, name: str, *, wait_s: float = WAIT_S, stale_s: float = STALE_S) -> Iterator[None]:
+def registry_lock(client: Any, name: str, *, wait_s: float = WAIT_S,
+                  stale_s: float = STALE_S) -> Iterator[None]:
     """Holds the lock of registered model `name` for the body of the `with`.
 
     Raises:

@@ -1,6 +1,6 @@
-"""`hpo promote`: register a study's best trial, chosen on validation and scored once on the test split.
+"""`hpo promote`: register a study's best trial, chosen on validation, scored once on test.
 
-    hpo promote quickstart --model xray-cluster-mass [--tta] [--select-by val_rmse] [--min-gain 0.005]
+    hpo promote quickstart --model xray-cluster-mass [--tta] [--select-by val_rmse]
 
 Selection: the top_k COMPLETE trials by the selection metric (the study's `study.metric`, or
 --select-by) are scored again on their validation split, with --tta averaged over the 8 flips
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,6 @@ from hpo.objective.keys import VAL_METRICS_KEY
 from hpo.objective.space import METRICS
 from hpo.registry import models
 from hpo.registry.gate import DEFAULT_MIN_GAIN
-from hpo.registry.gate import TAG_PREFIX
 from hpo.registry.gate import Comparison
 from hpo.registry.gate import compare
 from hpo.registry.lock import SUFFIX as LOCK_SUFFIX
@@ -109,7 +109,7 @@ def promote(
     min_gain: float = DEFAULT_MIN_GAIN,
     compare_on: str | Path | None = None,
 ) -> PromoteResult:
-    """Chooses the study's best trial on validation, reports it on test, registers it, gates the alias.
+    """Chooses the best trial on validation, reports it on test, registers it, gates the alias.
 
     Args:
         study_name: a study with COMPLETE trials.
@@ -133,7 +133,6 @@ def promote(
     select_by = select_by or space.study.metric
     if select_by not in METRICS:
         raise HpoError(f"--select-by must be one of {', '.join(METRICS)}, got {select_by!r}")
-    key = METRICS[select_by]
     tracker = Tracker(tracking_uri or study.user_attrs.get(TRACKING_URI_KEY))
     data_cfg = space.resolved_base().data
     dataset = open_dataset(data_cfg.path, max_in_memory_gb=data_cfg.max_in_memory_gb)
@@ -146,55 +145,55 @@ def promote(
     report = residual_metrics(ours[0], test.log_mass, ours[1])  # type: ignore[arg-type]
     floors = _floors(study, tracker)
     lineage = _lineage(dataset, winner.cfg.data)
-    how = " with TTA" if tta else ""
 
     with registry_lock(tracker.client, model_name):
         current = _champion(tracker, model_name)
-        if current is not None and current.run_id != winner.trial.user_attrs[MLFLOW_RUN_ID_KEY] and holdout is None:
+        run_id = winner.trial.user_attrs[MLFLOW_RUN_ID_KEY]
+        if current is not None and holdout is None and current.run_id != run_id:
             _check_comparable(current, lineage, model_name)
-        version = _register(tracker, model_name, winner, select_by, val_value, report, study_name, lineage,
-                            floors, tta, len(test))
-        result = dict(model_name=model_name, version=version, trial=winner.trial.number, test_metrics=report,
-                      selected_by=select_by, val_value=val_value, test_clusters=len(test), floors=floors)
-        if current is not None and str(current.version) == version:
-            return PromoteResult(**result, champion_moved=False, message=f"version {version} is already the {ALIAS}")
+        version = _register(tracker, model_name, winner, select_by, val_value, report, study_name,
+                            lineage, floors, tta, len(test))
+        done = partial(PromoteResult, model_name, version, winner.trial.number, report,
+                       selected_by=select_by, val_value=val_value, test_clusters=len(test),
+                       floors=floors)
         if current is None:
             tracker.client.set_registered_model_alias(model_name, ALIAS, version)
-            return PromoteResult(**result, champion_moved=True,
-                                 message=f"{ALIAS} -> version {version} (the first {ALIAS})")
+            return done(True, f"{ALIAS} -> version {version} (the first {ALIAS})")
+        if str(current.version) == version:
+            return done(False, f"version {version} is already the {ALIAS}")
+        on, where = test, "test"
         if holdout is not None:
-            where, true = f"{holdout.path} (fingerprint {holdout.fingerprint()['sha256']})", holdout.log_mass
+            on, where = holdout, f"{holdout.path} (fingerprint {holdout.fingerprint()['sha256']})"
             ours = _predict(winner.uri, holdout, tta, tracker.uri)
-            theirs = _predict(f"models:/{model_name}/{current.version}", holdout, tta, tracker.uri)
-        else:
-            where, true = "test", test.log_mass
-            theirs = _predict(f"models:/{model_name}/{current.version}", test, tta, tracker.uri)
+        theirs = _predict(f"models:/{model_name}/{current.version}", on, tta, tracker.uri)
         try:
-            comparison = compare(key, true, ours, theirs, min_gain=min_gain,  # type: ignore[arg-type]
-                                 champion_version=str(current.version), on=where)
+            comparison = compare(
+                METRICS[select_by], on.log_mass, ours, theirs,  # type: ignore[arg-type]
+                min_gain=min_gain, champion_version=str(current.version), on=where)
         except ValueError as exc:
             raise HpoError(f"cannot compare with {ALIAS} version {current.version}: {exc}; "
                            "use --select-by val_rmse") from None
         for tag, value in comparison.tags().items():
             tracker.client.set_model_version_tag(model_name, version, tag, value)
+        how = " with TTA" if tta else ""
         if not comparison.better:
-            return PromoteResult(**result, champion_moved=False, comparison=comparison,
-                                 message=f"{ALIAS} stays at version {current.version}{how}: "
-                                         f"{comparison.describe()}")
+            return done(False, f"{ALIAS} stays at version {current.version}{how}: "
+                               f"{comparison.describe()}", comparison=comparison)
         tracker.client.set_registered_model_alias(model_name, ALIAS, version)
-        return PromoteResult(**result, champion_moved=True, comparison=comparison,
-                             message=f"{ALIAS} -> version {version}{how}: {comparison.describe()}")
+        return done(True, f"{ALIAS} -> version {version}{how}: {comparison.describe()}",
+                    comparison=comparison)
 
 
-def _select(study, study_metric: str, tracker: Tracker, dataset: Dataset | H5Source, select_by: str,
-            top_k: int, tta: bool) -> tuple[_Candidate, float]:
-    """The trial with the lowest validation `select_by` among the top_k, scored again on validation."""
+def _select(study, study_metric: str, tracker: Tracker, dataset: Dataset | H5Source,
+            select_by: str, top_k: int, tta: bool) -> tuple[_Candidate, float]:
+    """The lowest validation `select_by` among the top_k trials, scored again on validation."""
     key = METRICS[select_by]
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    ranked = sorted(((v, t) for t in complete if (v := _val_value(t, select_by, study_metric, tracker)) is not None),
-                    key=lambda vt: vt[0])
+    values = [(_val_value(t, select_by, study_metric, tracker), t) for t in complete]
+    ranked = sorted(((v, t) for v, t in values if v is not None), key=lambda vt: vt[0])
     if not ranked:
-        raise HpoError(f"study '{study.study_name}' has no complete trial with a validation {select_by} to promote")
+        raise HpoError(f"study '{study.study_name}' has no complete trial with a validation "
+                       f"{select_by} to promote")
     best_value, best = ranked[0]
     if MODEL_URI_KEY not in best.user_attrs:
         raise HpoError(
@@ -204,7 +203,8 @@ def _select(study, study_metric: str, tracker: Tracker, dataset: Dataset | H5Sou
     for _, t in ranked[:top_k]:
         if MODEL_URI_KEY not in t.user_attrs:
             continue
-        cand = _Candidate(t, _own_model(t, tracker), RunConfig.model_validate(t.user_attrs[CONFIG_KEY]))
+        cfg = RunConfig.model_validate(t.user_attrs[CONFIG_KEY])
+        cand = _Candidate(t, _own_model(t, tracker), cfg)
         ds, split = prepare(cand.cfg, dataset)
         val = ds.subset(split.val)
         mu, sigma = _predict(cand.uri, val, tta, tracker.uri)
@@ -217,7 +217,8 @@ def _select(study, study_metric: str, tracker: Tracker, dataset: Dataset | H5Sou
     return winner, float(value)
 
 
-def _val_value(trial: FrozenTrial, select_by: str, study_metric: str, tracker: Tracker) -> float | None:
+def _val_value(trial: FrozenTrial, select_by: str, study_metric: str,
+               tracker: Tracker) -> float | None:
     """A COMPLETE trial's final validation `select_by`: its own record, else its MLflow run's."""
     key = METRICS[select_by]
     recorded = trial.user_attrs.get(VAL_METRICS_KEY) or {}
@@ -242,15 +243,16 @@ def _own_model(trial: FrozenTrial, tracker: Tracker) -> str:
     source_run = None
     if uri.startswith("models:/m-") and "/" not in uri.removeprefix("models:/"):
         try:
-            source_run = tracker.client.get_logged_model(uri.removeprefix("models:/")).source_run_id
+            logged = tracker.client.get_logged_model(uri.removeprefix("models:/"))
+            source_run = logged.source_run_id
         except MlflowException:
             source_run = None
     elif uri.startswith("runs:/"):
         source_run = uri.removeprefix("runs:/").split("/", 1)[0]
     if not run_id or source_run != run_id:
         raise HpoError(
-            f"trial {trial.number}'s model {uri} is not a model logged by the trial's own MLflow run "
-            f"({run_id or 'none recorded'}); promote loads only a trial's own model")
+            f"trial {trial.number}'s model {uri} is not a model logged by the trial's own MLflow "
+            f"run ({run_id or 'none recorded'}); promote loads only a trial's own model")
     return uri
 
 
@@ -280,11 +282,13 @@ def _holdout(path: str | Path, dataset: Dataset | H5Source) -> Dataset:
 def _test_split(cfg: RunConfig, dataset: Dataset | H5Source) -> Dataset:
     ds, split = prepare(cfg, dataset)
     if len(split.test) == 0:
-        raise HpoError("the study's data.test_fraction is 0: there is no held-out test split to promote on")
+        raise HpoError("the study's data.test_fraction is 0: there is no held-out test split to "
+                       "promote on")
     return ds.subset(split.test)
 
 
-def _predict(uri: str, ds: Dataset, tta: bool, tracking_uri: str) -> tuple[np.ndarray, np.ndarray | None]:
+def _predict(uri: str, ds: Dataset, tta: bool,
+             tracking_uri: str) -> tuple[np.ndarray, np.ndarray | None]:
     return models.predict_arrays(models.load(uri, tracking_uri), ds.images, ds.redshift, tta=tta)
 
 
@@ -300,10 +304,10 @@ def _check_comparable(current: ModelVersion, lineage: dict[str, str], name: str)
                for k, v in lineage.items() if current.tags.get(k) != v]
     if differs:
         raise HpoError(
-            f"{ALIAS} version {current.version} of '{name}' cannot be compared on this study's test "
-            f"split (champion vs this study: {'; '.join(differs)}): some of these test clusters may "
-            "be in its training set; compare both on a file neither trained on with --compare-on FILE, "
-            "or promote under another --model name")
+            f"{ALIAS} version {current.version} of '{name}' cannot be compared on this study's "
+            f"test split (champion vs this study: {'; '.join(differs)}): some of these test "
+            "clusters may be in its training set; compare both on a file neither trained on with "
+            "--compare-on FILE, or promote under another --model name")
 
 
 def _floors(study, tracker: Tracker) -> dict[str, float]:
@@ -315,9 +319,9 @@ def _floors(study, tracker: Tracker) -> dict[str, float]:
 
 
 def _register(tracker: Tracker, name: str, winner: _Candidate, select_by: str, val_value: float,
-              report: dict[str, float], study: str, lineage: dict[str, str], floors: dict[str, float],
-              tta: bool, n_test: int) -> str:
-    """The version of the winner's model, registered now or found again, with its test report as tags."""
+              report: dict[str, float], study: str, lineage: dict[str, str],
+              floors: dict[str, float], tta: bool, n_test: int) -> str:
+    """The winner's version, registered now or found again, with its test report as tags."""
     client = tracker.client
     trial = winner.trial
     run_id = trial.user_attrs[MLFLOW_RUN_ID_KEY]
@@ -325,18 +329,21 @@ def _register(tracker: Tracker, name: str, winner: _Candidate, select_by: str, v
     report_tags = {f"{prefix}{k}": f"{v:.6f}" for k, v in report.items()}
     report_tags.update({f"hpo.floor.{k}": f"{v:.6f}" for k, v in floors.items()})
     try:
-        client.create_registered_model(name, description="log10(M500/Msun) from eROSITA-like X-ray images")
+        client.create_registered_model(
+            name, description="log10(M500/Msun) from eROSITA-like X-ray images")
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     for mv in client.search_model_versions(f"name='{name}'"):
         if mv.run_id == run_id:  # registered already: promote is idempotent
-            for key, value in {**lineage, **report_tags}.items():  # a first --tta run adds its metrics
+            # A first --tta run adds its metrics; a version of an older promote, its lineage.
+            for key, value in {**lineage, **report_tags}.items():
                 if mv.tags.get(key) != value:
                     client.set_model_version_tag(name, mv.version, key, value)
             return str(mv.version)
     tags = {"hpo.study": study, "hpo.trial": str(trial.number), "hpo.selected_by": select_by,
-            f"hpo.{select_by}": f"{val_value:.6f}", "hpo.test_clusters": str(n_test), **lineage, **report_tags}
+            f"hpo.{select_by}": f"{val_value:.6f}", "hpo.test_clusters": str(n_test), **lineage,
+            **report_tags}
     how = " with test-time averaging over 8 flips and rotations" if tta else ""
     floor_text = ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in floors.items())
     # An mlflow server checks that a models:/m-... source is the model named by model_id.
@@ -347,10 +354,12 @@ def _register(tracker: Tracker, name: str, winner: _Candidate, select_by: str, v
         run_id=run_id,
         model_id=model_id,
         tags=tags,
-        description=(f"Study '{study}', trial {trial.number}, chosen by validation {select_by} "
-                     f"{val_value:.4f}. Scored once on the {n_test} test clusters{how}: residual std "
-                     f"{report['residual_std']:.4f} dex, rmse {report['rmse']:.4f}, bias {report['bias']:+.4f}, "
-                     f"outliers {report['outlier_frac']:.3f}" + (f" (floors: {floor_text} dex)." if floors else ".")),
+        description=(
+            f"Study '{study}', trial {trial.number}, chosen by validation {select_by} "
+            f"{val_value:.4f}. Scored once on the {n_test} test clusters{how}: residual std "
+            f"{report['residual_std']:.4f} dex, rmse {report['rmse']:.4f}, bias "
+            f"{report['bias']:+.4f}, outliers {report['outlier_frac']:.3f}"
+            + (f" (floors: {floor_text} dex)." if floors else ".")),
     )
     return str(mv.version)
 
