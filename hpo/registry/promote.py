@@ -157,6 +157,8 @@ def promote(
                        selected_by=select_by, val_value=val_value, test_clusters=len(test),
                        floors=floors)
         if current is None:
+            tracker.client.set_model_version_tag(model_name, version, "hpo.gate.verdict",
+                                                 f"first {ALIAS}: nothing to compare with")
             tracker.client.set_registered_model_alias(model_name, ALIAS, version)
             return done(True, f"{ALIAS} -> version {version} (the first {ALIAS})")
         if str(current.version) == version:

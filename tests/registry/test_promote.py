@@ -101,6 +101,7 @@ def test_the_alias_moves_only_for_a_model_better_by_the_margin(registry, bad_stu
     client = MlflowClient(registry.tracking_uri)
     name = "gate-model"
     assert _promote(registry, name, study=bad_study).champion_moved  # the first champion
+    assert client.get_model_version(name, "1").tags["hpo.gate.verdict"].startswith("first champion")
     better = _promote(registry, name)
     assert better.champion_moved and _alias(client, name) == better.version == "2"
     gate = client.get_model_version(name, "2").tags
