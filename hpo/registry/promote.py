@@ -136,7 +136,7 @@ def promote(
     tracker = Tracker(tracking_uri or study.user_attrs.get(TRACKING_URI_KEY))
     data_cfg = space.resolved_base().data
     dataset = open_dataset(data_cfg.path, max_in_memory_gb=data_cfg.max_in_memory_gb)
-    _check_same_data(study, dataset, data_cfg.path)
+    _check_same_data(study, dataset, data_cfg.path, tracker)
     holdout = _holdout(compare_on, dataset) if compare_on is not None else None
 
     winner, val_value = _select(study, space.study.metric, tracker, dataset, select_by, top_k, tta)
@@ -151,6 +151,10 @@ def promote(
         run_id = winner.trial.user_attrs[MLFLOW_RUN_ID_KEY]
         if current is not None and holdout is None and current.run_id != run_id:
             _check_comparable(current, lineage, model_name)
+        if current is not None and holdout is not None:
+            if current.tags.get("hpo.data_sha256") == holdout.fingerprint()["sha256"]:
+                raise HpoError(f"--compare-on {holdout.path}: {ALIAS} version {current.version} "
+                               "trained on that file; give a file neither model trained on")
         version = _register(tracker, model_name, winner, select_by, val_value, report, study_name,
                             lineage, floors, tta, len(test))
         done = partial(PromoteResult, model_name, version, winner.trial.number, report,
@@ -258,8 +262,11 @@ def _own_model(trial: FrozenTrial, tracker: Tracker) -> str:
     return uri
 
 
-def _check_same_data(study, dataset: Dataset | H5Source, path: Path) -> None:
+def _check_same_data(study, dataset: Dataset | H5Source, path: Path, tracker: Tracker) -> None:
     recorded = study.user_attrs.get(DATA_FINGERPRINT_KEY)
+    parent = study.user_attrs.get(MLFLOW_PARENT_RUN_KEY)
+    if not recorded and parent:  # a study launched before the fingerprint was a study attribute
+        recorded = tracker.client.get_run(parent).data.params.get("data.fingerprint.sha256")
     now = dataset.fingerprint()["sha256"]
     if recorded and recorded != now:
         raise HpoError(

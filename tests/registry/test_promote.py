@@ -137,6 +137,8 @@ def test_a_champion_of_another_split_or_file_is_not_compared_on_this_test_split(
         assert fragment in str(info.value) and "--compare-on" in str(info.value) and "\n" not in str(info.value)
         assert len(client.search_model_versions(f"name='{name}'")) == 1 and _alias(client, name) == "1"
 
+    with pytest.raises(HpoError, match="trained on that file"):  # the champion's own file
+        _promote(registry, "file-model", compare_on=registry.cwd / "other.h5")
     fresh = write_h5(tmp_path / "fresh.h5", make_signal_data(200, seed=21))
     result = _promote(registry, "seed-model", compare_on=fresh, min_gain=0.0)
     assert result.comparison is not None and result.comparison.clusters == 200
@@ -149,6 +151,10 @@ def test_a_changed_data_file_is_refused(registry):
     write_h5(registry.cwd / "regen.h5", make_signal_data(300, seed=4))
     study = run_study(registry, "regen", data={"path": str(registry.cwd / "regen.h5")}, base=BAD)
     write_h5(registry.cwd / "regen.h5", make_signal_data(300, seed=5))
+    with pytest.raises(HpoError, match="changed since study 'regen' ran"):
+        _promote(registry, "regen-model", study=study)
+    # A study launched before the fingerprint was a study attribute: its parent run's is read.
+    optuna.load_study(study_name=study, storage=registry.storage_url).set_user_attr("data_sha256", "")
     with pytest.raises(HpoError, match="changed since study 'regen' ran"):
         _promote(registry, "regen-model", study=study)
     assert not MlflowClient(registry.tracking_uri).search_registered_models("name='regen-model'")
