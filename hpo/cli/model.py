@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from hpo.cli import app
+from hpo.registry.gate import DEFAULT_MIN_GAIN
 
 STORAGE_HELP = "Optuna storage URL (default: HPO_STORAGE or sqlite:///hpo.db)."
 TRACKING_HELP = "MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."
@@ -22,15 +23,30 @@ def promote(
     model: str = typer.Option(..., "--model", help="Registered model name, e.g. xray-cluster-mass."),
     storage: str | None = typer.Option(None, "--storage", help=STORAGE_HELP),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: the study's)."),
-    top_k: int = typer.Option(3, "--top-k", min=1, help="Best trials re-evaluated on the test split."),
+    top_k: int = typer.Option(3, "--top-k", min=1, help="Best trials scored again on the validation split."),
     tta: bool = typer.Option(False, "--tta", help="Average predictions over the 8 flips and right-angle rotations."),
+    select_by: str | None = typer.Option(
+        None, "--select-by", help="val_residual_std, val_rmse or val_nll (default: the study's metric)."),
+    min_gain: float = typer.Option(
+        DEFAULT_MIN_GAIN, "--min-gain", min=0,
+        help="How much better (in the metric's unit) the winner must be to replace the champion."),
+    compare_on: Path | None = typer.Option(
+        None, "--compare-on",
+        help="A labelled data file neither model trained on: compare with the champion there "
+             "(for a champion of other data or split settings)."),
 ) -> None:
-    """Evaluate the best trials on the held-out test split, register the winner, maybe move `champion`."""
+    """Choose the best trial on validation, score it once on the test split, register it, maybe move `champion`."""
     from hpo.registry.promote import promote as run_promote
 
-    r = run_promote(name, model, storage_url=storage, tracking_uri=tracking_uri, top_k=top_k, tta=tta)
-    typer.echo(f"registered {r.model_name} version {r.version} (trial {r.trial}, test residual std"
-               f"{' with TTA' if tta else ''} {r.test_metrics['residual_std']:.4f} dex); {r.message}")
+    r = run_promote(name, model, storage_url=storage, tracking_uri=tracking_uri, top_k=top_k, tta=tta,
+                    select_by=select_by, min_gain=min_gain, compare_on=compare_on)
+    floors = ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in (r.floors or {}).items())
+    typer.echo(
+        f"registered {r.model_name} version {r.version} (trial {r.trial}, chosen by validation "
+        f"{r.selected_by} {r.val_value:.4f}); test, scored once{' with TTA' if tta else ''} on "
+        f"{r.test_clusters} clusters: residual std {r.test_metrics['residual_std']:.4f} dex, rmse "
+        f"{r.test_metrics['rmse']:.4f}, bias {r.test_metrics['bias']:+.4f}"
+        + (f" (floors: {floors} dex)" if floors else "") + f"; {r.message}")
 
 
 @app.command()

@@ -82,7 +82,7 @@ def launch(
         best = f"{p.best:.4f} dex" if p.best is not None else "none"
         typer.echo(
             f"study '{result.study_name}': {p.done}/{p.budget} trials done, "
-            f"best val_residual_std {best}"
+            f"best {result.metric} {best}"
         )
 
 

@@ -63,6 +63,17 @@ class H5Source:
         """As Dataset.fingerprint: the same file gives the same fingerprint either way."""
         return fingerprint(self.redshift, self.log_mass, self.image_shape, self.attrs)
 
+    def fingerprint_on_disk(self) -> str:
+        """The sha256 fingerprint of the file at `path` now (images are read from it on demand,
+        so a file replaced since it was opened changes what the next read returns)."""
+        try:
+            raw, attrs = read_h5(self.path, skip_images=True)
+            with h5py.File(self.path, "r") as f:
+                shape = tuple(int(d) for d in f["images"].shape[1:])
+        except (OSError, KeyError, DataContractError) as exc:
+            return f"unreadable ({type(exc).__name__})"
+        return str(fingerprint(raw["redshift"], raw.get("log_mass"), shape, attrs)["sha256"])
+
 
 def open_dataset(path: str | Path, *, max_in_memory_gb: float = 4.0, require_labels: bool = True) -> Dataset | H5Source:
     """The file in memory if its float32 images fit in `max_in_memory_gb`, else an H5Source.

@@ -6,3 +6,4 @@ CONFIG_KEY = "config"  # the trial's resolved RunConfig as JSON
 MLFLOW_RUN_ID_KEY = "mlflow_run_id"  # the trial's MLflow run
 MODEL_URI_KEY = "mlflow_model_uri"  # where its logged model lives
 WORKER_KEY = "worker"  # host:pid of the worker process that ran the trial
+VAL_METRICS_KEY = "val_metrics"  # the final validation metrics of a COMPLETE trial, {name: value}

@@ -19,8 +19,10 @@ from hpo.objective.keys import EPOCHS_RUN_KEY
 from hpo.objective.keys import FAIL_REASON_KEY
 from hpo.objective.keys import MLFLOW_RUN_ID_KEY
 from hpo.objective.keys import MODEL_URI_KEY
+from hpo.objective.keys import VAL_METRICS_KEY
 from hpo.objective.keys import WORKER_KEY
 from hpo.objective.pruning import PruningCallback
+from hpo.objective.space import METRICS
 from hpo.objective.space import SearchSpace
 from hpo.objective.suggest import config_for_trial
 from hpo.study.interrupt import StopCheck
@@ -45,8 +47,11 @@ class Objective:
         experiment_id: str,
         parent_run_id: str | None,
         stop: StopRequest | None = None,
+        data_sha256: str | None = None,
     ) -> None:
         self.space, self.dataset, self.tracker = space, dataset, tracker
+        # The study's data fingerprint: a streamed file must still be the file the study began on.
+        self.data_sha256 = data_sha256 or dataset.fingerprint()["sha256"]
         self.experiment_id, self.parent_run_id = experiment_id, parent_run_id
         self.stop = stop  # a signal then ends training at a batch end
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -66,8 +71,10 @@ class Objective:
         if self.stop is not None:
             callbacks.append(StopCheck(self.stop))
         try:
-            result = train(cfg, self.dataset, callbacks=callbacks)
-            value = result.val_metrics["residual_std"]
+            self._check_data()
+            result = train(cfg, self.dataset, callbacks=callbacks, monitor=self.space.study.metric)
+            self._check_data()
+            value = result.val_metrics[METRICS[self.space.study.metric]]
             # Inside the try: a failure while logging must still end the run.
             model_uri = log_trial_artifacts(self.tracker, run_id, result, self.dataset,
                                             log_model=self._keeps_model(trial, value))
@@ -90,6 +97,7 @@ class Objective:
         trial.set_user_attr("best_epoch", result.best_epoch)
         if model_uri is not None:
             trial.set_user_attr(MODEL_URI_KEY, model_uri)
+        trial.set_user_attr(VAL_METRICS_KEY, result.val_metrics)
         self.tracker.finish_trial_run(run_id, "COMPLETE", epochs_run=result.epochs_run)
         return value
 
@@ -100,6 +108,18 @@ class Objective:
             return policy == "all"
         done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         return all(value < t.value for t in done if t.value is not None)
+
+    def _check_data(self) -> None:
+        """Raises TrialFailed if the data file is no longer the one the study began on."""
+        if isinstance(self.dataset, H5Source):
+            now = self.dataset.fingerprint_on_disk()
+        else:  # in memory: what this worker trains on, read at its start
+            now = self.dataset.fingerprint()["sha256"]
+        if now != self.data_sha256:
+            raise TrialFailed(
+                f"data file {self.dataset.path} changed while the study ran (fingerprint "
+                f"{self.data_sha256} at its start, {now} now); restore it, or start a new study "
+                "for the new file")
 
     def _fail(self, trial: optuna.Trial, run_id: str, reason: str, state: str) -> None:
         _logger.warning("trial %d failed: %s", trial.number, reason)

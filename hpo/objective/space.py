@@ -36,6 +36,8 @@ from hpo.config.tree import RunConfig
 from hpo.errors import ConfigError
 
 Scalar = bool | int | float | str | None
+# study.metric -> the residual_metrics name it reads (val_nll needs a model with a sigma head)
+METRICS = {"val_residual_std": "residual_std", "val_rmse": "rmse", "val_nll": "nll"}
 
 
 class _Strict(BaseModel):
@@ -157,7 +159,11 @@ class StudySpec(_Strict):
     """
 
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    metric: Literal["val_residual_std"] = "val_residual_std"
+    metric: Literal["val_residual_std", "val_rmse", "val_nll"] = Field(
+        "val_residual_std", description="minimised; pruning, early stopping and the best epoch "
+        "follow it; residual std ignores a constant bias, rmse does not; nll needs "
+        "train.loss.type gaussian_nll"
+    )
     sampler: SamplerSpec = SamplerSpec()
     pruner: PrunerSpec = PrunerSpec()
     n_trials: int | None = Field(None, ge=1, description="COMPLETE + PRUNED trials; grid: its size")
@@ -192,6 +198,14 @@ class StudySpec(_Strict):
             raise ValueError(
                 "enqueue needs engine optuna and a sampler other than grid (a grid runs every "
                 "point anyway)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _tuner_metric(self) -> StudySpec:
+        if self.engine == "keras_tuner" and self.metric != "val_residual_std":
+            raise ValueError(
+                f"engine keras_tuner minimises val_residual_std only, got metric {self.metric}"
             )
         return self
 
@@ -336,18 +350,31 @@ def parse_space(raw: dict[str, Any], *, source: str) -> SearchSpace:
         raise ConfigError(f"{source}: key '{loc}': {msg}{more}") from None
     for path in space.params:
         check_path(path, f"{source}, params")
+        if path.split(".")[0] == "data":
+            raise ConfigError(
+                f"{source}: params key '{path}': data settings cannot be searched: every trial "
+                "must train on the same file and split, and the test split must stay the one "
+                "`hpo promote` scores; set it under data: instead")
     for path in flatten(space.base):
         check_path(path, f"{source}, base")
     # Every corner of the space must be a valid config, so a typo in a choice fails now, not in trial 7.
     space.resolved_base()
+    if space.study.metric == "val_nll" and space.resolved_base().train.loss.type != "gaussian_nll":
+        raise ConfigError(
+            f"{source}: key 'study.metric': val_nll needs a sigma head (base train.loss.type "
+            "gaussian_nll); use val_rmse or val_residual_std for a point estimator")
     for path, dist in space.params.items():
         # The ends of a numeric range, not every value: an int range may be [0, 2**31].
         values = dist.grid() if dist.categorical is not None else None
         if values is None:
             values = list(dist.float_ or dist.int_ or ())
         for value in values:
-            apply_overrides({path: decode_choice(value)}, base=space.resolved_base(),
-                            where=f"{source}, params")
+            corner = apply_overrides({path: decode_choice(value)}, base=space.resolved_base(),
+                                     where=f"{source}, params")
+            if space.study.metric == "val_nll" and corner.train.loss.type != "gaussian_nll":
+                raise ConfigError(
+                    f"{source}: params key '{path}': {value!r} trains without a sigma head, which "
+                    "study.metric val_nll needs; use val_rmse or keep train.loss.type gaussian_nll")
     for i, point in enumerate(space.study.enqueue):
         _check_point(space, point, f"{source}: key 'study.enqueue.{i}'")
     if space.study.engine == "keras_tuner":

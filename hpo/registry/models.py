@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,11 +18,13 @@ import mlflow.pyfunc
 import numpy as np
 from mlflow.exceptions import MlflowException
 
+from hpo.errors import HpoError
 from hpo.errors import TrackingError
 from hpo.tracking.retry import auth_error
 from hpo.errors import first_line
 from hpo.tracking.runs import default_tracking_uri
 
+MANIFEST = ".hpo-pull.json"  # what `hpo pull` wrote into its folder, so that a later pull replaces only that
 REF_FORMS = ("NAME@alias, NAME/version, models:/NAME@alias, models:/NAME/version, "
              "runs:/RUN_ID/model or a pulled folder")
 
@@ -61,32 +64,75 @@ def load(ref: str, tracking_uri: str | None = None) -> Any:
 def pull(ref: str, out_dir: str | Path, tracking_uri: str | None = None) -> Path:
     """Downloads the model behind `ref` into `out_dir` (out_dir/MLmodel; pyfunc.load_model takes it).
 
+    `out_dir` must be new, empty, or hold an earlier pull (its MANIFEST lists what that pull
+    wrote): then only those files are replaced, and the folder's other files are left alone.
+
     Raises:
+        HpoError: `out_dir` is a file, or a folder with other files, or one the model would
+            overwrite.
         TrackingError: as for `load`, or the download holds no MLmodel.
     """
     uri = model_uri(ref)
     out = Path(out_dir)
+    previous = _earlier_pull(out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     tracking_uri = tracking_uri or default_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)  # models:/ URIs resolve through the registry URI
-    with tempfile.TemporaryDirectory(dir=out) as tmp:
-        try:
-            path = Path(mlflow.artifacts.download_artifacts(
-                artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri))
-        except (MlflowException, OSError) as exc:
-            raise _error("download", uri, exc) from None
-        # runs:/RUN/model lands in a `model` subfolder, models:/ URIs at the top: flatten to out/.
-        found = [path] if (path / "MLmodel").exists() else [p.parent for p in path.rglob("MLmodel")]
-        if not found:
-            raise TrackingError(f"{uri} holds no MLmodel file: it is not a model; use {REF_FORMS}")
-        for item in found[0].iterdir():
-            target = out / item.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-            shutil.move(str(item), target)
+    try:
+        with tempfile.TemporaryDirectory(dir=out, prefix=".hpo-pull-") as tmp:
+            try:
+                path = Path(mlflow.artifacts.download_artifacts(
+                    artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri))
+            except (MlflowException, OSError) as exc:
+                raise _error("download", uri, exc) from None
+            # runs:/RUN/model lands in a `model` subfolder, models:/ URIs at the top: flatten to out/.
+            found = [path] if (path / "MLmodel").exists() else [p.parent for p in path.rglob("MLmodel")]
+            if not found:
+                raise TrackingError(f"{uri} holds no MLmodel file: it is not a model; use {REF_FORMS}")
+            items = sorted(found[0].iterdir())
+            clash = [i.name for i in items if (out / i.name).exists() and i.name not in previous]
+            if clash:
+                raise HpoError(f"-o {out}: the model would overwrite {', '.join(clash[:3])}, which no "
+                               "earlier hpo pull wrote; give a new or empty folder")
+            for name in previous:  # only what the earlier pull wrote
+                target = out / name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                elif target.exists() or target.is_symlink():
+                    target.unlink()
+            for item in items:
+                shutil.move(str(item), out / item.name)
+            manifest = {"uri": uri, "tracking_uri": tracking_uri, "files": [i.name for i in items]}
+            (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise
     return out
+
+
+def _earlier_pull(out: Path) -> list[str]:
+    """The names an earlier pull wrote into `out` ([] for a folder that is new or empty).
+
+    Raises:
+        HpoError: `out` is a file, or a non-empty folder without a pull's manifest.
+    """
+    if not out.exists():
+        return []
+    if not out.is_dir():
+        raise HpoError(f"-o {out}: is a file, not a folder; give a new or empty folder")
+    others = sorted(p.name for p in out.iterdir())
+    if not others:
+        return []
+    try:
+        files = json.loads((out / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        shown = ", ".join(others[:3]) + (" ..." if len(others) > 3 else "")
+        raise HpoError(f"-o {out}: the folder holds files ({shown}) and no earlier hpo pull "
+                       f"(no {MANIFEST}); give a new or empty folder") from None
+    # Plain names only: a hand-edited manifest must not reach outside the folder.
+    return [f for f in files if isinstance(f, str) and f not in ("", ".", "..", MANIFEST) and Path(f).name == f]
 
 
 def predict_arrays(

@@ -21,6 +21,7 @@ from hpo.study.samplers import make_sampler
 
 SPACE_KEY = "hpo_space"  # study user attr: the search space, as validated JSON
 TRACKING_URI_KEY = "mlflow_tracking_uri"
+DATA_FINGERPRINT_KEY = "data_sha256"  # study user attr: the data file's fingerprint at launch
 # How workers keep the study alive, not which trials it runs: a relaunch may change them.
 OPERATIONAL_KEYS = {"study.heartbeat_s", "study.grace_s", "study.max_retry"}
 

@@ -39,6 +39,7 @@ from hpo.objective.space import SearchSpace
 from hpo.objective.space import load_space
 from hpo.study.budget import Progress
 from hpo.study.budget import progress
+from hpo.study.create import DATA_FINGERPRINT_KEY
 from hpo.study.create import TRACKING_URI_KEY
 from hpo.study.create import create_or_join
 from hpo.study.docker import DEFAULT_IMAGE
@@ -70,6 +71,7 @@ class LaunchResult:
     study_name: str
     created: bool
     progress: Progress | None
+    metric: str = "val_residual_std"
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,8 @@ def launch(
         processes = LAUNCHERS[launcher](plan)
     storage = make_storage(storage_url)
     study, created = create_or_join(storage, space)
+    if DATA_FINGERPRINT_KEY not in study.user_attrs:  # what workers and promote check the file against
+        study.set_user_attr(DATA_FINGERPRINT_KEY, dataset.fingerprint()["sha256"])
     if MLFLOW_PARENT_RUN_KEY not in study.user_attrs:
         experiment_id = tracker.experiment_id(name)
         parent = tracker.start_study_run(experiment_id, name, space.to_yaml(), _data_info(dataset))
@@ -239,15 +243,15 @@ def launch(
         f"MLflow: {tracker.uri}, experiment '{name}'"
     )
     if plan is None:
-        return LaunchResult(name, created, progress(study, space))
+        return LaunchResult(name, created, progress(study, space), space.study.metric)
 
     try:
         final = supervise(study, space, processes, echo)
     except KeyboardInterrupt:
         tracker.end_run(study.user_attrs[MLFLOW_PARENT_RUN_KEY], "KILLED")  # a relaunch resumes it
         raise
-    finish_parent_run(study, tracker)
-    return LaunchResult(name, created, final)
+    finish_parent_run(study, tracker, space.study.metric)
+    return LaunchResult(name, created, final, space.study.metric)
 
 
 def worker_group(
@@ -424,7 +428,7 @@ def _report(
         echo(
             f"[{elapsed:6.0f}s] done {p.done}/{p.budget} "
             f"(complete {p.complete}, pruned {p.pruned})"
-            f" | failed {p.failed} | running {p.running} | best val_residual_std {best}{left}"
+            f" | failed {p.failed} | running {p.running} | best {space.study.metric} {best}{left}"
         )
     return p
 

@@ -28,6 +28,7 @@ from hpo.objective.objective import Objective
 from hpo.objective.space import SearchSpace
 from hpo.study.budget import grid_exhausted
 from hpo.study.budget import progress
+from hpo.study.create import DATA_FINGERPRINT_KEY
 from hpo.study.create import TRACKING_URI_KEY
 from hpo.study.create import load_study
 from hpo.study.heartbeat import enable_heartbeat
@@ -91,6 +92,7 @@ def run_worker(
         ),
         parent_run_id=study.user_attrs.get(MLFLOW_PARENT_RUN_KEY),
         stop=stop,
+        data_sha256=study.user_attrs.get(DATA_FINGERPRINT_KEY),
     )
     enable_heartbeat(storage, space, tracker)
     try:
@@ -106,7 +108,7 @@ def run_worker(
             "restart this worker when the database is back"
         ) from None
     if progress(study, space).spent or grid_exhausted(study, space):
-        finish_parent_run(study, tracker)
+        finish_parent_run(study, tracker, space.study.metric)
     return ran
 
 
@@ -195,14 +197,15 @@ def _reap_before_exit(study: optuna.Study, space: SearchSpace, poll_s: float) ->
         time.sleep(poll_s)
 
 
-def finish_parent_run(study: optuna.Study, tracker: Tracker) -> None:
-    """Ends the study's parent run with its best value (idempotent: any worker may call it)."""
+def finish_parent_run(study: optuna.Study, tracker: Tracker, metric: str = "val_residual_std") -> None:
+    """Ends the study's parent run with its best value, as best_<metric> (idempotent: any worker
+    may call it)."""
     parent = study.user_attrs.get(MLFLOW_PARENT_RUN_KEY)
     if not parent:
         return
     try:
         best = study.best_trial
-        tracker.log_metrics(parent, {"best_val_residual_std": float(best.value or float("nan"))})
+        tracker.log_metrics(parent, {f"best_{metric}": float(best.value or float("nan"))})
         tracker.set_tags(parent, {"hpo.best_trial": best.number})
     except ValueError:  # no complete trial
         pass

@@ -22,8 +22,9 @@ class EpochEvaluator(keras.callbacks.Callback):
     Training-split metrics come from the streaming metrics compiled into the model (scored on the
     training batches as they pass, dropout and augmentation on); they are renamed `train_*`.
 
-    Keeps the weights of the epoch with the lowest val_residual_std, stops after `patience`
-    epochs without improvement, and fails the trial on a non-finite loss.
+    Keeps the weights of the epoch with the lowest `monitor` (a val_* metric, default
+    val_residual_std), stops after `patience` epochs without improvement, and fails the trial on
+    a non-finite loss.
     """
 
     def __init__(
@@ -32,9 +33,10 @@ class EpochEvaluator(keras.callbacks.Callback):
         *,
         patience: int | None = None,
         batch_size: int = 512,
+        monitor: str = MONITOR,
     ) -> None:
         super().__init__()
-        self.val = val
+        self.val, self.monitor = val, monitor
         self.patience, self.batch_size = patience, batch_size
         self.best_value = math.inf
         self.best_epoch = -1
@@ -58,7 +60,7 @@ class EpochEvaluator(keras.callbacks.Callback):
         for name, value in logs.items():
             self.history.setdefault(name, []).append(float(value))
 
-        value = logs[MONITOR]
+        value = logs[self.monitor]
         if value < self.best_value:
             self.best_value, self.best_epoch = value, epoch
             self.best_weights = self.model.get_weights()

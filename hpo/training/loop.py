@@ -39,7 +39,7 @@ class TrainResult:
     Attributes:
         model: the trained network, at its best epoch when restore_best_weights is on.
         history: per-epoch values of loss, val_* and train_* metrics.
-        best_epoch: 0-based epoch of the lowest val_residual_std.
+        best_epoch: 0-based epoch of the lowest monitored metric (default val_residual_std).
         val_metrics: residual metrics of `model` on the validation split (with TTA if configured).
         epochs_run: epochs actually trained (early stopping or pruning can cut the run short).
         seconds: wall time of the fit.
@@ -72,6 +72,7 @@ def train(
     *,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 0,
+    monitor: str = MONITOR,
 ) -> TrainResult:
     """Trains the configured network on the training split, scoring the validation split each epoch.
 
@@ -81,6 +82,8 @@ def train(
             (the test split is never touched).
         callbacks: extra Keras callbacks (pruning, tracking); they see the val_* metrics in `logs`.
         verbose: Keras fit verbosity.
+        monitor: the val_* metric that picks the best epoch and drives early stopping (a study's
+            study.metric).
 
     Raises:
         TrialFailed: the loss or the predictions became non-finite, or memory ran out.
@@ -124,7 +127,8 @@ def train(
         )
 
     evaluator = EpochEvaluator(
-        (va.images, va.redshift, va.log_mass), patience=cfg.train.early_stopping_patience
+        (va.images, va.redshift, va.log_mass), patience=cfg.train.early_stopping_patience,
+        monitor=monitor,
     )
     all_callbacks = [evaluator, *callbacks]
 
@@ -159,7 +163,7 @@ def train(
         history=evaluator.history,
         best_epoch=evaluator.best_epoch,
         val_metrics=score(model, va, tta=cfg.train.augment.tta),
-        epochs_run=len(evaluator.history.get(MONITOR, [])),
+        epochs_run=len(evaluator.history.get(monitor, [])),
         seconds=seconds,
         split=split,
     )

@@ -156,3 +156,15 @@ def test_train_json_last_line(workdir):
     result = json.loads(out.strip().splitlines()[-1])
     assert result["val_residual_std"] < 0.58 and len(result["mlflow_run_id"]) == 32
     assert _client(workdir).get_run(result["mlflow_run_id"]).info.status == "FINISHED"
+
+
+def test_a_quoted_model_name_and_a_file_as_pull_target_are_one_line_each(workdir):
+    # Rule: bad input to promote and pull is one `hpo: error:` line on stderr, exit 1, nothing written.
+    (workdir / "keep.txt").write_text("mine\n")
+    for args in (("promote", "e2e", "--model", "o'brien"), ("pull", "xray-cluster-mass/1", "-o", "keep.txt")):
+        proc = hpo(workdir, *args, check=False)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("hpo: error: ")]
+        assert proc.returncode == 1 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert (workdir / "keep.txt").read_text() == "mine\n"
+    names = [m.name for m in _client(workdir).search_registered_models()]
+    assert "o'brien" not in names

@@ -84,3 +84,16 @@ def test_block_stream_feeds_every_cluster_once_per_epoch_in_a_new_order(signal_h
     assert lengths[0] == lengths[1]
     assert sorted(orders[0]) == sorted(orders[1]) == list(idx)
     assert orders[0] != orders[1]
+
+
+def test_a_streamed_file_replaced_after_opening_shows_in_its_fingerprint_on_disk(tmp_path):
+    # Rule: fingerprint_on_disk is the file as it is now: equal to the opened one until the file is
+    # regenerated at the same path, then different; a removed file is "unreadable".
+    path = write_h5(tmp_path / "d.h5", make_signal_data(50))
+    source = open_dataset(path, max_in_memory_gb=TINY_GB)
+    assert isinstance(source, H5Source) and source.fingerprint_on_disk() == source.fingerprint()["sha256"]
+    write_h5(path, make_signal_data(50, seed=1))
+    assert source.fingerprint_on_disk() not in (source.fingerprint()["sha256"], "")
+    assert source.fingerprint_on_disk() == open_dataset(path).fingerprint()["sha256"]
+    path.unlink()
+    assert source.fingerprint_on_disk().startswith("unreadable")

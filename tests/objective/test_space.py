@@ -119,3 +119,34 @@ def test_enqueued_points_are_the_first_trials_params():
     first, second = (config_for_trial(study.ask(), space) for _ in range(2))
     assert first.model.dense == [64] and first.model.dropout.rate == 0.25
     assert second.model.dense == [32, 16] and 0.0 <= second.model.dropout.rate <= 0.5
+
+
+@pytest.mark.parametrize("key", ["data.path", "data.split_seed", "data.test_fraction", "data.max_clusters"])
+def test_data_keys_cannot_be_searched(key):
+    # Rule: a data setting as a search parameter is refused in one line naming the key and why.
+    values = {"data.path": {"categorical": ["a.h5", "b.h5"]}, "data.max_clusters": {"int": [100, 200]}}
+    raw = {"study": {"name": "d", "n_trials": 2}, "params": {key: values.get(key, {"categorical": [0, 1]})}}
+    if key == "data.test_fraction":
+        raw["params"][key] = {"float": [0.1, 0.2]}
+    with pytest.raises(ConfigError) as err:
+        parse_space(raw, source="d.yaml")
+    message = str(err.value)
+    assert f"params key '{key}'" in message and "cannot be searched" in message and "\n" not in message
+
+
+def test_study_metric_choices_and_val_nll_needs_a_sigma_head():
+    # Rule: study.metric takes val_residual_std (default), val_rmse and val_nll; val_nll is refused
+    # for a point estimator, whether the base or a parameter trains one.
+    base = {"study": {"name": "m", "n_trials": 1}}
+    assert parse_space(base, source="m.yaml").study.metric == "val_residual_std"
+    assert parse_space({"study": {**base["study"], "metric": "val_rmse"}}, source="m.yaml").study.metric == "val_rmse"
+    nll = {"study": {**base["study"], "metric": "val_nll"}}
+    with pytest.raises(ConfigError, match="val_nll needs a sigma head"):
+        parse_space(nll, source="m.yaml")
+    likelihood = {"train": {"loss": {"type": "gaussian_nll"}}}
+    assert parse_space({**nll, "base": likelihood}, source="m.yaml").study.metric == "val_nll"
+    with pytest.raises(ConfigError, match="params key 'train.loss.type'"):
+        parse_space({**nll, "base": likelihood, "params": {"train.loss.type": {"categorical": ["gaussian_nll", "mse"]}}},
+                    source="m.yaml")
+    with pytest.raises(ConfigError, match="key 'study.metric'"):
+        parse_space({"study": {**base["study"], "metric": "val_mae"}}, source="m.yaml")

@@ -26,6 +26,40 @@ class Registry:
     champion_run_id: str  # the MLflow run of version 1, the champion
 
 
+def run_study(reg: Registry, name: str, *, data: dict | None = None, base: dict | None = None,
+              n_trials: int = 1) -> str:
+    """Another study in `reg`'s stores (default: its data file and split), run in this process."""
+    from hpo.study.launcher import launch
+    from hpo.study.worker import run_worker
+
+    space = {
+        "study": {"name": name, "n_trials": n_trials, "sampler": {"type": "random", "seed": 0},
+                  "pruner": {"type": "none"}},
+        "data": {"path": str(reg.cwd / "signal.h5"), **(data or {})},
+        "base": base or TINY,
+        "params": {"model.dropout.rate": {"categorical": [0.0]}},
+    }
+    path = reg.cwd / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(space))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(reg.cwd)
+        mp.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        launch(path, workers=0, storage_url=reg.storage_url, tracking_uri=reg.tracking_uri, echo=lambda line: None)
+        run_worker(name, reg.storage_url, reg.tracking_uri)
+    return name
+
+
+# One epoch at a learning rate that barely moves the weights: a model any trained one beats.
+BAD = {**TINY, "train": {**TINY["train"], "epochs": 1, "optimizer": {"learning_rate": 1e-7}}}
+
+
+@pytest.fixture(scope="session")
+def bad_study(registry) -> str:
+    """A study on the registry study's file and split whose one model is far worse."""
+    return run_study(registry, "bad", base=BAD)
+
+
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory) -> Registry:
     """2 TPE trials of the tiny CNN (3 epochs, 300 clusters of 16x16x2), run in this process."""

@@ -71,3 +71,40 @@ def test_enqueued_points_run_first_and_improving_trials_alone_keep_their_model(t
     assert client.get_run(bad.user_attrs["mlflow_run_id"]).data.tags["hpo.model_logged"] == "false"
     tags = client.get_run(good.user_attrs["mlflow_run_id"]).data.tags
     assert tags["hpo.keras_backend"] in ("tensorflow", "jax") and tags["hpo.device"] == "cpu"
+
+
+def test_study_metric_val_rmse_is_the_trial_value_and_what_the_pruner_sees(tmp_path):
+    # Rule: with study.metric val_rmse a trial's value is its final validation rmse, and the values
+    # reported to the pruner each epoch are the val_rmse logged to MLflow for that epoch.
+    from hpo.study.worker import run_worker
+
+    write_study_files(tmp_path, "rmse", n_trials=1, metric="val_rmse")
+    storage = f"sqlite:///{tmp_path / 'hpo.db'}"
+    create_study(tmp_path, storage)
+    with contextlib.chdir(tmp_path):
+        run_worker("rmse", storage, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (trial,) = trials_of(storage, "rmse")
+    assert trial.state == TrialState.COMPLETE
+    assert trial.value == trial.user_attrs["val_metrics"]["rmse"] != trial.user_attrs["val_metrics"]["residual_std"]
+    history = mlflow_client(tmp_path).get_metric_history(trial.user_attrs["mlflow_run_id"], "val_rmse")
+    assert trial.intermediate_values == {m.step: pytest.approx(m.value, rel=1e-6) for m in history}
+
+
+def test_a_streamed_file_replaced_while_the_study_runs_fails_its_trials_with_the_reason(tmp_path):
+    # Rule: a worker whose streamed data file is no longer the one the study began on trains
+    # nothing: each trial fails naming the file and both fingerprints, and the worker stops.
+    from hpo.errors import HpoError
+    from hpo.study.worker import run_worker
+    from tests.conftest import make_signal_data
+    from tests.conftest import write_h5
+    from tests.study.conftest import TINY
+
+    write_study_files(tmp_path, "swap", n_trials=2, base={**TINY, "data": {"max_in_memory_gb": 1e-6}})
+    storage = f"sqlite:///{tmp_path / 'hpo.db'}"
+    create_study(tmp_path, storage)
+    write_h5(tmp_path / "signal.h5", make_signal_data(200, seed=8))  # regenerated at the same path
+    with contextlib.chdir(tmp_path), pytest.raises(HpoError, match="changed while the study ran"):
+        run_worker("swap", storage, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    trials = trials_of(storage, "swap")
+    assert trials and all(t.state == TrialState.FAIL for t in trials)
+    assert all("signal.h5 changed while the study ran" in t.user_attrs["fail_reason"] for t in trials)

@@ -64,12 +64,14 @@ def start_process(argv: list[str], log: Path, env: dict[str, str] | None = None,
 
 
 @contextmanager
-def mlflow_server(root: Path, *, app_name: str | None = None,
-                  env: dict[str, str] | None = None) -> Iterator[str]:
-    """`mlflow server` on a free loopback port with a SQLite store under `root`; yields its URL."""
+def mlflow_server(root: Path, *, app_name: str | None = None, env: dict[str, str] | None = None,
+                  backend_store_uri: str | None = None) -> Iterator[str]:
+    """`mlflow server` on a free loopback port with a store (default SQLite) and artifacts under
+    `root`; yields its URL."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    argv = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+    store = backend_store_uri or f"sqlite:///{root / 'mlflow.db'}"
+    argv = [str(BIN / "mlflow"), "server", "--backend-store-uri", store,
             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
             "--port", str(port), "--workers", "1"]
     if app_name:
