@@ -85,6 +85,12 @@ def table(result: dict, source: Path) -> None:
             f"{r['trials_per_hour']:.0f} | {r['trials_per_hour_ratio']:.2f} | {r['epochs_per_s']:.2f} | "
             f"{r['epochs_per_s_ratio']:.2f} | {r['gpu_util_mean']}%, {r['gpu_util_mean_busy']}% | "
             f"{r['gpu_mem_max_mib'] / 1024:.1f} GiB | {best} |")
+    fewest = min(r["finished"] for r in rows)
+    if fewest < 5 or len(rows) < 4:
+        lines += ["", f"Indicative only: this run measured K = {ks} with as few as {fewest} finished trial(s) "
+                  "per K (each K's window was short, and a trial's first epoch compiles), so one trial more "
+                  "or less moves a ratio by a lot; rerun `benchmarks/gpu/run.sh kbench` with a longer "
+                  "KB_S for a firm number."]
     emit("gpu", "\n".join(lines))
 
 

@@ -3,7 +3,9 @@
 # `hpo promote`, a K benchmark and a learning curve, all on Keras' JAX backend.
 #
 #   benchmarks/gpu/wheels.sh                       # on a machine with PyPI: .whl/ (~40 MB)
-#   benchmarks/gpu/run.sh study finals+curve pack kbench    # on the GPU machine (no network)
+#   benchmarks/gpu/run.sh study finals pack        # on the GPU machine (no network): ~7 min on an H200
+#   benchmarks/gpu/run.sh kbench                   # K = 1, 2, 4, 8, 90 s each: ~8 min
+#   benchmarks/gpu/run.sh curve                    # the learning curve: ~4 min
 #
 # Stages run in the order given; "a+b" runs a and b at the same time, sharing the GPU.
 #
@@ -39,7 +41,7 @@ if [ "$SCALE" = tiny ]; then
   N=600; K=2; KS=1,2; KB_S=20; KB_EPOCHS=2; SIZES=300,600; CURVE_SAMPLES=600; CURVE_MIN=2; TEST_N=300
   STUDY=(study.timeout_s=20 base.train.epochs=3); REFIT=(--epochs 3 --top 2 --seeds 1)
 else
-  N=10000; K=8; KS=1,2,4,8; KB_S=30; KB_EPOCHS=12; SIZES=5000,20000,80000; CURVE_SAMPLES=1.5e6; CURVE_MIN=25; TEST_N=5000
+  N=10000; K=8; KS=1,2,4,8; KB_S=90; KB_EPOCHS=15; SIZES=5000,20000,80000; CURVE_SAMPLES=1.5e6; CURVE_MIN=25; TEST_N=5000
   STUDY=(); REFIT=(--epochs 120 --top 3 --seeds 1,2)
 fi
 SPACE=$REPO/benchmarks/gpu/combined-gpu.yaml
