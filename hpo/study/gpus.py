@@ -96,10 +96,8 @@ def gpu_env(gpu: str, workers_on_it: int, memory_mb: int | None = None) -> dict[
     return env
 
 
-def gpu_memory_mb(list_memory: Callable[[], dict[str, int]] | None = None) -> dict[str, int]:
+def gpu_memory_mb() -> dict[str, int]:
     """{GPU index: total memory in MiB} as nvidia-smi reports it; empty without nvidia-smi."""
-    if list_memory is not None:
-        return list_memory()
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return {}
