@@ -152,6 +152,7 @@ def _run_until_spent(
 def _run_one(study: optuna.Study, objective: Objective) -> FrozenTrial | None:
     """Runs one trial; None when a peer failed it as lost meanwhile (its copy runs again)."""
     finished: list[FrozenTrial] = []
+    objective.trial_number = None  # set by the objective once this pass's trial exists
     try:
         study.optimize(
             objective,
@@ -160,16 +161,27 @@ def _run_one(study: optuna.Study, objective: Objective) -> FrozenTrial | None:
             gc_after_trial=True,
             callbacks=[lambda _, trial: finished.append(trial)],
         )
-    except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
-        # Optuna refuses to tell a trial that another process finished: a peer saw no heartbeat
-        # from us for a grace period (a long database outage, a frozen process) and failed it.
-        if not _lost_to_peer(study, objective, exc):
+    except Exception as exc:
+        lost = isinstance(exc, (ValueError, optuna.exceptions.UpdateFinishedTrialError))
+        if lost and _lost_to_peer(study, objective, exc):
+            # Optuna refuses to tell a trial that another process finished: a peer saw no
+            # heartbeat from us for a grace period (a long database outage, a frozen process).
+            _logger.warning(
+                "trial %s was failed by another worker (no heartbeat seen); going on",
+                objective.trial_number,
+            )
+            return None
+        # A trial's own error (Keras refusing a layer, a GPU out of memory, a library bug) ends
+        # that trial FAIL with its reason, recorded by the objective; the worker goes on. Storage
+        # loss and the product's own errors (tracking away, a bad study) still end the worker.
+        if isinstance(exc, HpoError) or is_transient(exc):
             raise
-        _logger.warning(
-            "trial %s was failed by another worker (no heartbeat seen); going on",
-            objective.trial_number,
-        )
-        return None
+        mine = [t for t in study.get_trials(deepcopy=False) if t.number == objective.trial_number]
+        if not mine or mine[0].state != TrialState.FAIL:
+            raise
+        _logger.warning("trial %s failed (%s: %s); going on", objective.trial_number,
+                        type(exc).__name__, first_line(exc))
+        return mine[0]
     return finished[-1] if finished else None
 
 

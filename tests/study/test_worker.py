@@ -108,3 +108,32 @@ def test_a_streamed_file_replaced_while_the_study_runs_fails_its_trials_with_the
     trials = trials_of(storage, "swap")
     assert trials and all(t.state == TrialState.FAIL for t in trials)
     assert all("signal.h5 changed while the study ran" in t.user_attrs["fail_reason"] for t in trials)
+
+
+def test_a_trial_that_keras_refuses_fails_alone_and_the_worker_goes_on(tmp_path):
+    # Rule: any error inside a trial (here Keras refusing a 40-pixel kernel with padding valid on
+    # 16-pixel images), not only the product's own, ends that trial FAIL with the reason (trial
+    # attr, MLflow run FAILED); the worker runs the next trial and spends the budget.
+    from hpo.study.worker import run_worker
+
+    write_study_files(
+        tmp_path, "refused", n_trials=None, sampler={"type": "grid"},
+        base={**TINY_VALID}, params={"model.kernel_size": {"categorical": [40, 2]}},
+    )
+    storage = f"sqlite:///{tmp_path / 'hpo.db'}"
+    create_study(tmp_path, storage)
+    with contextlib.chdir(tmp_path):
+        ran = run_worker("refused", storage, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert ran == 2
+    by_kernel = {t.params["model.kernel_size"]: t for t in trials_of(storage, "refused")}
+    bad, good = by_kernel[40], by_kernel[2]
+    assert bad.state == TrialState.FAIL and good.state == TrialState.COMPLETE
+    assert bad.user_attrs["fail_reason"].startswith("ValueError")
+    run = mlflow_client(tmp_path).get_run(bad.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["hpo.fail_reason"] == bad.user_attrs["fail_reason"]
+
+
+TINY_VALID = {
+    "model": {"conv_blocks": [[4], [4]], "pool": {"size": 2}, "dense": [16], "padding": "valid"},
+    "train": {"epochs": 2, "batch_size": 32, "optimizer": {"learning_rate": 3e-3}},
+}
