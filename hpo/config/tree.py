@@ -43,6 +43,15 @@ class DataConfig(_Section):
         4.0, gt=0, description="Files whose float32 images are larger stream from HDF5 in blocks."
     )
 
+    @model_validator(mode="after")
+    def _room_to_train(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction > 0.9:
+            raise ValueError(
+                f"val_fraction + test_fraction must leave at least 10% of the clusters to train on, "
+                f"got {self.val_fraction} + {self.test_fraction}"
+            )
+        return self
+
 
 # ---------------------------------------------------------------------------------------------
 # model

@@ -34,6 +34,8 @@ def test_every_shipped_space_validates(path):
         ({"study": {"name": "x"}, "base": {"train": {"epoch": 3}}}, "'train.epoch' is not a config path"),
         ({"study": {"name": "x", "sampler": {"type": "grid"}}, "params": {"train.optimizer.learning_rate": {"float": [1e-4, 1e-2], "log": True}}}, "a grid needs a step"),
         ({"study": {"name": "x"}}, "study.n_trials is required"),
+        ({"study": {"name": "x", "n_trials": 1}, "data": {"val_fraction": 0.6, "test_fraction": 0.5}},
+         "val_fraction + test_fraction must leave at least 10% of the clusters to train on"),
         ({"study": {"name": "x", "n_trials": 2, "enqueue": [{"model.filters": 8}]},
           "params": {"model.dropout.rate": {"float": [0, 0.5]}}},
          "key 'study.enqueue.0': 'model.filters' is not a param of this space"),
