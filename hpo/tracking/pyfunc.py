@@ -18,6 +18,10 @@ KERAS_ARTIFACT = "keras_model"
 class XrayMassModel(mlflow.pyfunc.PythonModel):
     """Loads the saved Keras network; predicts from {"images": (N,H,W,C), "redshift": (N,)}."""
 
+    # The logged tensor signature checks inputs; MLflow's type-hint validation takes list[...]
+    # inputs only, and without hints it warns on every load.
+    _skip_type_hint_validation = True
+
     def load_context(self, context):  # noqa: ANN001, ANN201 (MLflow inspects the signature)
         import keras
 
