@@ -220,18 +220,17 @@ class Tracker:
 
     def log_model(self, run_id: str, keras_model: Any, example: dict[str, np.ndarray]) -> str:
         """Logs the network as a pyfunc model of this run; returns its models:/ URI."""
+        from hpo.tracking.pyfunc import INPUTS
         from hpo.tracking.pyfunc import KERAS_ARTIFACT
 
         h, w, c = (int(d) for d in keras_model.input["images"].shape[1:])
         has_sigma = int(keras_model.output.shape[-1]) > 1
-        inputs = Schema([
-            TensorSpec(np.dtype(np.float32), (-1, h, w, c), "images"),
-            TensorSpec(np.dtype(np.float32), (-1,), "redshift"),
-        ])
         columns: list[ColSpec | TensorSpec] = [ColSpec("double", "log_mass")]
         outputs = Schema(columns + ([ColSpec("double", "sigma")] if has_sigma else []))
         package = Path(__file__).resolve().parents[1]
-        signature = ModelSignature(inputs=inputs, outputs=outputs)
+        # No input schema: MLflow would refuse integer counts before predict converts them.
+        signature = ModelSignature(outputs=outputs)
+        metadata = {"inputs": INPUTS.replace("(N, H, W, C)", f"(N, {h}, {w}, {c})")}
 
         def log_once() -> Any:
             run = self.client.raw.get_run(run_id)
@@ -255,6 +254,7 @@ class Tracker:
                     artifacts={KERAS_ARTIFACT: str(path)},
                     code_paths=[str(package)],
                     signature=signature,
+                    metadata=metadata,
                     input_example={k: np.asarray(v, np.float32) for k, v in example.items()},
                     pip_requirements=MODEL_REQUIREMENTS,
                 )
