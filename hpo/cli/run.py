@@ -22,8 +22,10 @@ def train(
     """Train one configuration on its data file and log params, epochs, plots and model to MLflow."""
     from hpo.config import load_run_config
     from hpo.data.lazy import open_dataset
+    from hpo.data.recipe import require_data_file
 
     cfg = load_run_config(config)
+    require_data_file(cfg.data.path, config)
     # Bad input fails here, before TensorFlow loads.
     dataset = open_dataset(cfg.data.path, max_in_memory_gb=cfg.data.max_in_memory_gb)
 

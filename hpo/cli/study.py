@@ -52,11 +52,15 @@ def launch(
     ),
 ) -> None:
     """Create or resume a study, start its workers, show progress until the budget is spent."""
+    from hpo.data.recipe import require_data_file
     from hpo.objective.space import load_space
 
+    space = load_space(spec)
     if dry_run:  # validation only: no TensorFlow, no database, no MLflow
-        typer.echo(load_space(spec).describe())
+        typer.echo(space.describe())
         return
+    space.budget()  # a space without a budget says so before its data is looked for
+    require_data_file(space.resolved_base().data.path, spec)
     from hpo.study.launcher import launch as run_launch
 
     result = run_launch(

@@ -77,3 +77,4 @@ def test_an_unknown_alias_is_one_line_naming_the_uri(registry, tmp_path):
         models.pull(f"{MODEL}@nope", tmp_path, registry.tracking_uri)
     message = str(info.value)
     assert f"models:/{MODEL}@nope" in message and registry.tracking_uri in message and "\n" not in message
+    assert message.endswith(f"register one with: hpo promote STUDY --model {MODEL}")
