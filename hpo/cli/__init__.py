@@ -33,6 +33,7 @@ def _root(
     if debug:
         os.environ["HPO_DEBUG"] = "1"
     quiet.install()  # before any command imports TensorFlow or JAX; a no-op for --debug
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # `hpo pull` as the rest
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not debug:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
