@@ -34,6 +34,7 @@ def _root(
         os.environ["HPO_DEBUG"] = "1"
     quiet.install()  # before any command imports TensorFlow or JAX; a no-op for --debug
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # `hpo pull` as the rest
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # launch names the experiment
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not debug:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported

@@ -31,6 +31,7 @@ def train(
 
     from hpo.tracking import Tracker
     from hpo.tracking.callback import MlflowEpochLogger
+    from hpo.tracking.datasets import log_data_inputs
     from hpo.tracking.trial_artifacts import log_trial_artifacts
     from hpo.training import train as train_run
 
@@ -38,6 +39,7 @@ def train(
     tracker.check()
     run_id = tracker.start_single_run(experiment, cfg, run_name or config.stem)
     try:
+        log_data_inputs(tracker, run_id, cfg, dataset)
         result = train_run(cfg, dataset, callbacks=[MlflowEpochLogger(tracker, run_id)], verbose=min(verbose, 2))
         log_trial_artifacts(tracker, run_id, result, dataset)
     except BaseException:

@@ -80,6 +80,11 @@ def launch(
             f"study '{result.study_name}': {p.done}/{p.budget} trials done, "
             f"best val_residual_std {best}"
         )
+    from hpo.tracking.runs import Tracker
+    from hpo.tracking.runs import runs_page
+
+    tracker = Tracker(tracking_uri)
+    typer.echo(f"runs: {runs_page(tracker.uri, tracker.experiment_id(result.study_name))}")
 
 
 @app.command()

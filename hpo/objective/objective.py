@@ -27,6 +27,7 @@ from hpo.study.interrupt import StopCheck
 from hpo.study.interrupt import StopRequest
 from hpo.tracking import plots
 from hpo.tracking.callback import MlflowEpochLogger
+from hpo.tracking.datasets import log_data_inputs
 from hpo.tracking.runs import Tracker
 from hpo.tracking.trial_artifacts import LOSS_CURVES
 from hpo.tracking.trial_artifacts import log_trial_artifacts
@@ -69,6 +70,7 @@ class Objective:
         if self.stop is not None:
             callbacks.append(StopCheck(self.stop))
         try:
+            log_data_inputs(self.tracker, run_id, cfg, self.dataset)
             result = train(cfg, self.dataset, callbacks=callbacks)
             # Inside the try: a failure while logging must still end the run.
             model_uri = log_trial_artifacts(self.tracker, run_id, result, self.dataset)

@@ -32,6 +32,8 @@ from hpo.registry import models
 from hpo.study.create import TRACKING_URI_KEY
 from hpo.study.create import load_study
 from hpo.study.storage import make_storage
+from hpo.tracking.datasets import log_data_inputs
+from hpo.tracking.datasets import version_tags
 from hpo.tracking.runs import Tracker
 from hpo.training.loop import prepare
 
@@ -142,13 +144,19 @@ def _register(tracker: Tracker, name: str, trial: FrozenTrial, metrics: dict[str
                 if mv.tags.get(key) != value:
                     client.set_model_version_tag(name, mv.version, key, value)
             return str(mv.version)
+    # The run gets its test split as a dataset input too; the version names all three splits.
+    splits = log_data_inputs(tracker, run_id, RunConfig.model_validate(trial.user_attrs[CONFIG_KEY]), ds,
+                             ("train", "validation", "test"))
     tags = {"hpo.study": study, "hpo.trial": str(trial.number), "hpo.data_sha256": ds.fingerprint()["sha256"],
-            "hpo.test_clusters": str(n_test), **metric_tags}
+            "hpo.test_clusters": str(n_test), **version_tags(splits), **metric_tags}
     how = " with test-time averaging over 8 flips and rotations" if tta else ""
+    source = trial.user_attrs[MODEL_URI_KEY]
     mv = client.create_model_version(
         name,
-        source=trial.user_attrs[MODEL_URI_KEY],
+        source=source,
         run_id=run_id,
+        # A tracking server accepts a models:/<logged model id> source only with that id.
+        model_id=source.removeprefix("models:/") if source.startswith("models:/m-") else None,
         tags=tags,
         description=(f"Study '{study}', trial {trial.number}: validation residual std "
                      f"{trial.value:.4f} dex, test residual std{how} {metrics['residual_std']:.4f} dex "

@@ -49,7 +49,22 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_ARTIFACT_DIR = "mlartifacts"
 MODEL_REQUIREMENTS = ["tensorflow>=2.21", "keras>=3.15", "numpy", "pandas", "mlflow>=3.17"]
 FLOOR_METRICS = ("oracle_floor", "counts_baseline")  # parent-run metrics, drawn as lines by `hpo report`
+# Marks an experiment as model training, not GenAI (what the UI filters and labels experiments by;
+# which view it opens them in is the sidebar's, see runs_page).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 FINAL_STATES = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "KILLED": "KILLED"}
+
+
+def runs_page(tracking_uri: str, experiment_id: str) -> str:
+    """Where the MLflow UI shows an experiment's runs; for a local store, the `mlflow ui` to start first.
+
+    The UI (3.17, 3.18) opens an experiment as its sidebar toggle says (GenAI by default) whatever
+    the experiment's kind; `workflowType=machine_learning` in the link selects Model training.
+    """
+    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {tracking_uri}, then http://127.0.0.1:5000/{page}"
 
 
 def default_tracking_uri() -> str:
@@ -92,15 +107,21 @@ class Tracker:
 
     # ------------------------------------------------------------------------ study level
     def experiment_id(self, name: str) -> str:
-        """The experiment called `name`, created with artifacts under ./mlartifacts for local stores."""
+        """The experiment called `name`, created with artifacts under ./mlartifacts for local stores.
+
+        It is tagged as model training (EXPERIMENT_KIND); one made before that gets the tag now.
+        """
         found = self.client.get_experiment_by_name(name)
         if found is not None:
+            if found.tags.get(EXPERIMENT_KIND[0]) is None:  # made before the tag was set
+                self.client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
             return str(found.experiment_id)
         location = None
         if not self.uri.startswith(("http://", "https://", "databricks")):
             location = Path(DEFAULT_ARTIFACT_DIR).resolve().as_uri()
         try:
-            return str(self.client.create_experiment(name, artifact_location=location))
+            return str(self.client.create_experiment(
+                name, artifact_location=location, tags=dict([EXPERIMENT_KIND])))
         except MlflowException:  # another worker created it a moment ago
             found = self.client.get_experiment_by_name(name)
             if found is None:
