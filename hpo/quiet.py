@@ -68,8 +68,8 @@ def native_stderr_filtered() -> Iterator[None]:
             os.dup2(saved, 2)
             os.close(saved)
             caught.seek(0)
-            kept = [line for line in caught.read().decode(errors="replace").splitlines(keepends=True)
-                    if not NOISE.match(line)]
+            lines = caught.read().decode(errors="replace").splitlines(keepends=True)
+            kept = [line for line in lines if not NOISE.match(line)]
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()
@@ -78,7 +78,9 @@ def native_stderr_filtered() -> Iterator[None]:
 class _QuietFinder(importlib.abc.MetaPathFinder):
     """Finds nothing itself: wraps the loader of MODULES so their first import runs filtered."""
 
-    def find_spec(self, name: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, name: str, path: Any, target: Any = None
+    ) -> importlib.machinery.ModuleSpec | None:
         if name not in MODULES:
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)

@@ -1,7 +1,7 @@
-"""The `hpo simulate` line that makes a missing data file: the config file's `# Data:` comment, else the defaults.
+"""The `hpo simulate` line that makes a missing data file: its `# Data:` comment, or defaults.
 
     hpo launch search_spaces/dropout.yaml
-    hpo: error: data file not found: data/mock.h5; make it with: hpo simulate data/mock.h5 --n 10000 ...
+    hpo: error: data file not found: data/mock.h5; make it with: hpo simulate data/mock.h5 ...
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hpo.errors import DataContractError
 
-# The comment every shipped search space carries, e.g. "# Data: hpo simulate data/mock.h5 --n 10000 ..."
+# The comment every shipped search space carries: "# Data: hpo simulate data/mock.h5 --n 10000 ..."
 DATA_COMMENT = re.compile(r"^#\s*Data:\s*(hpo simulate\s.*?)\s*$", re.MULTILINE)
 
 

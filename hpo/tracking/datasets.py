@@ -1,6 +1,6 @@
-"""A run's data as MLflow dataset inputs, one per split it reads: the UI's Dataset column and a model's lineage.
+"""A run's data as MLflow dataset inputs, one per split it reads: the UI's Dataset column, lineage.
 
-    hpo train run.yaml     # the run's Datasets: quickstart (digest) train, quickstart (digest) validation
+    hpo train run.yaml     # Datasets: quickstart (digest) train, quickstart (digest) validation
 
 Each input names the file (its stem), points at it (source: the file's absolute path), and has a
 digest of the file's content fingerprint and the split's cluster indices, the split as its
@@ -53,14 +53,15 @@ def split_dataset(ds: Dataset | H5Source, split: Split, context: str) -> Cluster
     """The `context` split (train, validation or test) of `ds` as an MLflow dataset."""
     idx = np.asarray(getattr(split, SPLITS[context]), np.int64)
     fingerprint = ds.fingerprint()
-    digest = hashlib.sha256(f"{fingerprint['sha256']}:{context}:".encode() + idx.tobytes()).hexdigest()[:16]
+    content = f"{fingerprint['sha256']}:{context}:".encode() + idx.tobytes()
+    digest = hashlib.sha256(content).hexdigest()[:16]
     h, w, c = ds.image_shape
     schema = Schema([
         TensorSpec(np.dtype(np.float32), (-1, h, w, c), "images"),
         TensorSpec(np.dtype(np.float32), (-1,), "redshift"),
         TensorSpec(np.dtype(np.float32), (-1,), "log_mass"),
     ])
-    profile = {"clusters": int(len(idx)), "split": context, "file_clusters": fingerprint["n"],
+    profile = {"clusters": len(idx), "split": context, "file_clusters": fingerprint["n"],
                "file_sha256": fingerprint["sha256"], "image_shape": [h, w, c],
                "generator": fingerprint["generator"], "seed": fingerprint["seed"]}
     path = Path(ds.path).resolve() if ds.path is not None else Path("in-memory")
@@ -80,7 +81,8 @@ def log_data_inputs(tracker: Tracker, run_id: str, cfg: RunConfig, ds: Dataset |
 
 
 def version_tags(splits: list[ClusterSplit]) -> dict[str, str]:
-    """Tags that tie a registered version to its run's dataset inputs: name, source, digest per split."""
-    tags = {"hpo.data.name": splits[0].name, "hpo.data.source": json.loads(splits[0].source.to_json())["uri"]}
+    """Tags tying a registered version to its run's dataset inputs: name, source, split digests."""
+    source = json.loads(splits[0].source.to_json())["uri"]
+    tags = {"hpo.data.name": splits[0].name, "hpo.data.source": source}
     tags.update({f"hpo.data.{d.profile['split']}_digest": d.digest for d in splits})
     return tags
