@@ -23,7 +23,7 @@ quickstart: install
 	@echo "Done. Where to look:"
 	@echo "  $(BIN)/hpo status quickstart          # the study's trials (Optuna storage sqlite:///hpo.db)"
 	@echo "  $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000"
-	@echo "                                        # then open http://127.0.0.1:5000 (experiment 'quickstart')"
+	@echo "                                        # then open the 'runs:' link hpo launch printed above"
 	@echo "  model: models:/xray-cluster-mass@champion (artifacts under ./mlartifacts)"
 
 # The suite runs on Keras' default TensorFlow backend; the training core (model, losses, metrics,

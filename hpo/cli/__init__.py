@@ -24,10 +24,17 @@ app = typer.Typer(
 
 @app.callback()
 def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show full tracebacks, and what TensorFlow and JAX print as they start "
+        "(also HPO_VERBOSE=1), instead of one-line errors."),
 ) -> None:
+    from hpo import quiet
+
     if debug:
         os.environ["HPO_DEBUG"] = "1"
+    quiet.install()  # before any command imports TensorFlow or JAX; a no-op for --debug
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # `hpo pull` as the rest
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # launch names the experiment
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not debug:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported

@@ -22,13 +22,16 @@ def train(
     """Train one configuration on its data file and log params, epochs, plots and model to MLflow."""
     from hpo.config import load_run_config
     from hpo.data.lazy import open_dataset
+    from hpo.data.recipe import require_data_file
 
     cfg = load_run_config(config)
+    require_data_file(cfg.data.path, config)
     # Bad input fails here, before TensorFlow loads.
     dataset = open_dataset(cfg.data.path, max_in_memory_gb=cfg.data.max_in_memory_gb)
 
     from hpo.tracking import Tracker
     from hpo.tracking.callback import MlflowEpochLogger
+    from hpo.tracking.datasets import log_data_inputs
     from hpo.tracking.trial_artifacts import log_trial_artifacts
     from hpo.training import train as train_run
 
@@ -36,6 +39,7 @@ def train(
     tracker.check()
     run_id = tracker.start_single_run(experiment, cfg, run_name or config.stem)
     try:
+        log_data_inputs(tracker, run_id, cfg, dataset)
         result = train_run(cfg, dataset, callbacks=[MlflowEpochLogger(tracker, run_id)], verbose=min(verbose, 2))
         log_trial_artifacts(tracker, run_id, result, dataset)
     except BaseException:

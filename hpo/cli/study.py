@@ -59,11 +59,15 @@ def launch(
     ),
 ) -> None:
     """Create or resume a study, start its workers, show progress until the budget is spent."""
+    from hpo.data.recipe import require_data_file
     from hpo.objective.space import load_space
 
+    space = load_space(spec)
     if dry_run:  # validation only: no TensorFlow, no database, no MLflow
-        typer.echo(load_space(spec).describe())
+        typer.echo(space.describe())
         return
+    space.budget()  # a space without a budget says so before its data is looked for
+    require_data_file(space.resolved_base().data.path, spec)
     from hpo.study.launcher import launch as run_launch
 
     result = run_launch(
@@ -84,6 +88,11 @@ def launch(
             f"study '{result.study_name}': {p.done}/{p.budget} trials done, "
             f"best {result.metric} {best}"
         )
+    from hpo.tracking.runs import Tracker
+    from hpo.tracking.runs import runs_page
+
+    tracker = Tracker(tracking_uri)
+    typer.echo(f"runs: {runs_page(tracker.uri, tracker.experiment_id(result.study_name))}")
 
 
 @app.command()

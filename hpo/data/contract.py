@@ -14,6 +14,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from hpo.data.recipe import missing
 from hpo.errors import DataContractError
 
 REQUIRED_KEYS = ("images", "redshift")
@@ -107,7 +108,7 @@ def load_dataset(path: str | Path, *, require_labels: bool = True) -> Dataset:
     """
     path = Path(path)
     if not path.exists():
-        raise DataContractError(f"data file not found: {path}")
+        raise missing(path)
     raw, attrs = read_h5(path) if path.suffix.lower() != ".npz" else _read_npz(path)
     return validate_arrays(raw, attrs, path, require_labels)
 

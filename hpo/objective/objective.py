@@ -27,8 +27,11 @@ from hpo.objective.space import SearchSpace
 from hpo.objective.suggest import config_for_trial
 from hpo.study.interrupt import StopCheck
 from hpo.study.interrupt import StopRequest
+from hpo.tracking import plots
 from hpo.tracking.callback import MlflowEpochLogger
+from hpo.tracking.datasets import log_data_inputs
 from hpo.tracking.runs import Tracker
+from hpo.tracking.trial_artifacts import LOSS_CURVES
 from hpo.tracking.trial_artifacts import log_trial_artifacts
 from hpo.training.loop import train
 
@@ -67,10 +70,12 @@ class Objective:
         )
         trial.set_user_attr(MLFLOW_RUN_ID_KEY, run_id)
         pruning = PruningCallback(trial, self.space.study.metric)
-        callbacks = [pruning, MlflowEpochLogger(self.tracker, run_id)]
+        epochs_log = MlflowEpochLogger(self.tracker, run_id)
+        callbacks = [epochs_log, pruning]  # the epoch that gets a trial pruned is logged too
         if self.stop is not None:
             callbacks.append(StopCheck(self.stop))
         try:
+            log_data_inputs(self.tracker, run_id, cfg, self.dataset)
             self._check_data()
             result = train(cfg, self.dataset, callbacks=callbacks, monitor=self.space.study.metric)
             self._check_data()
@@ -81,7 +86,11 @@ class Objective:
         except optuna.TrialPruned:
             epochs = pruning.last_epoch + 1
             trial.set_user_attr(EPOCHS_RUN_KEY, epochs)
-            self.tracker.finish_trial_run(run_id, "PRUNED", epochs_run=epochs)
+            try:  # why it was cut: the curves it has, up to the pruning epoch
+                self.tracker.log_figure(run_id, plots.loss_curves(epochs_log.history, pruned_at=epochs),
+                                        LOSS_CURVES)
+            finally:
+                self.tracker.finish_trial_run(run_id, "PRUNED", epochs_run=epochs)
             raise
         except TrialFailed as exc:
             self._fail(trial, run_id, str(exc), "FAIL")

@@ -173,4 +173,16 @@ def _error(action: str, uri: str, exc: BaseException) -> TrackingError:
     if refused is not None:
         return refused
     where = mlflow.get_tracking_uri()
-    return TrackingError(f"cannot {action} model {uri} (tracking {where}): {first_line(exc)}")
+    return TrackingError(f"cannot {action} model {uri} (tracking {where}): {first_line(exc)}{_next_step(uri, exc)}")
+
+
+def _next_step(uri: str, exc: BaseException) -> str:
+    """For a model that is not there, the command that makes one."""
+    if getattr(exc, "error_code", None) != "RESOURCE_DOES_NOT_EXIST" and "not found" not in str(exc):
+        return ""
+    if uri.startswith("models:/"):
+        name = uri.removeprefix("models:/").split("@")[0].rsplit("/", 1)[0]
+        return f"; register one with: hpo promote STUDY --model {name}"
+    if uri.startswith("runs:/"):
+        return "; `hpo train` and every complete trial of `hpo launch` log a run's model"
+    return ""

@@ -54,6 +54,8 @@ from hpo.study.create import DATA_FINGERPRINT_KEY
 from hpo.study.create import TRACKING_URI_KEY
 from hpo.study.create import load_study
 from hpo.study.storage import make_storage
+from hpo.tracking.datasets import log_data_inputs
+from hpo.tracking.datasets import version_tags
 from hpo.tracking.runs import FLOOR_METRICS
 from hpo.tracking.runs import MLFLOW_PARENT_RUN_KEY
 from hpo.tracking.runs import Tracker
@@ -156,7 +158,7 @@ def promote(
                 raise HpoError(f"--compare-on {holdout.path}: {ALIAS} version {current.version} "
                                "trained on that file; give a file neither model trained on")
         version = _register(tracker, model_name, winner, select_by, val_value, report, study_name,
-                            lineage, floors, tta, len(test))
+                            lineage, floors, tta, len(test), dataset)
         done = partial(PromoteResult, model_name, version, winner.trial.number, report,
                        selected_by=select_by, val_value=val_value, test_clusters=len(test),
                        floors=floors)
@@ -329,7 +331,8 @@ def _floors(study, tracker: Tracker) -> dict[str, float]:
 
 def _register(tracker: Tracker, name: str, winner: _Candidate, select_by: str, val_value: float,
               report: dict[str, float], study: str, lineage: dict[str, str],
-              floors: dict[str, float], tta: bool, n_test: int) -> str:
+              floors: dict[str, float], tta: bool, n_test: int,
+              dataset: Dataset | H5Source) -> str:
     """The winner's version, registered now or found again, with its test report as tags."""
     client = tracker.client
     trial = winner.trial
@@ -350,9 +353,11 @@ def _register(tracker: Tracker, name: str, winner: _Candidate, select_by: str, v
                 if mv.tags.get(key) != value:
                     client.set_model_version_tag(name, mv.version, key, value)
             return str(mv.version)
+    # The run gets its test split as a dataset input too; the version names all three splits.
+    splits = log_data_inputs(tracker, run_id, winner.cfg, dataset, ("train", "validation", "test"))
     tags = {"hpo.study": study, "hpo.trial": str(trial.number), "hpo.selected_by": select_by,
             f"hpo.{select_by}": f"{val_value:.6f}", "hpo.test_clusters": str(n_test), **lineage,
-            **report_tags}
+            **version_tags(splits), **report_tags}
     how = " with test-time averaging over 8 flips and rotations" if tta else ""
     floor_text = ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in floors.items())
     # An mlflow server checks that a models:/m-... source is the model named by model_id.

@@ -99,7 +99,8 @@ def load_study(
             s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
         ]
         raise HpoError(
-            f"no study '{name}' in this storage; it has: {', '.join(names) or 'none'}"
+            f"no study '{name}' in this storage; it has: {', '.join(names) or 'none'}; "
+            "create one with: hpo launch SPACE.yaml (e.g. search_spaces/quickstart.yaml)"
         ) from None
     if SPACE_KEY not in plain.user_attrs:
         raise HpoError(f"study '{name}' was not created by `hpo launch` (no stored search space)")

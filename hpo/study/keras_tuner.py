@@ -33,6 +33,7 @@ from hpo.study.create import space_changes
 from hpo.study.create import stored_space
 from hpo.study.worker import MAX_CONSECUTIVE_FAILURES
 from hpo.tracking.callback import MlflowEpochLogger
+from hpo.tracking.datasets import log_data_inputs
 from hpo.tracking.runs import Tracker
 from hpo.tracking.trial_artifacts import log_trial_artifacts
 from hpo.training.loop import train
@@ -239,6 +240,7 @@ class HpoTuner(kt.Tuner):
             record.run_id = self.tracker.start_trial_run(
                 self.experiment_id, self.parent_run_id, self.space.study.name, record.number, cfg
             )
+            log_data_inputs(self.tracker, record.run_id, cfg, self.dataset)
             self.tracker.set_tags(record.run_id, {
                 "hpo.engine": "keras_tuner", "kt.trial_id": trial.trial_id, "kt.epochs": total,
                 "kt.initial_epoch": initial, "kt.warm_from": parent or "",
@@ -413,6 +415,7 @@ def run_search(
 
             data_info = _data_info(dataset)
         parent = tracker.start_study_run(experiment_id, name, space.to_yaml(), data_info)
+        log_data_inputs(tracker, parent, space.resolved_base(), dataset)
     project.mkdir(parents=True, exist_ok=True)
     (project / STATE_FILE).write_text(json.dumps({
         "space": stored_space(space), "tracking_uri": tracker.uri,

@@ -57,6 +57,7 @@ from hpo.study.storage import default_storage_url
 from hpo.study.storage import make_storage
 from hpo.study.storage import redact
 from hpo.study.worker import finish_parent_run
+from hpo.tracking.datasets import log_data_inputs
 from hpo.tracking.runs import MLFLOW_EXPERIMENT_KEY
 from hpo.tracking.runs import MLFLOW_PARENT_RUN_KEY
 
@@ -233,6 +234,7 @@ def launch(
     if MLFLOW_PARENT_RUN_KEY not in study.user_attrs:
         experiment_id = tracker.experiment_id(name)
         parent = tracker.start_study_run(experiment_id, name, space.to_yaml(), _data_info(dataset))
+        log_data_inputs(tracker, parent, space.resolved_base(), dataset)  # the runs table's Dataset
         study.set_user_attr(MLFLOW_EXPERIMENT_KEY, experiment_id)
         study.set_user_attr(MLFLOW_PARENT_RUN_KEY, parent)
         study.set_user_attr(TRACKING_URI_KEY, tracker.uri)

@@ -55,9 +55,19 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "state": t.state.name,
                 "value": t.value,
                 "epochs": t.user_attrs.get(EPOCHS_RUN_KEY),
-                "duration_s": None if duration is None else round(duration, 1),
+                "duration": None if duration is None else human_duration(duration),
                 "mlflow_run": t.user_attrs.get(MLFLOW_RUN_ID_KEY),
                 "note": note,
             }
         )
     return rows
+
+
+def human_duration(seconds: float) -> str:
+    """'42 s', '1 m 05 s', '2 h 03 m': the two largest units, the second zero-padded."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} m {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} m"

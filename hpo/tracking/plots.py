@@ -19,8 +19,12 @@ from matplotlib.figure import Figure  # noqa: E402
 RESIDUAL_BINS = 8  # bins of the running median and 16-84% band in the residual plots
 
 
-def loss_curves(history: dict[str, list[float]]) -> Figure:
-    """Training loss and train/validation residual std against epoch."""
+def loss_curves(history: dict[str, list[float]], *, pruned_at: int | None = None) -> Figure:
+    """Training loss and train/validation residual std against epoch.
+
+    Args:
+        pruned_at: for a pruned trial, the epoch (1-based) after which the pruner stopped it.
+    """
     fig, (ax_loss, ax_std) = plt.subplots(1, 2, figsize=(9, 3.5))
     epochs = np.arange(1, len(history.get("loss", [])) + 1)
     ax_loss.plot(epochs, history.get("loss", []), label="train loss")
@@ -29,6 +33,9 @@ def loss_curves(history: dict[str, list[float]]) -> Figure:
         if key in history:
             ax_std.plot(np.arange(1, len(history[key]) + 1), history[key], label=label)
     ax_std.set(xlabel="epoch", ylabel="residual std [dex]", title="Residual std")
+    if pruned_at is not None:
+        for ax in (ax_loss, ax_std):
+            ax.axvline(pruned_at, color="r", ls="--", lw=1, label=f"pruned after epoch {pruned_at}")
     for ax in (ax_loss, ax_std):
         ax.legend()
         ax.grid(alpha=0.3)

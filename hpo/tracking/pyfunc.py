@@ -13,10 +13,21 @@ import numpy as np
 import pandas as pd
 
 KERAS_ARTIFACT = "keras_model"
+# What predict takes, in the logged model's metadata (its signature holds no input schema: MLflow
+# would refuse every dtype but one before predict could convert it).
+INPUTS = ('"images": (N, H, W, C) photon counts and "redshift": (N,), each of any integer or '
+          "float dtype (cast to float32)")
 
 
 class XrayMassModel(mlflow.pyfunc.PythonModel):
-    """Loads the saved Keras network; predicts from {"images": (N,H,W,C), "redshift": (N,)}."""
+    """Loads the saved Keras network; predicts from {"images": (N,H,W,C), "redshift": (N,)}.
+
+    INPUTS says what it takes; unpack_inputs converts and checks it.
+    """
+
+    # unpack_inputs checks inputs; MLflow's type-hint validation takes list[...] inputs only, and
+    # without hints it warns on every load.
+    _skip_type_hint_validation = True
 
     def load_context(self, context):  # noqa: ANN001, ANN201 (MLflow inspects the signature)
         import keras
@@ -26,7 +37,8 @@ class XrayMassModel(mlflow.pyfunc.PythonModel):
         self.model = keras.models.load_model(context.artifacts[KERAS_ARTIFACT], compile=False)
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
-        images, redshift = unpack_inputs(model_input)
+        shape = tuple(int(d) for d in self.model.input["images"].shape[1:])
+        images, redshift = unpack_inputs(model_input, shape)
         out = np.asarray(
             self.model.predict({"images": images, "redshift": redshift}, batch_size=256, verbose=0)
         )
@@ -36,16 +48,32 @@ class XrayMassModel(mlflow.pyfunc.PythonModel):
         return frame
 
 
-def unpack_inputs(model_input: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(images float32 (N,H,W,C), redshift float32 (N,1)) from a dict of arrays or lists."""
+def unpack_inputs(model_input: Any, image_shape: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(images float32 (N,H,W,C), redshift float32 (N,1)) from a dict of arrays or lists, or a DataFrame.
+
+    Any real numeric dtype is taken (photon counts come as integers) and cast to float32.
+
+    Raises:
+        ValueError: one line naming the key, the shape or dtype expected and the one given.
+    """
     if isinstance(model_input, pd.DataFrame):
         model_input = {k: np.stack(model_input[k].to_numpy()) for k in model_input.columns}
     if not isinstance(model_input, dict) or not {"images", "redshift"} <= set(model_input):
-        raise ValueError('input must be a mapping with keys "images" (N,H,W,C) and "redshift" (N,)')
-    images = np.asarray(model_input["images"], np.float32)
-    redshift = np.asarray(model_input["redshift"], np.float32).reshape(-1, 1)
-    if images.ndim != 4 or images.shape[0] != redshift.shape[0]:
-        raise ValueError(
-            f"images must be (N, H, W, C) and redshift (N,), got {images.shape} and {redshift.shape}"
-        )
-    return images, redshift
+        raise ValueError(f"input must be a mapping with keys {INPUTS}")
+    images = _real(model_input["images"], "images")
+    redshift = _real(model_input["redshift"], "redshift")
+    if redshift.ndim == 2 and redshift.shape[1] == 1:
+        redshift = redshift[:, 0]
+    want = "(N, " + ", ".join(map(str, image_shape)) + ")" if image_shape else "(N, H, W, C)"
+    if images.ndim != 4 or (image_shape and images.shape[1:] != tuple(image_shape)):
+        raise ValueError(f"images must be {want} for this model, got shape {images.shape}")
+    if redshift.ndim != 1 or len(redshift) != len(images):
+        raise ValueError(f"redshift must be ({len(images)},), one per image, got shape {redshift.shape}")
+    return images, redshift.reshape(-1, 1)
+
+
+def _real(value: Any, key: str) -> np.ndarray:
+    array = np.asarray(value)
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise ValueError(f"{key} must hold real numbers (any integer or float dtype), got dtype {array.dtype}")
+    return array.astype(np.float32, copy=False)

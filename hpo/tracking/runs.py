@@ -50,7 +50,22 @@ DEFAULT_ARTIFACT_DIR = "mlartifacts"
 MODEL_REQUIREMENTS = ["keras>=3.15", "numpy", "pandas", "mlflow>=3.17"]
 BACKEND_REQUIREMENTS = {"tensorflow": "tensorflow>=2.21", "jax": "jax>=0.4.30"}  # the saving backend's
 FLOOR_METRICS = ("oracle_floor", "counts_baseline")  # parent-run metrics, drawn as lines by `hpo report`
+# Marks an experiment as model training, not GenAI (what the UI filters and labels experiments by;
+# which view it opens them in is the sidebar's, see runs_page).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 FINAL_STATES = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "KILLED": "KILLED"}
+
+
+def runs_page(tracking_uri: str, experiment_id: str) -> str:
+    """Where the MLflow UI shows an experiment's runs; for a local store, the `mlflow ui` to start first.
+
+    The UI (3.17, 3.18) opens an experiment as its sidebar toggle says (GenAI by default) whatever
+    the experiment's kind; `workflowType=machine_learning` in the link selects Model training.
+    """
+    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {tracking_uri}, then http://127.0.0.1:5000/{page}"
 
 
 def default_tracking_uri() -> str:
@@ -93,15 +108,21 @@ class Tracker:
 
     # ------------------------------------------------------------------------ study level
     def experiment_id(self, name: str) -> str:
-        """The experiment called `name`, created with artifacts under ./mlartifacts for local stores."""
+        """The experiment called `name`, created with artifacts under ./mlartifacts for local stores.
+
+        It is tagged as model training (EXPERIMENT_KIND); one made before that gets the tag now.
+        """
         found = self.client.get_experiment_by_name(name)
         if found is not None:
+            if found.tags.get(EXPERIMENT_KIND[0]) is None:  # made before the tag was set
+                self.client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
             return str(found.experiment_id)
         location = None
         if not self.uri.startswith(("http://", "https://", "databricks")):
             location = Path(DEFAULT_ARTIFACT_DIR).resolve().as_uri()
         try:
-            return str(self.client.create_experiment(name, artifact_location=location))
+            return str(self.client.create_experiment(
+                name, artifact_location=location, tags=dict([EXPERIMENT_KIND])))
         except MlflowException:  # another worker created it a moment ago
             found = self.client.get_experiment_by_name(name)
             if found is None:
@@ -223,18 +244,17 @@ class Tracker:
 
     def log_model(self, run_id: str, keras_model: Any, example: dict[str, np.ndarray]) -> str:
         """Logs the network as a pyfunc model of this run; returns its models:/ URI."""
+        from hpo.tracking.pyfunc import INPUTS
         from hpo.tracking.pyfunc import KERAS_ARTIFACT
 
         h, w, c = (int(d) for d in keras_model.input["images"].shape[1:])
         has_sigma = int(keras_model.output.shape[-1]) > 1
-        inputs = Schema([
-            TensorSpec(np.dtype(np.float32), (-1, h, w, c), "images"),
-            TensorSpec(np.dtype(np.float32), (-1,), "redshift"),
-        ])
         columns: list[ColSpec | TensorSpec] = [ColSpec("double", "log_mass")]
         outputs = Schema(columns + ([ColSpec("double", "sigma")] if has_sigma else []))
         package = Path(__file__).resolve().parents[1]
-        signature = ModelSignature(inputs=inputs, outputs=outputs)
+        # No input schema: MLflow would refuse integer counts before predict converts them.
+        signature = ModelSignature(outputs=outputs)
+        metadata = {"inputs": INPUTS.replace("(N, H, W, C)", f"(N, {h}, {w}, {c})")}
 
         def log_once() -> Any:
             run = self.client.raw.get_run(run_id)
@@ -258,6 +278,7 @@ class Tracker:
                     artifacts={KERAS_ARTIFACT: str(path)},
                     code_paths=[str(package)],
                     signature=signature,
+                    metadata=metadata,
                     input_example={k: np.asarray(v, np.float32) for k, v in example.items()},
                     pip_requirements=[BACKEND_REQUIREMENTS.get(keras_backend(), "tensorflow>=2.21"),
                                       *MODEL_REQUIREMENTS],

@@ -14,6 +14,8 @@ from hpo.tracking.runs import Tracker
 from hpo.training.evaluate import predict
 from hpo.training.loop import TrainResult
 
+LOSS_CURVES = "plots/loss_curves.png"  # a pruned trial logs this one too
+
 
 def log_trial_artifacts(
     tracker: Tracker, run_id: str, result: TrainResult, ds: Dataset | H5Source, *, log_model: bool = True
@@ -31,7 +33,7 @@ def log_trial_artifacts(
     tracker.log_metrics(run_id, {f"final_val_{k}": v for k, v in result.val_metrics.items()})
     tracker.log_metrics(run_id, {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                                  "train_seconds": result.seconds})
-    tracker.log_figure(run_id, plots.loss_curves(result.history), "plots/loss_curves.png")
+    tracker.log_figure(run_id, plots.loss_curves(result.history), LOSS_CURVES)
     mu, sigma = predict(result.model, val.images, val.redshift)
     true = val.log_mass
     assert true is not None  # train() refuses a data set without labels

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import yaml
 
@@ -48,4 +50,30 @@ def test_broken_data_file_names_the_key(tmp_path):
 def test_missing_study_lists_the_existing_ones(tmp_path):
     # Rule: an unknown study name is one line that lists the studies there are.
     proc = hpo(tmp_path, "status", "nope", "--storage", f"sqlite:///{tmp_path / 'empty.db'}", check=False)
-    _assert_one_line_error(proc, "no study 'nope'")
+    _assert_one_line_error(proc, "no study 'nope'", "create one with: hpo launch SPACE.yaml")
+
+
+def test_missing_data_names_the_simulate_line_that_makes_it(tmp_path):
+    # Rule: a data file that is not there is one line with the `hpo simulate` command that writes
+    # it, taken from the space's "# Data:" comment; running that line makes the launch go further.
+    space = yaml.safe_dump({"study": {"name": "d", "n_trials": 1}, "data": {"path": "data/d.h5"}})
+    (tmp_path / "space.yaml").write_text("# Data: hpo simulate data/d.h5 --n 40 --seed 3 --preset eFEDS\n" + space)
+    proc = hpo(tmp_path, "launch", "space.yaml", "--workers", "0", check=False)
+    line = "hpo simulate data/d.h5 --n 40 --seed 3 --preset eFEDS"
+    _assert_one_line_error(proc, "data file not found: data/d.h5", f"make it with: {line}")
+    hpo(tmp_path, *line.split()[1:])
+    assert "floor" in hpo(tmp_path, "baseline", "data/d.h5").stdout
+
+
+def test_missing_data_of_a_shipped_space_names_its_comment(tmp_path):
+    # Rule: the card's own command, run where data/mock.h5 is missing, names the space's line.
+    spec = Path(__file__).resolve().parents[2] / "search_spaces" / "dropout.yaml"
+    proc = hpo(tmp_path, "launch", str(spec), check=False)
+    _assert_one_line_error(proc, "make it with: hpo simulate data/mock.h5 --n 10000 --seed 0 --preset eRASS:8")
+
+
+def test_missing_data_without_a_comment_names_the_default_line(tmp_path):
+    # Rule: a run config without a "# Data:" comment gets `hpo simulate PATH` with its defaults.
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({"data": {"path": "nothere.h5"}}))
+    proc = hpo(tmp_path, "train", "run.yaml", check=False)
+    _assert_one_line_error(proc, "data file not found: nothere.h5; make it with: hpo simulate nothere.h5 --n 1000 --seed 0")

@@ -79,6 +79,7 @@ def test_an_unknown_alias_is_one_line_naming_the_uri(registry, tmp_path):
         models.pull(f"{MODEL}@nope", tmp_path, registry.tracking_uri)
     message = str(info.value)
     assert f"models:/{MODEL}@nope" in message and registry.tracking_uri in message and "\n" not in message
+    assert message.endswith(f"register one with: hpo promote STUDY --model {MODEL}")
 
 
 def test_pull_never_touches_files_it_did_not_write(registry, tmp_path):

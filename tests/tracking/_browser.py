@@ -94,6 +94,16 @@ class Browser:
             time.sleep(0.5)
         raise TimeoutError(f"page never showed {fragments}; it shows:\n{text[:2000]}")
 
+    def wait_for(self, expression: str, timeout_s: float = 60.0) -> Any:
+        """The value of a JavaScript expression once it is truthy; TimeoutError otherwise."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            value = self.evaluate(expression)
+            if value:
+                return value
+            time.sleep(0.5)
+        raise TimeoutError(f"never true in the page: {expression}")
+
     def screenshot(self, path: Path) -> Path:
         data = self.page("Page.captureScreenshot", {"format": "png"})["data"]
         path.parent.mkdir(parents=True, exist_ok=True)
