@@ -39,7 +39,11 @@ def predict_file(ref: str, data_path: str | Path, out_csv: str | Path, tracking_
 
 
 def _image_shape(model) -> tuple[int, ...] | None:
-    """(H, W, C) from the model's input signature, or None if it records none."""
+    """(H, W, C) from the logged model's metadata (or an older model's input signature); None
+    if it records neither."""
+    recorded = (model.metadata.metadata or {}).get("image_shape")
+    if recorded:
+        return tuple(int(d) for d in recorded)
     schema = model.metadata.get_input_schema()
     for spec in getattr(schema, "inputs", None) or []:
         if getattr(spec, "name", None) == "images" and len(getattr(spec, "shape", ())) == 4:

@@ -254,7 +254,8 @@ class Tracker:
         package = Path(__file__).resolve().parents[1]
         # No input schema: MLflow would refuse integer counts before predict converts them.
         signature = ModelSignature(outputs=outputs)
-        metadata = {"inputs": INPUTS.replace("(N, H, W, C)", f"(N, {h}, {w}, {c})")}
+        metadata = {"inputs": INPUTS.replace("(N, H, W, C)", f"(N, {h}, {w}, {c})"),
+                    "image_shape": [h, w, c]}
 
         def log_once() -> Any:
             run = self.client.raw.get_run(run_id)
