@@ -12,6 +12,8 @@
 #    $HPO_DOCKER_CACHE/wheels and fetched again only when pyproject.toml or the freeze changes.
 # 3. docker/worker.Dockerfile with BASE_IMAGE=that base, EXTRAS= (CPU) and the wheelhouse linked
 #    into docker/wheels/ for the build; the container's pip reads no index.
+#
+# Exit status 3: this machine cannot build it (no engine, no debootstrap, no matching Python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,12 +23,13 @@ PYTHON="${PYTHON:-python3}"
 CACHE="${HPO_DOCKER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/xray-hpo/docker}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 die() { echo "build-local.sh: $*" >&2; exit 1; }
+cannot() { echo "build-local.sh: $*" >&2; exit 3; }
 
-docker info >/dev/null 2>&1 || die "no Docker engine answers (DOCKER_HOST=${DOCKER_HOST:-unset}); start one, e.g. eval \"\$(docker/engine.sh start)\""
+docker info >/dev/null 2>&1 || cannot "no Docker engine answers (DOCKER_HOST=${DOCKER_HOST:-unset}); start one, e.g. eval \"\$(docker/engine.sh start)\""
 mkdir -p "$CACHE"
 
 if ! docker image inspect "$BASE" >/dev/null 2>&1; then
-  command -v debootstrap >/dev/null || die "debootstrap not found (apt-get install debootstrap)"
+  command -v debootstrap >/dev/null || cannot "debootstrap not found (apt-get install debootstrap)"
   rootfs="$CACHE/rootfs"
   if [ ! -x "$rootfs/usr/bin/python3" ]; then
     echo "build-local.sh: debootstrap bookworm into $rootfs" >&2
@@ -41,7 +44,7 @@ fi
 
 base_py="$(docker run --rm --network none "$BASE" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 host_py="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
-[ "$base_py" = "$host_py" ] || die "$PYTHON is Python $host_py but $BASE has $base_py: the wheels would not fit; set PYTHON to a python$base_py"
+[ "$base_py" = "$host_py" ] || cannot "$PYTHON is Python $host_py but $BASE has $base_py: the wheels would not fit; set PYTHON to a python$base_py"
 
 freeze="$("$PYTHON" -m pip freeze --exclude-editable 2>/dev/null | grep -v -i '^xray-hpo' || true)"
 stamp="$( { cat pyproject.toml; echo "$freeze"; echo "$base_py"; } | sha256sum | cut -c1-16)"

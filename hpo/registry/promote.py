@@ -145,10 +145,15 @@ def _register(tracker: Tracker, name: str, trial: FrozenTrial, metrics: dict[str
     tags = {"hpo.study": study, "hpo.trial": str(trial.number), "hpo.data_sha256": ds.fingerprint()["sha256"],
             "hpo.test_clusters": str(n_test), **metric_tags}
     how = " with test-time averaging over 8 flips and rotations" if tta else ""
+    source = trial.user_attrs[MODEL_URI_KEY]
+    # A logged model (models:/<model_id>) must be named as such: `mlflow server` refuses the
+    # source without it (a local store does not check).
+    model_id = source.removeprefix("models:/") if source.startswith("models:/") else None
     mv = client.create_model_version(
         name,
-        source=trial.user_attrs[MODEL_URI_KEY],
+        source=source,
         run_id=run_id,
+        model_id=model_id,
         tags=tags,
         description=(f"Study '{study}', trial {trial.number}: validation residual std "
                      f"{trial.value:.4f} dex, test residual std{how} {metrics['residual_std']:.4f} dex "
