@@ -53,10 +53,12 @@ if [ "$(cat "$wheels/.stamp" 2>/dev/null)" != "$stamp" ]; then
   echo "build-local.sh: fetching the wheelhouse into $wheels" >&2
   rm -rf "$wheels.tmp" && mkdir -p "$wheels.tmp"
   echo "$freeze" >"$wheels.tmp/constraints.txt"
-  # `pip download .` resolves the package's dependencies (the package itself is installed from source).
+  # The package's dependencies, resolved from a stub of it (pip download leaves the checkout alone).
+  stub="$(mktemp -d)"
+  cp pyproject.toml "$stub/" && mkdir "$stub/hpo" && touch "$stub/hpo/__init__.py" "$stub/README.md"
   "$PYTHON" -m pip download --quiet --only-binary=:all: -d "$wheels.tmp" -c "$wheels.tmp/constraints.txt" \
-    . "setuptools>=69" >"$CACHE/wheels.log" 2>&1 || die "pip download failed; see $CACHE/wheels.log"
-  rm -rf ./*.egg-info build
+    "$stub" "setuptools>=69" >"$CACHE/wheels.log" 2>&1 || { rm -rf "$stub"; die "pip download failed; see $CACHE/wheels.log"; }
+  rm -rf "$stub"
   echo "$stamp" >"$wheels.tmp/.stamp"
   rm -rf "$wheels" && mv "$wheels.tmp" "$wheels"
 fi

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -129,16 +130,17 @@ def containers(prefix: str, *, all_states: bool = False) -> list[str]:
     return docker(*args, *(["--all"] if all_states else [])).stdout.split()
 
 
-def running_trial_of(storage: str, study: str, key: str):
-    """The RUNNING trial of the worker whose trials carry WORKER_KEY `key`, once its run exists."""
+def running_trial_of(storage: optuna.storages.RDBStorage, study: str, key: str):
+    """The RUNNING trial of the worker whose trials carry WORKER_KEY `key`, once its run exists.
+
+    Polls through one storage: a storage per poll would keep a connection each until collected.
+    """
     try:
-        trials = trials_of(storage, study)
+        study_id = storage.get_study_id_from_name(study)
     except KeyError:  # the launcher has not created the study yet
         return None
-    for t in trials:
-        if t.state == TrialState.RUNNING and t.user_attrs.get("worker") == key and (
-            "mlflow_run_id" in t.user_attrs
-        ):
+    for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get("worker") == key and "mlflow_run_id" in t.user_attrs:
             return t
     return None
 
@@ -207,16 +209,18 @@ def test_a_stopped_and_a_killed_container_lose_no_trial(tmp_path, pg_url, tracki
     write_space(tmp_path, "faults", n_trials=3, epochs=30, heartbeat_s=1, grace_s=5)
     launch = start_launch(tmp_path, pg_url, tracking, worker_image, workers=3)
     prefix = f"hpo-faults-{launch.pid}-"
+    storage = optuna.storages.RDBStorage(pg_url)
     try:
-        stopped = wait_for(lambda: running_trial_of(pg_url, "faults", f"{prefix}0:1"), 300,
-                           "a running trial in container 0")
-        killed = wait_for(lambda: running_trial_of(pg_url, "faults", f"{prefix}1:1"), 300,
-                          "a running trial in container 1")
+        stopped = wait_for(lambda: running_trial_of(storage, "faults", f"{prefix}0:1"), 300,
+                           "a running trial in container 0", poll=0.5)
+        killed = wait_for(lambda: running_trial_of(storage, "faults", f"{prefix}1:1"), 300,
+                          "a running trial in container 1", poll=0.5)
         docker("stop", "--time", "60", f"{prefix}0")
         docker("kill", f"{prefix}1")
         assert finish(launch, 600, tmp_path / "launch.log") == 0, (tmp_path / "launch.log").read_text()
         assert containers(prefix, all_states=True) == []  # --rm: none is left behind
     finally:
+        storage.engine.dispose()
         if launch.poll() is None:
             launch.send_signal(signal.SIGKILL)
         for leftover in containers(prefix, all_states=True):
