@@ -1,6 +1,6 @@
-"""HPO_SECRETS_FILE: secret variables read from a file, so no command line or container listing shows them.
+"""HPO_SECRETS_FILE: secrets from a file, which no command line and no `docker inspect` shows.
 
-    HPO_SECRETS_FILE=/run/secrets/hpo.env hpo worker      # file: HPO_STORAGE=postgresql+psycopg://...
+    HPO_SECRETS_FILE=/run/secrets/hpo.env hpo worker   # file: HPO_STORAGE=postgresql+psycopg://...
 
 The file holds `NAME=VALUE` lines (blank lines, `#` comments and an `export ` prefix allowed,
 one pair of matching quotes around a value removed). A variable already set in the environment

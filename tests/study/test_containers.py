@@ -68,13 +68,13 @@ def worker_image() -> Iterator[str]:
         proc = subprocess.run([str(ROOT / "docker" / "engine.sh"), "start"], capture_output=True,
                               text=True, timeout=120)
         if proc.returncode != 0:
-            pytest.skip(f"no Docker engine answers and none could be started: {proc.stderr.strip()}")
+            pytest.skip(f"no Docker engine answers and none starts: {proc.stderr.strip()}")
         os.environ["DOCKER_HOST"] = proc.stdout.strip().split("=", 1)[1]
         started = "started dockerd" in proc.stderr  # else it was running: leave it so
     try:
         env = {**os.environ, "PYTHON": sys.executable}
-        build = subprocess.run([str(ROOT / "docker" / "build-local.sh"), IMAGE], capture_output=True,
-                               text=True, env=env, timeout=3600)
+        build = subprocess.run([str(ROOT / "docker" / "build-local.sh"), IMAGE],
+                               capture_output=True, text=True, env=env, timeout=3600)
         if build.returncode == PREREQUISITE_MISSING:
             pytest.skip(f"cannot build the worker image here: {build.stderr.strip()}")
         assert build.returncode == 0, build.stderr[-3000:]
@@ -116,13 +116,18 @@ def write_space(cwd: Path, name: str, *, n_trials: int, epochs: int, **study) ->
 def start_launch(cwd: Path, storage: str, tracking_uri: str, image: str,
                  workers: int) -> subprocess.Popen:
     """`hpo launch space.yaml --launcher docker` in the background, output in cwd/launch.log."""
-    env = {**clean_env(), "MLFLOW_TRACKING_USERNAME": "hpo", "MLFLOW_TRACKING_PASSWORD": MLFLOW_PASSWORD}
+    env = {**clean_env(), "MLFLOW_TRACKING_USERNAME": "hpo",
+           "MLFLOW_TRACKING_PASSWORD": MLFLOW_PASSWORD}
     out = open(cwd / "launch.log", "w")  # noqa: SIM115  closed with the process
     return subprocess.Popen(
         [sys.executable, "-m", "hpo", "launch", "space.yaml", "--launcher", "docker",
          "--workers", str(workers), "--storage", storage, "--tracking-uri", tracking_uri,
          "--image", image],
         cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def assert_launched(launch: subprocess.Popen, log: Path) -> None:
+    assert finish(launch, 600, log) == 0, log.read_text()[-5000:]
 
 
 def containers(prefix: str, *, all_states: bool = False) -> list[str]:
@@ -165,7 +170,7 @@ def test_a_study_in_two_containers_spends_its_budget_and_promotes(tmp_path, pg_u
     try:
         (name, *_) = wait_for(lambda: containers(prefix), 120, "a running worker container")
         inspect = docker("inspect", name, check=False).stdout
-        assert finish(launch, 600, tmp_path / "launch.log") == 0, (tmp_path / "launch.log").read_text()
+        assert_launched(launch, tmp_path / "launch.log")
     finally:
         for leftover in containers(prefix, all_states=True):
             docker("rm", "-f", leftover, check=False)
@@ -192,8 +197,9 @@ def test_a_study_in_two_containers_spends_its_budget_and_promotes(tmp_path, pg_u
 
     env = {**clean_env(), "MLFLOW_TRACKING_URI": tracking}
     promote = subprocess.run(
-        [sys.executable, "-m", "hpo", "promote", "boxed", "--model", "boxed-mass", "--storage",
-         pg_url, "--top-k", "2"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        [sys.executable, "-m", "hpo", "promote", "boxed", "--model", "boxed-mass",
+         "--storage", pg_url, "--top-k", "2"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert promote.returncode == 0, promote.stderr[-3000:]
     assert "champion -> version 1" in promote.stdout
     champion = client.get_model_version_by_alias("boxed-mass", "champion")
@@ -217,7 +223,7 @@ def test_a_stopped_and_a_killed_container_lose_no_trial(tmp_path, pg_url, tracki
                           "a running trial in container 1", poll=0.5)
         docker("stop", "--time", "60", f"{prefix}0")
         docker("kill", f"{prefix}1")
-        assert finish(launch, 600, tmp_path / "launch.log") == 0, (tmp_path / "launch.log").read_text()
+        assert_launched(launch, tmp_path / "launch.log")
         assert containers(prefix, all_states=True) == []  # --rm: none is left behind
     finally:
         storage.engine.dispose()
