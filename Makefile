@@ -6,7 +6,7 @@ VENV := $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install quickstart test clean
+.PHONY: install quickstart test image clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: $(BIN)/python
 	$(PIP) -e ".[test]"
 	$(BIN)/python -m pytest
 	KERAS_BACKEND=jax $(BIN)/python -m pytest $(JAX_CORE)
+
+# The CPU worker image without image-registry access (root, a Docker engine; docs/deploy.md).
+image: install
+	PYTHON=$(BIN)/python docker/build-local.sh
 
 clean:
 	rm -rf hpo.db mlflow.db mlartifacts data/quickstart.h5

@@ -12,6 +12,7 @@ import sys
 
 import typer
 
+from hpo.envfile import load_secrets_file
 from hpo.errors import HpoError
 
 app = typer.Typer(
@@ -53,6 +54,7 @@ def main() -> None:
     # then `kill -INT` (how launchers, tests and schedulers ask for a clean stop) does nothing.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        load_secrets_file()
         app()
     except HpoError as exc:
         if os.environ.get("HPO_DEBUG"):

@@ -165,6 +165,11 @@ def worker(
     import socket
     import zlib
 
+    from hpo.study.storage import make_storage
+
+    # A bad storage is one line on stderr, before TensorFlow's import writes its own lines there.
+    make_storage(storage)
+
     from hpo.study.interrupt import StopRequest
     from hpo.study.worker import run_worker
 

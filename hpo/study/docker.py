@@ -5,18 +5,25 @@
 
 Each container runs the worker image's `hpo worker --worker-index I` (docker/worker.Dockerfile)
 with the variables docker-compose.yml gives its `worker` service. Secrets (HPO_STORAGE, which
-holds the database password, and the MLflow credentials) are passed as `-e NAME` without a
-value, so that Docker copies them from the launcher's environment and no command line shows
-them. The data file's directory is mounted read-only where the worker, in /app, looks for it.
+holds the database password, and the MLflow credentials) are written to a file that is mounted
+read-only at SECRETS_MOUNT and named by HPO_SECRETS_FILE (hpo/envfile.py): a value given with
+`-e` would show in `docker inspect`, and on the command line in `ps`. The data file's directory
+is mounted read-only where the worker, in /app, looks for it.
 """
 
 from __future__ import annotations
 
+import atexit
 import posixpath
+import shutil
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from hpo.envfile import SECRETS_FILE_ENV
+from hpo.envfile import write_env_file
 from hpo.errors import ConfigError
 from hpo.study.gpus import round_robin
 
@@ -29,6 +36,7 @@ SECRET_ENV = (
     "MLFLOW_TRACKING_PASSWORD",
     "MLFLOW_TRACKING_TOKEN",
 )
+SECRETS_MOUNT = "/run/secrets/hpo.env"
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 
 
@@ -39,6 +47,11 @@ class DockerWorker:
     name: str
     run: list[str]
     kill: list[str]
+
+    @property
+    def key(self) -> str:
+        """The WORKER_KEY (host:pid) of its trials: the container is its host, `hpo` its pid 1."""
+        return f"{self.name}:1"
 
 
 def docker_workers(
@@ -53,13 +66,15 @@ def docker_workers(
     network: str = DEFAULT_NETWORK,
     cwd: Path,
     launch_id: str,
-    env_present: frozenset[str] = frozenset(),
+    secrets_file: Path | None = None,
+    threads: int | None = None,
+    workers_per_gpu: int = 1,
 ) -> list[DockerWorker]:
     """The containers of a docker launch, worker i on gpus[i % len(gpus)].
 
     Args:
         study: study name (HPO_STUDY).
-        storage_url: the Optuna storage the containers use; sent through the environment.
+        storage_url: the Optuna storage the containers use; they read it from `secrets_file`.
         tracking_uri: the MLflow server the containers log to.
         data_path: the space's data.path as written (relative paths are relative to `cwd`).
         gpus: GPUs to hand out (CUDA_VISIBLE_DEVICES entries); none runs CPU containers.
@@ -68,7 +83,9 @@ def docker_workers(
         network: the Docker network of the containers.
         cwd: the launch directory, which plays the part of /app.
         launch_id: makes container names unique to this launch.
-        env_present: names of secret variables set in the launcher's environment, passed on.
+        secrets_file: the file (see write_secrets_file) mounted at SECRETS_MOUNT.
+        threads: HPO_THREADS of each container (CPU threads of TensorFlow); None: all cores.
+        workers_per_gpu: worker processes in each container, sharing its GPU (HPO_WORKERS_PER_GPU).
 
     Raises:
         ConfigError: no GPU and no --workers, or a URL that containers cannot reach.
@@ -88,16 +105,35 @@ def docker_workers(
     out = []
     for i, gpu in enumerate(round_robin(workers, gpus)):
         name = f"hpo-{study}-{launch_id}-{i}"
-        cmd = ["docker", "run", "--rm", "--name", name, "--network", network]
+        # Its own host name: on the host network it would be this machine's, and every
+        # container's trials would carry the same worker key.
+        cmd = ["docker", "run", "--rm", "--name", name, "--hostname", name, "--network", network]
         if gpu is not None:
             cmd += ["--gpus", f"device={gpu}"]
         cmd += ["-e", f"HPO_STUDY={study}", "-e", f"MLFLOW_TRACKING_URI={tracking_uri}"]
-        for var in SECRET_ENV:
-            if var == "HPO_STORAGE" or var in env_present:
-                cmd += ["-e", var]  # value copied from the launcher's environment, never on argv
+        if threads is not None:
+            cmd += ["-e", f"HPO_THREADS={threads}"]
+        if workers_per_gpu > 1:
+            cmd += ["-e", f"HPO_WORKERS_PER_GPU={workers_per_gpu}"]
+        if secrets_file is not None:
+            cmd += ["-e", f"{SECRETS_FILE_ENV}={SECRETS_MOUNT}"]
+            cmd += ["-v", f"{secrets_file}:{SECRETS_MOUNT}:ro"]
         cmd += ["-v", f"{host_dir}:{container_dir}:ro", image, "worker", "--worker-index", str(i)]
         out.append(DockerWorker(name=name, run=cmd, kill=["docker", "kill", name]))
     return out
+
+
+def write_secrets_file(storage_url: str, env: Mapping[str, str]) -> Path:
+    """HPO_STORAGE and the MLflow credentials set in `env`, in a new file for SECRETS_MOUNT.
+
+    The file lies in a fresh directory that only this user can enter, removed when this
+    process exits.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="hpo-secrets-"))  # mode 0700
+    atexit.register(shutil.rmtree, folder, True)
+    values = {"HPO_STORAGE": storage_url}
+    values |= {v: env[v] for v in SECRET_ENV if v != "HPO_STORAGE" and env.get(v)}
+    return write_env_file(folder / "worker.env", values)
 
 
 def data_mount(data_path: str, cwd: Path) -> tuple[str, str]:

@@ -44,8 +44,8 @@ from hpo.study.create import TRACKING_URI_KEY
 from hpo.study.create import create_or_join
 from hpo.study.docker import DEFAULT_IMAGE
 from hpo.study.docker import DEFAULT_NETWORK
-from hpo.study.docker import SECRET_ENV
 from hpo.study.docker import docker_workers
+from hpo.study.docker import write_secrets_file
 from hpo.study.gpus import gpu_env
 from hpo.study.gpus import gpu_memory_mb
 from hpo.study.gpus import round_robin
@@ -106,6 +106,7 @@ class WorkerProcess:
     argv: list[str]
     env: dict[str, str]
     kill_argv: list[str] | None = None  # None: SIGKILL the process itself
+    key: str | None = None  # WORKER_KEY of its trials; None: this host and the process's pid
 
 
 def local_workers(plan: Plan) -> list[WorkerProcess]:
@@ -114,13 +115,12 @@ def local_workers(plan: Plan) -> list[WorkerProcess]:
     Workers sharing a GPU each get a bounded share of its memory (gpus.gpu_env).
     """
     n = plan.worker_count()
-    threads = str(max(1, (os.cpu_count() or 1) // max(n, 1)))
     assigned = round_robin(n, plan.gpus)
     on_gpu = sharing(assigned)
     memory = gpu_memory_mb() if any(k > 1 for k in on_gpu.values()) else {}
     out = []
     for i, gpu in enumerate(assigned):
-        env = {**plan.env, "HPO_THREADS": threads}
+        env = {**plan.env, "HPO_THREADS": str(_threads_per_worker(n))}
         if gpu is not None:
             env.update(gpu_env(gpu, on_gpu[gpu], memory.get(gpu)))
         argv = [
@@ -143,9 +143,13 @@ def local_workers(plan: Plan) -> list[WorkerProcess]:
     return out
 
 
+def _threads_per_worker(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(workers, 1))
+
+
 def container_workers(plan: Plan) -> list[WorkerProcess]:
-    """One worker container per GPU (or plan.workers containers), see hpo/study/docker.py."""
-    env = {**plan.env, "HPO_STORAGE": plan.storage_url}
+    """One worker container per GPU (or plan.workers containers), see hpo/study/docker.py; with
+    workers_per_gpu K each container runs K worker processes on its GPU."""
     containers = docker_workers(
         plan.study,
         storage_url=plan.storage_url,
@@ -157,9 +161,11 @@ def container_workers(plan: Plan) -> list[WorkerProcess]:
         network=plan.network,
         cwd=plan.cwd,
         launch_id=str(os.getpid()),
-        env_present=frozenset(v for v in SECRET_ENV if env.get(v)),
+        secrets_file=write_secrets_file(plan.storage_url, plan.env),
+        threads=_threads_per_worker(plan.workers or len(plan.gpus)),
+        workers_per_gpu=plan.workers_per_gpu,
     )
-    return [WorkerProcess(c.name, c.run, env, c.kill) for c in containers]
+    return [WorkerProcess(c.name, c.run, plan.env, c.kill, c.key) for c in containers]
 
 
 LAUNCHERS: dict[str, Callable[[Plan], list[WorkerProcess]]] = {
@@ -381,7 +387,7 @@ def _stop(
         if p.poll() is None:
             p.send_signal(signal.SIGINT)
     deadline = time.monotonic() + STOP_TIMEOUT_S
-    killed = []
+    killed = set()
     for w, p in zip(processes, procs, strict=True):
         try:
             p.wait(timeout=max(0.1, deadline - time.monotonic()))
@@ -391,9 +397,9 @@ def _stop(
                 subprocess.run(w.kill_argv, capture_output=True, check=False)
             p.kill()
             p.wait()
-            killed.append(p.pid)
+            killed.add(w.key or f"{socket.gethostname()}:{p.pid}")
     if killed:
-        fail_trials_of(study, space, {f"{socket.gethostname()}:{pid}" for pid in killed})
+        fail_trials_of(study, space, killed)
 
 
 def fail_trials_of(study: optuna.Study, space: SearchSpace, workers: set[str]) -> list[int]:

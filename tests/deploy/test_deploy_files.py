@@ -437,10 +437,15 @@ def test_slurm_script_refuses_a_readable_env_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
 def test_dockerfile_base_images_are_pinned(path: Path) -> None:
-    # Every FROM names an image with a version tag, never `latest` or no tag.
-    images = [a.split()[0] for i, a in dockerfile_instructions(path) if i == "FROM"]
+    # Every FROM names an image with a version tag, never `latest` or no tag (a ${ARG} base, by
+    # its default; a FROM of an earlier stage is not an image).
+    instructions = dockerfile_instructions(path)
+    args = dict(a.split("=", 1) for i, a in instructions if i == "ARG" and "=" in a)
+    stages = {a.split()[-1] for i, a in instructions if i == "FROM" and " AS " in a.upper()}
+    images = [a.split()[0] for i, a in instructions if i == "FROM"]
+    images = [re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], a) for a in images]
     assert images
-    for image in images:
+    for image in (i for i in images if i not in stages):
         name, _, tag = image.rpartition(":")
         assert name and "/" not in tag, f"{path.name}: FROM {image} has no tag"
         pinned = tag != "latest" and re.search(r"\d", tag)
@@ -456,13 +461,16 @@ def test_compose_images_are_pinned() -> None:
 
 
 def test_worker_image_layout() -> None:
-    # The worker image installs .[gpu] as a non-root user in /app, with hpo/ and search_spaces/.
+    # The worker image installs the package with its EXTRAS (default gpu) from the wheelhouse or
+    # PyPI, runs as a non-root user in /app, with hpo/ and search_spaces/.
     instructions = dockerfile_instructions(WORKER_DOCKERFILE)
     copied = " ".join(a for i, a in instructions if i == "COPY")
-    for path in ("pyproject.toml", "README.md", "hpo/", "search_spaces/"):
+    for path in ("docker/wheels/", "pyproject.toml", "README.md", "hpo/", "search_spaces/"):
         assert path in copied
     assert ("WORKDIR", "/app") in instructions
-    assert any(i == "RUN" and 'pip install ".[gpu]"' in a for i, a in instructions)
+    assert ("ARG", "EXTRAS=gpu") in instructions
+    assert any(i == "RUN" and '".${EXTRAS:+[$EXTRAS]}"' in a and "--no-index --find-links" in a
+               for i, a in instructions)
     users = [a for i, a in instructions if i == "USER"]
     assert users and users[-1] not in ("root", "0")
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import pytest
 import yaml
 
+from hpo.envfile import load_secrets_file
+from hpo.envfile import parse_env_file
+from hpo.envfile import write_env_file
 from hpo.errors import ConfigError
 from hpo.study.docker import CONTAINER_WORKDIR
 from hpo.study.docker import DEFAULT_IMAGE
+from hpo.study.docker import SECRETS_MOUNT
 from hpo.study.docker import data_mount
 from hpo.study.docker import docker_workers
 from hpo.study.launcher import LAUNCHERS
@@ -35,14 +40,14 @@ def _workers(**kw):
 def test_one_container_per_gpu_with_the_worker_command():
     # Rule: one `docker run` per GPU, each pinned to its GPU, running the image's `hpo worker` with
     # its index.
-    first, second = _workers(
-        env_present=frozenset({"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"})
-    )
+    first, second = _workers(secrets_file=Path("/tmp/hpo-secrets-x/worker.env"), threads=3)
     assert first.run == [
         "docker",
         "run",
         "--rm",
         "--name",
+        "hpo-dropout-42-0",
+        "--hostname",
         "hpo-dropout-42-0",
         "--network",
         "host",
@@ -53,11 +58,11 @@ def test_one_container_per_gpu_with_the_worker_command():
         "-e",
         f"MLFLOW_TRACKING_URI={ML}",
         "-e",
-        "HPO_STORAGE",
+        "HPO_THREADS=3",
         "-e",
-        "MLFLOW_TRACKING_USERNAME",
-        "-e",
-        "MLFLOW_TRACKING_PASSWORD",
+        f"HPO_SECRETS_FILE={SECRETS_MOUNT}",
+        "-v",
+        f"/tmp/hpo-secrets-x/worker.env:{SECRETS_MOUNT}:ro",
         "-v",
         "/home/u/proj/data:/app/data:ro",
         DEFAULT_IMAGE,
@@ -68,16 +73,47 @@ def test_one_container_per_gpu_with_the_worker_command():
     assert second.run[second.run.index("--gpus") + 1] == "device=1"
     assert second.run[-1] == "1" and second.name == "hpo-dropout-42-1"
     assert first.kill == ["docker", "kill", "hpo-dropout-42-0"]
+    assert first.key == "hpo-dropout-42-0:1"  # the WORKER_KEY of its trials
 
 
-def test_no_secret_on_the_command_line():
-    # Rule: the database password travels in the environment (`-e HPO_STORAGE`), never on argv.
-    for w in _workers():
-        assert not any("s3cret" in arg for arg in w.run)
-    plan = Plan("dropout", PG, ML, "data/mock.h5", None, ["0"], Path("/p"), env={"PATH": "/bin"})
+def test_secrets_reach_the_container_in_a_mounted_file_only():
+    # Rule: the database password and MLflow credentials travel in a file that only its owner's
+    # directory leads to, mounted read-only; never on argv nor in the container's environment
+    # (`-e NAME=VALUE` and `-e NAME` both show the value in `docker inspect`).
+    env = {"PATH": "/bin", "MLFLOW_TRACKING_USERNAME": "ann", "MLFLOW_TRACKING_PASSWORD": "pw9"}
+    plan = Plan("dropout", PG, ML, "data/mock.h5", None, ["0"], Path("/p"), env=env)
     (proc,) = LAUNCHERS["docker"](plan)
-    assert proc.env["HPO_STORAGE"] == PG and "s3cret" not in " ".join(proc.argv)
-    assert proc.kill_argv == ["docker", "kill", proc.label]
+    argv = " ".join(proc.argv)
+    assert "s3cret" not in argv and "pw9" not in argv and "-e HPO_STORAGE" not in argv
+    mount = proc.argv[proc.argv.index(f"HPO_SECRETS_FILE={SECRETS_MOUNT}") + 2]
+    host_file = Path(mount.split(":")[0])
+    assert mount == f"{host_file}:{SECRETS_MOUNT}:ro"
+    assert stat.S_IMODE(host_file.parent.stat().st_mode) == 0o700
+    assert parse_env_file(host_file) == {
+        "HPO_STORAGE": PG, "MLFLOW_TRACKING_USERNAME": "ann", "MLFLOW_TRACKING_PASSWORD": "pw9"
+    }
+    assert proc.kill_argv == ["docker", "kill", proc.label] and proc.key == f"{proc.label}:1"
+
+
+def test_the_worker_reads_its_secrets_file_without_overriding_the_environment(tmp_path):
+    # Rule: HPO_SECRETS_FILE fills the variables the environment lacks; quotes and `export` as a
+    # shell env file writes them; a broken line is one error naming the file and line, not its
+    # text (which may hold a password).
+    secrets = write_env_file(tmp_path / "w.env", {"HPO_STORAGE": PG, "X": "'q'"})
+    with secrets.open("a") as f:
+        f.write("# comment\n\nexport MLFLOW_TRACKING_PASSWORD='pw 9'\n")
+    environ = {"HPO_SECRETS_FILE": str(secrets), "X": "kept"}
+    assert load_secrets_file(environ) == ["HPO_STORAGE", "MLFLOW_TRACKING_PASSWORD"]
+    assert environ["HPO_STORAGE"] == PG and environ["X"] == "kept"
+    assert environ["MLFLOW_TRACKING_PASSWORD"] == "pw 9"
+    assert parse_env_file(secrets)["X"] == "'q'"
+    assert load_secrets_file({}) == []
+    with secrets.open("a") as f:
+        f.write("postgresql://u:s3cret@h/db\n")
+    with pytest.raises(ConfigError, match=r"w\.env, line 6: expected NAME=VALUE$"):
+        load_secrets_file(environ)
+    with pytest.raises(ConfigError, match="HPO_SECRETS_FILE .*nope.env: cannot read it"):
+        load_secrets_file({"HPO_SECRETS_FILE": str(tmp_path / "nope.env")})
 
 
 def test_more_workers_than_gpus_round_robin_and_cpu_containers():
