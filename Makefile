@@ -6,7 +6,7 @@ VENV := $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install quickstart test image clean
+.PHONY: install quickstart test test-e2e image clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ test: $(BIN)/python
 	$(PIP) -e ".[test]"
 	$(BIN)/python -m pytest
 	KERAS_BACKEND=jax $(BIN)/python -m pytest $(JAX_CORE)
+
+# The end-to-end tests (worker containers, the MLflow UI in a browser, promotes against a
+# PostgreSQL-backed mlflow server): minutes more, run by CI after `make test`.
+test-e2e: $(BIN)/python
+	$(PIP) -e ".[test]"
+	$(BIN)/python -m pytest -m e2e
 
 # The CPU worker image without image-registry access (root, a Docker engine; docs/deploy.md).
 image: install

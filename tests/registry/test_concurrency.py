@@ -105,6 +105,7 @@ def pg_tracking(tmp_path):
 
 
 @pytest.mark.postgres
+@pytest.mark.e2e
 def test_promotes_at_once_on_a_postgresql_backed_mlflow_server(pg_tracking, tmp_path):
     # Rule: as on SQLite, against `mlflow server` with a PostgreSQL store.
     from tests.conftest import make_signal_data

@@ -36,7 +36,7 @@ from tests.study.conftest import trials_of
 from tests.study.conftest import wait_for
 from tests.tracking._servers import mlflow_server
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.e2e]
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "xray-hpo-worker:test"

@@ -22,7 +22,7 @@ from tests.conftest import write_h5
 from tests.tracking._browser import Browser
 from tests.tracking._browser import chromium_path
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
