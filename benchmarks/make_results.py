@@ -226,6 +226,7 @@ def from_store(store: Path, work: Path) -> tuple[dict, dict, list[dict]]:
     from mlflow import MlflowClient
 
     from hpo.objective.keys import EPOCHS_RUN_KEY
+    from hpo.model.metrics import residual_metrics
     from hpo.objective.keys import MLFLOW_RUN_ID_KEY
     from hpo.registry import models
 
@@ -284,8 +285,6 @@ def from_store(store: Path, work: Path) -> tuple[dict, dict, list[dict]]:
     for preset, seed in TRANSFER.items():
         other = load_dataset(mock(work / f"{preset.replace(':', '')}_3k.h5", 3000, seed, preset))
         mu, sigma = models.predict_arrays(model, other.images, other.redshift, tta=True)
-        from hpo.model.metrics import residual_metrics
-
         transfer.append({"preset": preset, "n": len(other), **residual_metrics(mu, other.log_mass, sigma),
                          **floors(other)})
     return combined, final, transfer

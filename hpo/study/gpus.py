@@ -89,7 +89,6 @@ def gpu_env(gpu: str, workers_on_it: int, memory_mb: int | None = None) -> dict[
             XLA_PYTHON_CLIENT_PREALLOCATE="false",
             XLA_PYTHON_CLIENT_MEM_FRACTION=f"{fraction:.3f}",
             TF_FORCE_GPU_ALLOW_GROWTH="true",
-            HPO_GPU_MEMORY_FRACTION=f"{fraction:.3f}",
         )
         if memory_mb:
             env["HPO_GPU_MEMORY_MB"] = str(int(memory_mb * fraction))

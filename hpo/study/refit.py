@@ -53,8 +53,7 @@ def refit_space(
     """
     if not seeds:
         raise HpoError("refit needs at least one seed (--seeds 1,2)")
-    done = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
-                  key=lambda t: float(t.value))  # type: ignore[arg-type]
+    done = _best_first(study)
     if not done:
         raise HpoError(f"study '{study.study_name}' has no COMPLETE trial to refit; "
                        f"run it first: hpo launch SPACE.yaml")
@@ -90,10 +89,15 @@ def refit_space(
 
 def refit_comment(study: optuna.Study, top: int, seeds: list[int]) -> str:
     """The YAML comment heading a refit file: where it comes from, trial by trial."""
-    done = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
-                  key=lambda t: float(t.value))  # type: ignore[arg-type]
+    done = _best_first(study)
     lines = [f"# Refit of study '{study.study_name}': its {min(top, len(done))} best COMPLETE trials "
              f"x seeds {', '.join(map(str, seeds))}, written by `hpo refit`.",
              "# In enqueue order (value = the study's validation metric):"]
     lines += [f"#   trial {t.number}: {t.value:.4f}" for t in done[:top]]
     return "\n".join(lines) + "\n"
+
+
+def _best_first(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The study's COMPLETE trials, best value first."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sorted(done, key=lambda t: float(t.value))  # type: ignore[arg-type]
