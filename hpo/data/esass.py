@@ -269,11 +269,15 @@ def merge_events(lists: list[EventList]) -> tuple[EventList, int]:
     """
     cols = {k: np.concatenate([getattr(e, k) for e in lists])
             for k in ("time", "ra", "dec", "pi", "pat_typ", "flag", "tm_nr")}
-    key = np.rec.fromarrays([cols["time"], cols["tm_nr"], cols["ra"], cols["dec"], cols["pi"]])
-    _, first = np.unique(key, return_index=True)
-    first.sort()
-    merged = EventList(Path("merged"), gti={}, **{k: v[first] for k, v in cols.items()})
-    return merged, int(key.size - first.size)
+    merged = EventList(Path("merged"), gti={}, **cols)
+    if len(lists) < 2:
+        return merged, 0
+    order = np.lexsort((cols["ra"], cols["time"]))  # a photon's copies become neighbours
+    same = np.ones(order.size - 1, dtype=bool)
+    for key in ("time", "ra", "dec", "tm_nr", "pi"):
+        same &= cols[key][order[1:]] == cols[key][order[:-1]]
+    keep = np.sort(np.concatenate([order[:1], order[1:][~same]]))
+    return merged.take(keep), int(same.sum())
 
 
 def cutout_wcs(ra: float, dec: float, size: int, pixel_arcsec: float) -> WCS:
