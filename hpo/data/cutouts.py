@@ -117,12 +117,12 @@ class ExposureMap:
         try:
             with fits.open(path, memmap=False) as hdul:
                 hdu = next((h for h in hdul if getattr(h, "is_image", False)
-                            and h.data is not None and h.data.ndim == 2), None)
+                            and h.data is not None and np.squeeze(h.data).ndim == 2), None)
                 if hdu is None:
                     raise DataContractError(
                         f"{path}: no 2-D image; an exposure map is a FITS image with a WCS")
                 self.wcs = WCS(hdu.header).celestial
-                self.data = np.asarray(hdu.data, dtype=np.float64)
+                self.data = np.asarray(np.squeeze(hdu.data), dtype=np.float64)
         except (OSError, ValueError) as exc:
             raise DataContractError(
                 f"{path}: not a readable FITS image ({first_line(exc)})") from None

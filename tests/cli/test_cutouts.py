@@ -126,3 +126,27 @@ def test_bad_input_is_one_line_on_stderr(tmp_path):
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith("hpo: error: kev.fits: EVENTS column PI is in keV")
     assert not (tmp_path / "o.h5").exists() and cat.exists()
+
+
+def test_simulate_events_writes_the_survey_files_and_the_same_data_file(tmp_path):
+    # Rule: `hpo simulate --events DIR` writes event files, exposure maps and a catalogue that
+    # hpo cutouts reads, and OUT.h5 is byte for byte the file written without --events;
+    # a fixture larger than MAX_CLUSTERS is refused before anything is simulated.
+    import hashlib
+
+    from hpo.data.simulator import write_mock
+
+    result = CliRunner().invoke(app, ["simulate", str(tmp_path / "a.h5"), "--n", "30", "--seed",
+                                      "2", "--quiet", "--events", str(tmp_path / "ev")])
+    assert result.exit_code == 0, result.output
+    plain = write_mock(tmp_path / "b.h5", 30, 2)
+    digest = lambda p: hashlib.sha256(Path(p).read_bytes()).hexdigest()  # noqa: E731
+    assert digest(tmp_path / "a.h5") == digest(plain)
+    files = sorted(p.name for p in (tmp_path / "ev").iterdir())
+    assert files == ["catalog.fits", "fixture.json", "tile000_EventList.fits",
+                     "tile000_ExposureMap.fits", "tile001_EventList.fits",
+                     "tile001_ExposureMap.fits"]
+    big = CliRunner().invoke(app, ["simulate", str(tmp_path / "c.h5"), "--n", "5000",
+                                   "--events", str(tmp_path / "ev2")])
+    _refused(big, "at most 2000 clusters")
+    assert not (tmp_path / "c.h5").exists()
