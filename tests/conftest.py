@@ -39,3 +39,41 @@ def signal_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """300 clusters of 16 x 16 x 2 with counts ~ mass."""
     path = tmp_path_factory.mktemp("data") / "signal.h5"
     return write_h5(path, make_signal_data(300))
+
+
+def write_esass_events(path: Path, ra, dec, *, pi=None, tm=None, pat=None, flag=None, time=None,
+                       drop: tuple[str, ...] = (), pi_unit: str | None = "eV",
+                       gti: bool = True) -> Path:
+    """A small eSASS-layout event file (EVENTS + GTI1..GTI7) of events at ra, dec (deg): by default
+    1 keV, TM1, singles, FLAG 0, inside the GTI [0, 1000) s; `drop` leaves columns out."""
+    from astropy.io import fits
+
+    ra, dec = np.atleast_1d(np.asarray(ra, float)), np.atleast_1d(np.asarray(dec, float))
+    n = ra.size
+    full = lambda v, d: np.broadcast_to(np.asarray(d if v is None else v), (n,))  # noqa: E731
+    cols = {
+        "TIME": ("D", full(time, 500.0), "s"), "RA": ("D", ra, "deg"), "DEC": ("D", dec, "deg"),
+        "PI": ("E", full(pi, 1000.0), pi_unit), "PAT_TYP": ("I", full(pat, 1), None),
+        "FLAG": ("J", full(flag, 0).astype(np.uint32), None), "TM_NR": ("B", full(tm, 1), None),
+    }
+    columns = [fits.Column(k, f, unit=u, array=np.asarray(a), bzero=2**31 if k == "FLAG" else None)
+               for k, (f, a, u) in cols.items() if k not in drop]
+    hdus = [fits.PrimaryHDU(), fits.BinTableHDU.from_columns(columns, name="EVENTS")]
+    if gti:
+        for t in range(1, 8):
+            hdus.append(fits.BinTableHDU.from_columns(
+                [fits.Column("START", "D", array=[0.0]), fits.Column("STOP", "D", array=[1000.0])],
+                name=f"GTI{t}"))
+    fits.HDUList(hdus).writeto(path, overwrite=True)
+    return path
+
+
+def write_fits_table(path: Path, units: dict | None = None, **columns) -> Path:
+    """A FITS binary table of the given columns (a catalogue), with optional units."""
+    from astropy.table import Table
+
+    table = Table({k: np.asarray(v) for k, v in columns.items()})
+    for key, unit in (units or {}).items():
+        table[key].unit = unit
+    table.write(path, format="fits", overwrite=True)
+    return path

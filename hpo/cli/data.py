@@ -1,4 +1,4 @@
-"""Commands on data files: `hpo simulate` and `hpo baseline`."""
+"""Commands on data files: `hpo simulate`, `hpo cutouts` and `hpo baseline`."""
 
 from __future__ import annotations
 
@@ -20,14 +20,76 @@ def simulate(
     config: Path | None = typer.Option(None, "--config", help="YAML file of simulator settings."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     jobs: int = typer.Option(1, "--jobs", min=1, help="Processes drawing chunks at once; the file is the same for any value."),
+    events: Path | None = typer.Option(
+        None, "--events", help="Also write the clusters as eROSITA survey files in this folder (eSASS event "
+        "lists per tile, exposure maps, catalog.fits): a fixture for hpo cutouts."),
 ) -> None:
     """Write an eROSITA-like mock data set (images, redshift, log_mass, truth/)."""
     from hpo.data.simulator import load_sim_config
     from hpo.data.simulator import write_mock
 
     cfg = load_sim_config(config, preset)
+    if events is not None:
+        from hpo.data.events import MAX_CLUSTERS
+        from hpo.errors import ConfigError
+
+        if n > MAX_CLUSTERS:
+            raise ConfigError(f"--events writes a test fixture of at most {MAX_CLUSTERS} clusters, got --n {n}")
     path = write_mock(out, n, seed, cfg, progress=not quiet, jobs=jobs)
     typer.echo(f"wrote {n} clusters to {path}")
+    if events is not None:
+        from hpo.data.events import write_event_fixture
+
+        fx = write_event_fixture(path, events, seed, cfg)
+        typer.echo(f"wrote {len(fx.event_files)} event files, {len(fx.exposure_maps)} exposure maps and "
+                   f"{fx.catalog.name} to {fx.directory} ({fx.n_photons} photons, {fx.n_fodder} events the "
+                   f"cuts remove; {len(fx.edge_ids)} clusters stick out of the survey)")
+
+
+@app.command()
+def cutouts(
+    events: list[Path] = typer.Argument(..., help="eSASS event files (EVENTS + GTI extensions), e.g. em01_*_020_EventList_c010.fits."),
+    catalog: Path = typer.Option(..., "--catalog", help="Cluster catalogue: a FITS table with RA, DEC, a redshift and an ID column."),
+    out: Path = typer.Option(..., "-o", "--out", help="HDF5 file to write (the data contract); skipped clusters go to OUT.skipped.csv."),
+    exposure: list[Path] = typer.Option(
+        [], "--exposure", help="Exposure map (FITS image with WCS, s), once per map or one quoted glob; exposure_s "
+        "is its mean over each cut-out."),
+    ra_column: str = typer.Option("RA", "--ra-column", help="Catalogue column of right ascension (deg)."),
+    dec_column: str = typer.Option("DEC", "--dec-column", help="Catalogue column of declination (deg)."),
+    z_column: str = typer.Option("Z", "--z-column", help="Catalogue column of redshift (eRASS1: BEST_Z)."),
+    id_column: str = typer.Option("ID", "--id-column", help="Catalogue column of IDs kept as cluster_id (eRASS1: NAME)."),
+    mass_column: str | None = typer.Option(
+        None, "--mass-column", help="Catalogue column of M500 kept as reference/log_mass, for comparison only."),
+    mass_unit: str | None = typer.Option(
+        None, "--mass-unit", help="Unit of --mass-column when its TUNIT does not say: Msun, 1e13Msun, 1e14Msun, log10Msun."),
+    exposure_column: str | None = typer.Option(
+        None, "--exposure-column", help="Catalogue column of exposure (s), used when no --exposure map is given."),
+    keep_light_leak: bool = typer.Option(
+        False, "--keep-light-leak", help="Keep TM5/TM7 events below 0.8 keV (dropped by default: light leak)."),
+) -> None:
+    """Cut eROSITA event files (eSASS format) out around each catalogue cluster, into the data contract."""
+    from hpo.data.catalog import CatalogColumns
+    from hpo.data.cutouts import expand_paths
+    from hpo.data.cutouts import make_cutouts
+    from hpo.data.esass import EventCuts
+
+    columns = CatalogColumns(ra=ra_column, dec=dec_column, redshift=z_column, id=id_column, mass=mass_column,
+                             mass_unit=mass_unit, exposure=exposure_column)
+    cuts = EventCuts(light_leak_tms=() if keep_light_leak else (5, 7))
+    r = make_cutouts(expand_paths(events, "event file"), catalog, out,
+                     exposure_paths=expand_paths(exposure, "exposure map"), columns=columns, cuts=cuts)
+    removed = ", ".join(f"{v} {k}" for k, v in r.removed.items())
+    typer.echo(f"wrote {r.n_written} clusters to {r.path} (exposure_s: {r.exposure_source}; events removed: {removed})")
+    for note in r.notes:
+        typer.echo(f"catalogue: {note}")
+    if r.skipped:
+        by_reason: dict[str, list[str]] = {}
+        for cid, reason in r.skipped:
+            by_reason.setdefault(reason, []).append(str(cid))
+        for reason, ids in by_reason.items():
+            shown = ", ".join(ids[:10]) + (f", ... ({len(ids) - 10} more)" if len(ids) > 10 else "")
+            typer.echo(f"skipped {len(ids)} ({reason}): {shown}")
+        typer.echo(f"skipped clusters with their reasons: {r.skipped_csv}")
 
 
 @app.command()
