@@ -218,7 +218,7 @@ def test_a_launch_keeps_its_passwords_off_argv_output_and_stores(tmp_path, pg_db
 
     # Where the secret shows, all at once.
     places = {
-        **{f"argv of {_shown(c)}": c for c in cmdlines.values()},
+        **{f"argv of {pid}: {_shown(c)}": c for pid, c in cmdlines.items()},
         "launch output": printed.encode(),
         "hpo status output": (status.stdout + status.stderr).encode(),
         "study and trial attributes": optuna_rows.encode(),
