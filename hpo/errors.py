@@ -1,9 +1,12 @@
 """The exception tree: one root, user errors that stop a command, failures that end one trial."""
 
+from hpo.redact import redact_text
+
 
 def first_line(exc: BaseException, limit: int | None = 300) -> str:
-    """The first line of an exception's message (cut to `limit` characters), or its type name."""
-    text = str(exc).strip().splitlines()
+    """The first line of an exception's message (cut to `limit` characters, passwords masked), or
+    its type name."""
+    text = redact_text(str(exc)).strip().splitlines()
     return text[0][:limit] if text else type(exc).__name__
 
 

@@ -14,6 +14,7 @@ import typer
 
 from hpo.envfile import load_secrets_file
 from hpo.errors import HpoError
+from hpo.redact import redact_text
 
 app = typer.Typer(
     add_completion=False,
@@ -59,7 +60,7 @@ def main() -> None:
     except HpoError as exc:
         if os.environ.get("HPO_DEBUG"):
             raise
-        typer.echo(f"hpo: error: {exc}", err=True)
+        typer.echo(f"hpo: error: {redact_text(str(exc))}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("hpo: interrupted", err=True)

@@ -25,6 +25,7 @@ from hpo.objective.pruning import PruningCallback
 from hpo.objective.space import METRICS
 from hpo.objective.space import SearchSpace
 from hpo.objective.suggest import config_for_trial
+from hpo.redact import redact_text
 from hpo.study.interrupt import StopCheck
 from hpo.study.interrupt import StopRequest
 from hpo.tracking import plots
@@ -131,6 +132,7 @@ class Objective:
                 "for the new file")
 
     def _fail(self, trial: optuna.Trial, run_id: str, reason: str, state: str) -> None:
+        reason = redact_text(reason)  # kept in the study and the run: no URL's password
         _logger.warning("trial %d failed: %s", trial.number, reason)
         try:
             # The run first: if a peer already failed this trial as lost, set_user_attr raises.

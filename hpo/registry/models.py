@@ -22,6 +22,7 @@ from hpo.errors import HpoError
 from hpo.errors import TrackingError
 from hpo.tracking.retry import auth_error
 from hpo.errors import first_line
+from hpo.redact import redact
 from hpo.tracking.runs import default_tracking_uri
 
 MANIFEST = ".hpo-pull.json"  # what `hpo pull` wrote into its folder, so that a later pull replaces only that
@@ -103,7 +104,7 @@ def pull(ref: str, out_dir: str | Path, tracking_uri: str | None = None) -> Path
                     target.unlink()
             for item in items:
                 shutil.move(str(item), out / item.name)
-            manifest = {"uri": uri, "tracking_uri": tracking_uri, "files": [i.name for i in items]}
+            manifest = {"uri": uri, "tracking_uri": redact(tracking_uri), "files": [i.name for i in items]}
             (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     except BaseException:
         if created and not any(out.iterdir()):
@@ -172,7 +173,7 @@ def _error(action: str, uri: str, exc: BaseException) -> TrackingError:
     refused = auth_error(exc, mlflow.get_tracking_uri())
     if refused is not None:
         return refused
-    where = mlflow.get_tracking_uri()
+    where = redact(mlflow.get_tracking_uri())
     return TrackingError(f"cannot {action} model {uri} (tracking {where}): {first_line(exc)}{_next_step(uri, exc)}")
 
 

@@ -21,6 +21,7 @@ the alias never moves to a model that lost a comparison with the one it replaces
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from functools import partial
@@ -51,8 +52,8 @@ from hpo.registry.gate import compare
 from hpo.registry.lock import SUFFIX as LOCK_SUFFIX
 from hpo.registry.lock import registry_lock
 from hpo.study.create import DATA_FINGERPRINT_KEY
-from hpo.study.create import TRACKING_URI_KEY
 from hpo.study.create import load_study
+from hpo.study.create import stored_tracking_uri
 from hpo.study.storage import make_storage
 from hpo.tracking.datasets import log_data_inputs
 from hpo.tracking.datasets import version_tags
@@ -135,7 +136,8 @@ def promote(
     select_by = select_by or space.study.metric
     if select_by not in METRICS:
         raise HpoError(f"--select-by must be one of {', '.join(METRICS)}, got {select_by!r}")
-    tracker = Tracker(tracking_uri or study.user_attrs.get(TRACKING_URI_KEY))
+    env_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    tracker = Tracker(tracking_uri or stored_tracking_uri(study, instead=env_uri))
     data_cfg = space.resolved_base().data
     dataset = open_dataset(data_cfg.path, max_in_memory_gb=data_cfg.max_in_memory_gb)
     _check_same_data(study, dataset, data_cfg.path, tracker)

@@ -16,10 +16,13 @@ from hpo.errors import HpoError
 from hpo.objective.space import SearchSpace
 from hpo.objective.space import enqueue_params
 from hpo.objective.space import parse_space
+from hpo.redact import MASK
+from hpo.redact import redact
 from hpo.study.pruners import make_pruner
 from hpo.study.samplers import make_sampler
 
 SPACE_KEY = "hpo_space"  # study user attr: the search space, as validated JSON
+# Study user attr: the MLflow tracking URI of the launch, redacted (see stored_tracking_uri).
 TRACKING_URI_KEY = "mlflow_tracking_uri"
 DATA_FINGERPRINT_KEY = "data_sha256"  # study user attr: the data file's fingerprint at launch
 # How workers keep the study alive, not which trials it runs: a relaunch may change them.
@@ -112,6 +115,34 @@ def load_study(
         pruner=make_pruner(space.study.pruner, space.source),
     )
     return study, space
+
+
+def store_tracking_uri(study: optuna.Study, uri: str) -> None:
+    """Keeps `uri`, redacted, with the study: to show, and to fall back on when it held no secret."""
+    study.set_user_attr(TRACKING_URI_KEY, redact(uri))
+
+
+def stored_tracking_uri(study: optuna.Study, instead: str | None = None) -> str | None:
+    """The MLflow tracking URI stored with the study (None if none): the fallback of workers,
+    `hpo promote` and `hpo report` when neither --tracking-uri nor MLFLOW_TRACKING_URI is given.
+
+    Args:
+        instead: what to use when the stored URI is masked (`hpo promote` prefers the study's
+            URI to MLFLOW_TRACKING_URI, unless the study's cannot be used).
+
+    Raises:
+        HpoError: the stored URI is the redacted copy of one that held a password, and
+            `instead` is None.
+    """
+    uri = study.user_attrs.get(TRACKING_URI_KEY)
+    if uri and MASK in uri:
+        if instead:
+            return instead
+        raise HpoError(
+            f"study '{study.study_name}' logs to MLflow at {uri}, whose secret is not stored "
+            "with the study: give --tracking-uri or set MLFLOW_TRACKING_URI"
+        )
+    return uri
 
 
 def stored_space(space: SearchSpace) -> dict[str, Any]:

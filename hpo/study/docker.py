@@ -5,9 +5,10 @@
 
 Each container runs the worker image's `hpo worker --worker-index I` (docker/worker.Dockerfile)
 with the variables docker-compose.yml gives its `worker` service. Secrets (HPO_STORAGE, which
-holds the database password, and the MLflow credentials) are written to a file that is mounted
-read-only at SECRETS_MOUNT and named by HPO_SECRETS_FILE (hpo/envfile.py): a value given with
-`-e` would show in `docker inspect`, and on the command line in `ps`. The data file's directory
+holds the database password, MLFLOW_TRACKING_URI, which may hold one, and the MLflow
+credentials) are written to a file that is mounted read-only at SECRETS_MOUNT and named by
+HPO_SECRETS_FILE (hpo/envfile.py): a value given with `-e NAME=VALUE` would show on the command
+line in `ps`, and in `docker inspect` (so would `-e NAME`). The data file's directory
 is mounted read-only where the worker, in /app, looks for it.
 """
 
@@ -32,6 +33,7 @@ DEFAULT_NETWORK = "host"  # so that 127.0.0.1 in the URLs means this machine ins
 CONTAINER_WORKDIR = "/app"  # WORKDIR of docker/worker.Dockerfile
 SECRET_ENV = (
     "HPO_STORAGE",
+    "MLFLOW_TRACKING_URI",
     "MLFLOW_TRACKING_USERNAME",
     "MLFLOW_TRACKING_PASSWORD",
     "MLFLOW_TRACKING_TOKEN",
@@ -75,7 +77,7 @@ def docker_workers(
     Args:
         study: study name (HPO_STUDY).
         storage_url: the Optuna storage the containers use; they read it from `secrets_file`.
-        tracking_uri: the MLflow server the containers log to.
+        tracking_uri: the MLflow server the containers log to; read from `secrets_file` too.
         data_path: the space's data.path as written (relative paths are relative to `cwd`).
         gpus: GPUs to hand out (CUDA_VISIBLE_DEVICES entries); none runs CPU containers.
         workers: number of containers; default one per GPU.
@@ -110,7 +112,7 @@ def docker_workers(
         cmd = ["docker", "run", "--rm", "--name", name, "--hostname", name, "--network", network]
         if gpu is not None:
             cmd += ["--gpus", f"device={gpu}"]
-        cmd += ["-e", f"HPO_STUDY={study}", "-e", f"MLFLOW_TRACKING_URI={tracking_uri}"]
+        cmd += ["-e", f"HPO_STUDY={study}"]
         if threads is not None:
             cmd += ["-e", f"HPO_THREADS={threads}"]
         if workers_per_gpu > 1:
@@ -123,16 +125,17 @@ def docker_workers(
     return out
 
 
-def write_secrets_file(storage_url: str, env: Mapping[str, str]) -> Path:
-    """HPO_STORAGE and the MLflow credentials set in `env`, in a new file for SECRETS_MOUNT.
+def write_secrets_file(storage_url: str, tracking_uri: str, env: Mapping[str, str]) -> Path:
+    """HPO_STORAGE, MLFLOW_TRACKING_URI and the MLflow credentials set in `env`, in a new file
+    for SECRETS_MOUNT.
 
     The file lies in a fresh directory that only this user can enter, removed when this
     process exits.
     """
     folder = Path(tempfile.mkdtemp(prefix="hpo-secrets-"))  # mode 0700
     atexit.register(shutil.rmtree, folder, True)
-    values = {"HPO_STORAGE": storage_url}
-    values |= {v: env[v] for v in SECRET_ENV if v != "HPO_STORAGE" and env.get(v)}
+    values = {"HPO_STORAGE": storage_url, "MLFLOW_TRACKING_URI": tracking_uri}
+    values |= {v: env[v] for v in SECRET_ENV if v not in values and env.get(v)}
     return write_env_file(folder / "worker.env", values)
 
 

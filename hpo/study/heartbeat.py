@@ -28,7 +28,7 @@ from hpo.errors import HpoError
 from hpo.objective.keys import MLFLOW_RUN_ID_KEY
 from hpo.objective.space import SearchSpace
 from hpo.study.budget import progress
-from hpo.study.create import TRACKING_URI_KEY
+from hpo.study.create import stored_tracking_uri
 
 if TYPE_CHECKING:
     from hpo.tracking.runs import Tracker
@@ -119,7 +119,7 @@ class StaleTrialHandler:
             from hpo.tracking.runs import Tracker
 
             self.tracker = Tracker(
-                os.environ.get("MLFLOW_TRACKING_URI") or study.user_attrs.get(TRACKING_URI_KEY)
+                os.environ.get("MLFLOW_TRACKING_URI") or stored_tracking_uri(study)
             )
         return self.tracker
 

@@ -29,6 +29,7 @@ from hpo.errors import first_line
 from hpo.objective.space import Distribution
 from hpo.objective.space import SearchSpace
 from hpo.objective.space import decode_choice
+from hpo.redact import redact
 from hpo.study.create import space_changes
 from hpo.study.create import stored_space
 from hpo.study.worker import MAX_CONSECUTIVE_FAILURES
@@ -406,7 +407,8 @@ def run_search(
     project = root / name
     state = _check_state(project, space)
     experiment_id = tracker.experiment_id(name)
-    parent = state.get("parent_run_id") if state.get("tracking_uri") == tracker.uri else None
+    same_store = state.get("tracking_uri") == redact(tracker.uri)
+    parent = state.get("parent_run_id") if same_store else None
     if parent is not None and tracker.run_status(parent) != "RUNNING":
         tracker.client.update_run(parent, status="RUNNING")
     if parent is None:
@@ -418,7 +420,7 @@ def run_search(
         log_data_inputs(tracker, parent, space.resolved_base(), dataset)
     project.mkdir(parents=True, exist_ok=True)
     (project / STATE_FILE).write_text(json.dumps({
-        "space": stored_space(space), "tracking_uri": tracker.uri,
+        "space": stored_space(space), "tracking_uri": redact(tracker.uri),
         "experiment_id": experiment_id, "parent_run_id": parent,
     }))
 

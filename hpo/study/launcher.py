@@ -42,6 +42,8 @@ from hpo.study.budget import progress
 from hpo.study.create import DATA_FINGERPRINT_KEY
 from hpo.study.create import TRACKING_URI_KEY
 from hpo.study.create import create_or_join
+from hpo.study.create import store_tracking_uri
+from hpo.study.create import stored_tracking_uri
 from hpo.study.docker import DEFAULT_IMAGE
 from hpo.study.docker import DEFAULT_NETWORK
 from hpo.study.docker import docker_workers
@@ -60,6 +62,7 @@ from hpo.study.worker import finish_parent_run
 from hpo.tracking.datasets import log_data_inputs
 from hpo.tracking.runs import MLFLOW_EXPERIMENT_KEY
 from hpo.tracking.runs import MLFLOW_PARENT_RUN_KEY
+from hpo.tracking.runs import Tracker
 
 POLL_S = 2.0
 STOP_TIMEOUT_S = 60.0  # how long stopped workers get to end their trial and MLflow run
@@ -112,7 +115,9 @@ class WorkerProcess:
 def local_workers(plan: Plan) -> list[WorkerProcess]:
     """`hpo worker` processes on this machine, worker i on GPU i mod n (see Plan.worker_count).
 
-    Workers sharing a GPU each get a bounded share of its memory (gpus.gpu_env).
+    Workers sharing a GPU each get a bounded share of its memory (gpus.gpu_env). The storage
+    URL and tracking URI, which may hold passwords, go in their environment (HPO_STORAGE,
+    MLFLOW_TRACKING_URI), never on their command line, which every user of the machine can read.
     """
     n = plan.worker_count()
     assigned = round_robin(n, plan.gpus)
@@ -120,7 +125,9 @@ def local_workers(plan: Plan) -> list[WorkerProcess]:
     memory = gpu_memory_mb() if any(k > 1 for k in on_gpu.values()) else {}
     out = []
     for i, gpu in enumerate(assigned):
-        env = {**plan.env, "HPO_THREADS": str(_threads_per_worker(n))}
+        env = {**plan.env, "HPO_THREADS": str(_threads_per_worker(n)), "HPO_STORAGE": plan.storage_url}
+        if plan.tracking_uri:
+            env["MLFLOW_TRACKING_URI"] = plan.tracking_uri
         if gpu is not None:
             env.update(gpu_env(gpu, on_gpu[gpu], memory.get(gpu)))
         argv = [
@@ -130,10 +137,6 @@ def local_workers(plan: Plan) -> list[WorkerProcess]:
             "worker",
             "--study",
             plan.study,
-            "--storage",
-            plan.storage_url,
-            "--tracking-uri",
-            plan.tracking_uri,
             "--worker-index",
             str(i),
         ]
@@ -161,7 +164,7 @@ def container_workers(plan: Plan) -> list[WorkerProcess]:
         network=plan.network,
         cwd=plan.cwd,
         launch_id=str(os.getpid()),
-        secrets_file=write_secrets_file(plan.storage_url, plan.env),
+        secrets_file=write_secrets_file(plan.storage_url, plan.tracking_uri, plan.env),
         threads=_threads_per_worker(plan.workers or len(plan.gpus)),
         workers_per_gpu=plan.workers_per_gpu,
     )
@@ -243,18 +246,21 @@ def launch(
         log_data_inputs(tracker, parent, space.resolved_base(), dataset)  # the runs table's Dataset
         study.set_user_attr(MLFLOW_EXPERIMENT_KEY, experiment_id)
         study.set_user_attr(MLFLOW_PARENT_RUN_KEY, parent)
-        study.set_user_attr(TRACKING_URI_KEY, tracker.uri)
+        store_tracking_uri(study, tracker.uri)
     elif tracker.run_status(study.user_attrs[MLFLOW_PARENT_RUN_KEY]) != "RUNNING":
         tracker.client.update_run(study.user_attrs[MLFLOW_PARENT_RUN_KEY], status="RUNNING")
+    stored = study.user_attrs.get(TRACKING_URI_KEY)
+    if stored and stored != redact(stored):  # kept in full by an older hpo
+        store_tracking_uri(study, stored)
     echo(
         f"study '{name}' {'created' if created else 'joined'} in {redact(storage_url)}; "
-        f"MLflow: {tracker.uri}, experiment '{name}'"
+        f"MLflow: {redact(tracker.uri)}, experiment '{name}'"
     )
     if plan is None:
         return LaunchResult(name, created, progress(study, space), space.study.metric)
 
     try:
-        final = supervise(study, space, processes, echo)
+        final = supervise(study, space, processes, echo, tracker)
     except KeyboardInterrupt:
         tracker.end_run(study.user_attrs[MLFLOW_PARENT_RUN_KEY], "KILLED")  # a relaunch resumes it
         raise
@@ -283,16 +289,16 @@ def worker_group(
     from hpo.study.create import load_study
 
     study, space = load_study(make_storage(storage_url), study_name)
-    env_uri = os.environ.get("MLFLOW_TRACKING_URI")
-    plan = Plan(study_name, storage_url, tracking_uri or env_uri or study.user_attrs.get(TRACKING_URI_KEY, ""),
-                str(space.resolved_base().data.path), workers_per_gpu, visible_gpus()[:1], Path.cwd())
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or stored_tracking_uri(study) or ""
+    plan = Plan(study_name, storage_url, uri, str(space.resolved_base().data.path),
+                workers_per_gpu, visible_gpus()[:1], Path.cwd())
     processes = []
     for i, w in enumerate(local_workers(plan)):
         argv = list(w.argv)
         argv[argv.index("--worker-index") + 1] = str(worker_index * workers_per_gpu + i)
         env = {**w.env, "HPO_WORKERS_PER_GPU": "1"}  # each child is one worker
         processes.append(WorkerProcess(w.label, argv, env, w.kill_argv))
-    return supervise(study, space, processes, echo)
+    return supervise(study, space, processes, echo, Tracker(uri) if uri else None)
 
 
 def launch_keras_tuner(
@@ -327,7 +333,7 @@ def launch_keras_tuner(
     assert tuner is not None
     echo(
         f"study '{name}' {'created' if created else 'resumed'} in {project} "
-        f"(keras-tuner {tuner.type}); MLflow: {tracker.uri}, experiment '{name}'"
+        f"(keras-tuner {tuner.type}); MLflow: {redact(tracker.uri)}, experiment '{name}'"
     )
     records = run_search(space, dataset, tracker, echo=echo)
     values = [r.value for r in records if r.state == "COMPLETE" and r.value is not None]
@@ -338,9 +344,16 @@ def launch_keras_tuner(
 
 
 def supervise(
-    study: optuna.Study, space: SearchSpace, processes: list[WorkerProcess], echo: Echo
+    study: optuna.Study,
+    space: SearchSpace,
+    processes: list[WorkerProcess],
+    echo: Echo,
+    tracker: Tracker | None = None,
 ) -> Progress:
     """Starts the workers, prints progress until they exit, stops them all on Ctrl-C.
+
+    `tracker` ends the MLflow runs of trials whose workers had to be killed (default: the
+    study's, see StaleTrialHandler).
 
     Raises:
         HpoError: workers exited with errors before the budget was spent.
@@ -363,7 +376,7 @@ def supervise(
         # A second Ctrl-C must not cut the clean stop short (workers are killed after a timeout).
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            _stop(study, space, processes, procs, echo)
+            _stop(study, space, processes, procs, echo, tracker)
         finally:
             signal.signal(signal.SIGINT, previous)
         raise
@@ -382,6 +395,7 @@ def _stop(
     processes: list[WorkerProcess],
     procs: list[subprocess.Popen],
     echo: Echo,
+    tracker: Tracker | None = None,
 ) -> None:
     for p in procs:
         if p.poll() is None:
@@ -399,17 +413,20 @@ def _stop(
             p.wait()
             killed.add(w.key or f"{socket.gethostname()}:{p.pid}")
     if killed:
-        fail_trials_of(study, space, killed)
+        fail_trials_of(study, space, killed, tracker)
 
 
-def fail_trials_of(study: optuna.Study, space: SearchSpace, workers: set[str]) -> list[int]:
-    """Fails the RUNNING trials of workers known dead (WORKER_KEY in `workers`).
+def fail_trials_of(
+    study: optuna.Study, space: SearchSpace, workers: set[str], tracker: Tracker | None = None
+) -> list[int]:
+    """Fails the RUNNING trials of workers known dead (WORKER_KEY in `workers`), ending their
+    MLflow runs through `tracker` (default: the study's).
 
     Returns:
         The numbers of the trials failed.
     """
     reason = "interrupted: worker killed by the launcher"
-    handler = StaleTrialHandler(space)
+    handler = StaleTrialHandler(space, tracker)
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.user_attrs.get(WORKER_KEY) in workers:

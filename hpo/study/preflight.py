@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from hpo.errors import TrackingError
+from hpo.redact import redact
 from hpo.tracking.runs import Tracker
 
 PROBE_TIMEOUT_S = 5.0
@@ -25,20 +26,23 @@ _BOUNDED_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIM
 def probe_tracking(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     """Raises TrackingError unless an http(s) tracking server answers GET /health in `timeout_s`.
 
-    Any HTTP answer counts (a 401 or 404 behind a proxy is the client check's business); other
+    Any HTTP answer counts (a 401 or 404 behind a proxy is the client check's business), so a
+    user:password in the URI is left out of the probe (urllib would take it for the host); other
     URIs (sqlite:, file:, postgresql:) are left to that check.
     """
     if not uri.startswith(("http://", "https://")):
         return
+    scheme, _, rest = uri.partition("://")
+    health = f"{scheme}://{rest.rpartition('@')[2].rstrip('/')}/health"
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+        with urllib.request.urlopen(health, timeout=timeout_s):
             pass
     except urllib.error.HTTPError:
         return
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise TrackingError(
-            f"MLflow tracking server {uri} is unreachable ({reason}); start it, or point "
+            f"MLflow tracking server {redact(uri)} is unreachable ({reason}); start it, or point "
             "--tracking-uri / MLFLOW_TRACKING_URI at a running one"
         ) from None
 

@@ -50,7 +50,7 @@ def serve(
     """
     if storage_url.startswith("grpc://"):
         raise HpoError(
-            f"--storage must be a database URL for the proxy to serve, got {storage_url}"
+            f"--storage must be a database URL for the proxy to serve, got {redact(storage_url)}"
         )
     # Cached, as optuna.storages.get_storage wraps an RDB storage for the proxy.
     storage = optuna.storages._CachedStorage(make_storage(storage_url))

@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from hpo.errors import HpoError
 from hpo.errors import first_line
 from hpo.objective.keys import WORKER_KEY
+from hpo.redact import redact
 from hpo.study.heartbeat import BEAT_KEY
 from hpo.study.heartbeat import SilenceWatch
 from hpo.study.retry import RETRY_WINDOW_S
@@ -27,6 +28,8 @@ from hpo.study.retry import retrying
 
 DEFAULT_STORAGE = "sqlite:///hpo.db"
 DEFAULT_PROXY_PORT = 13000
+
+__all__ = ["DEFAULT_STORAGE", "default_storage_url", "make_storage", "redact"]
 
 StaleCallback = Callable[["optuna.Study", FrozenTrial], None]
 
@@ -92,15 +95,6 @@ def make_storage(
         ) from None
     storage.retry_window_s = retry_window_s
     return storage
-
-
-def redact(url: str) -> str:
-    """The URL with any password replaced by ***."""
-    scheme, sep, rest = url.partition("://")
-    if "@" not in rest or ":" not in rest.split("@", 1)[0]:
-        return url
-    creds, host = rest.split("@", 1)
-    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
 
 
 # ---------------------------------------------------------------- RDB (SQLite, PostgreSQL)

@@ -29,8 +29,8 @@ from hpo.objective.space import SearchSpace
 from hpo.study.budget import grid_exhausted
 from hpo.study.budget import progress
 from hpo.study.create import DATA_FINGERPRINT_KEY
-from hpo.study.create import TRACKING_URI_KEY
 from hpo.study.create import load_study
+from hpo.study.create import stored_tracking_uri
 from hpo.study.heartbeat import enable_heartbeat
 from hpo.study.heartbeat import grace_s
 from hpo.study.heartbeat import reap
@@ -79,7 +79,7 @@ def run_worker(
     storage = make_storage(storage_url)
     study, space = load_study(storage, study_name, worker_index)
     env_uri = os.environ.get("MLFLOW_TRACKING_URI")
-    tracker = checked_tracker(tracking_uri or env_uri or study.user_attrs.get(TRACKING_URI_KEY))
+    tracker = checked_tracker(tracking_uri or env_uri or stored_tracking_uri(study))
     data_cfg = space.resolved_base().data
     dataset = open_dataset(data_cfg.path, max_in_memory_gb=data_cfg.max_in_memory_gb)
     stop = stop or StopRequest()

@@ -25,8 +25,8 @@ from matplotlib.figure import Figure
 from optuna.trial import TrialState
 
 from hpo.errors import TrackingError
-from hpo.study.create import TRACKING_URI_KEY
 from hpo.study.create import load_study
+from hpo.study.create import stored_tracking_uri
 from hpo.study.storage import make_storage
 from hpo.tracking import scan_plot
 from hpo.tracking.runs import FLOOR_METRICS
@@ -77,7 +77,7 @@ def report(
             f"study '{study_name}' has no MLflow parent run (user attr '{MLFLOW_PARENT_RUN_KEY}'); "
             "run `hpo launch` on its space once to create it"
         )
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or study.user_attrs.get(TRACKING_URI_KEY)
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or stored_tracking_uri(study)
     tracker = Tracker(uri)
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]

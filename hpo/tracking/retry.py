@@ -31,6 +31,7 @@ from mlflow.exceptions import RestException
 from hpo.errors import TrackingError
 from hpo.errors import first_line
 from hpo.errors import TrialFailed
+from hpo.redact import redact
 
 _logger = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def auth_error(exc: BaseException, uri: str) -> TrackingError | None:
     """A one-line TrackingError for a refused login (401) or permission (403), else None."""
     if not isinstance(exc, MlflowException) or exc.error_code not in _AUTH_CODES:
         return None
-    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    user, uri = os.environ.get("MLFLOW_TRACKING_USERNAME"), redact(uri)
     if _AUTH_CODES[exc.error_code] == 401:
         who = f"the credentials of user {user!r}" if user else "requests without credentials"
         return TrackingError(
@@ -118,7 +119,7 @@ class RetryingClient:
     """
 
     def __init__(self, client: Any, uri: str, window_s: float) -> None:
-        self._client, self._uri, self.window_s = client, uri, window_s
+        self._client, self._uri, self.window_s = client, redact(uri), window_s
         self._down: str | None = None  # why the last window ran out; cleared by any success
 
     @property

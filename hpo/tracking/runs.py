@@ -35,6 +35,7 @@ from hpo.config.overrides import flatten
 from hpo.config.tree import RunConfig
 from hpo.errors import TrackingError
 from hpo.objective.keys import MLFLOW_RUN_ID_KEY  # noqa: F401  (re-exported)
+from hpo.redact import redact
 from hpo.tracking import system_metrics
 from hpo.tracking.retry import RetryingClient
 from hpo.tracking.retry import auth_error
@@ -59,13 +60,16 @@ FINAL_STATES = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", 
 def runs_page(tracking_uri: str, experiment_id: str) -> str:
     """Where the MLflow UI shows an experiment's runs; for a local store, the `mlflow ui` to start first.
 
+    A user:password in `tracking_uri` is left out of a link (the browser asks), masked in a command.
+
     The UI (3.17, 3.18) opens an experiment as its sidebar toggle says (GenAI by default) whatever
     the experiment's kind; `workflowType=machine_learning` in the link selects Model training.
     """
     page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
     if tracking_uri.startswith(("http://", "https://")):
-        return f"{tracking_uri.rstrip('/')}/{page}"
-    return f"mlflow ui --backend-store-uri {tracking_uri}, then http://127.0.0.1:5000/{page}"
+        scheme, _, rest = tracking_uri.partition("://")
+        return redact(f"{scheme}://{rest.rpartition('@')[2].rstrip('/')}/{page}")
+    return f"mlflow ui --backend-store-uri {redact(tracking_uri)}, then http://127.0.0.1:5000/{page}"
 
 
 def default_tracking_uri() -> str:
@@ -102,9 +106,9 @@ class Tracker:
             refused = auth_error(exc, self.uri)
             if refused is not None:
                 raise refused from None
-            raise TrackingError(f"MLflow tracking at {self.uri} is not usable: {first_line(exc)}") from None
+            raise TrackingError(f"MLflow tracking at {redact(self.uri)} is not usable: {first_line(exc)}") from None
         except Exception as exc:  # requests' connection errors arrive as many types
-            raise TrackingError(f"MLflow tracking at {self.uri} is unreachable: {first_line(exc)}") from None
+            raise TrackingError(f"MLflow tracking at {redact(self.uri)} is unreachable: {first_line(exc)}") from None
 
     # ------------------------------------------------------------------------ study level
     def experiment_id(self, name: str) -> str:

@@ -56,8 +56,6 @@ def test_one_container_per_gpu_with_the_worker_command():
         "-e",
         "HPO_STUDY=dropout",
         "-e",
-        f"MLFLOW_TRACKING_URI={ML}",
-        "-e",
         "HPO_THREADS=3",
         "-e",
         f"HPO_SECRETS_FILE={SECRETS_MOUNT}",
@@ -77,20 +75,26 @@ def test_one_container_per_gpu_with_the_worker_command():
 
 
 def test_secrets_reach_the_container_in_a_mounted_file_only():
-    # Rule: the database password and MLflow credentials travel in a file that only its owner's
-    # directory leads to, mounted read-only; never on argv nor in the container's environment
-    # (`-e NAME=VALUE` and `-e NAME` both show the value in `docker inspect`).
+    # Rule: the database password, the tracking URI (which may hold a password) and the MLflow
+    # credentials travel in a file that only its owner's directory leads to, mounted read-only;
+    # never on argv nor in the container's environment (`-e NAME=VALUE` and `-e NAME` both show
+    # the value in `docker inspect`).
+    ml = "https://ann:tr4ck@mlflow.example.org"
     env = {"PATH": "/bin", "MLFLOW_TRACKING_USERNAME": "ann", "MLFLOW_TRACKING_PASSWORD": "pw9"}
-    plan = Plan("dropout", PG, ML, "data/mock.h5", None, ["0"], Path("/p"), env=env)
+    plan = Plan("dropout", PG, ml, "data/mock.h5", None, ["0"], Path("/p"), env=env)
     (proc,) = LAUNCHERS["docker"](plan)
     argv = " ".join(proc.argv)
-    assert "s3cret" not in argv and "pw9" not in argv and "-e HPO_STORAGE" not in argv
+    for secret in ("s3cret", "tr4ck", "pw9", "-e HPO_STORAGE", "-e MLFLOW_TRACKING"):
+        assert secret not in argv
     mount = proc.argv[proc.argv.index(f"HPO_SECRETS_FILE={SECRETS_MOUNT}") + 2]
     host_file = Path(mount.split(":")[0])
     assert mount == f"{host_file}:{SECRETS_MOUNT}:ro"
     assert stat.S_IMODE(host_file.parent.stat().st_mode) == 0o700
     assert parse_env_file(host_file) == {
-        "HPO_STORAGE": PG, "MLFLOW_TRACKING_USERNAME": "ann", "MLFLOW_TRACKING_PASSWORD": "pw9"
+        "HPO_STORAGE": PG,
+        "MLFLOW_TRACKING_URI": ml,
+        "MLFLOW_TRACKING_USERNAME": "ann",
+        "MLFLOW_TRACKING_PASSWORD": "pw9",
     }
     assert proc.kill_argv == ["docker", "kill", proc.label] and proc.key == f"{proc.label}:1"
 

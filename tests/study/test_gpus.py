@@ -65,6 +65,17 @@ def test_local_workers_each_get_their_own_gpu_and_index():
     assert all(p.env["PATH"] == "/bin" for p in procs)
 
 
+def test_local_workers_get_the_urls_in_their_environment_not_their_argv():
+    # Rule: the storage URL and tracking URI, which may hold passwords, reach a local worker in
+    # HPO_STORAGE and MLFLOW_TRACKING_URI; its command line (readable by every user) has neither.
+    plan = Plan("s", "postgresql://u:pw@db/o", "http://u:pw@ml:5000", "d.h5", 2, [], Path("/w"),
+                env={"PATH": "/bin", "HPO_STORAGE": "sqlite:///other.db"})
+    for proc in local_workers(plan):
+        assert not any("pw" in a or a in ("--storage", "--tracking-uri") for a in proc.argv)
+        assert proc.env["HPO_STORAGE"] == "postgresql://u:pw@db/o"
+        assert proc.env["MLFLOW_TRACKING_URI"] == "http://u:pw@ml:5000"
+
+
 def test_local_workers_without_gpu_keep_the_environment():
     # Rule: with no GPU the workers' CUDA_VISIBLE_DEVICES is left as it was; one worker by default.
     (proc,) = local_workers(_plan(None, [], env={"CUDA_VISIBLE_DEVICES": ""}))
