@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -88,16 +90,15 @@ class Host:
         _ip("netns", "del", self.ns)  # takes the veth pair with it
         _ip("link", "del", self.link)
 
+    def python(self, *args: str, **popen: Any) -> subprocess.Popen:
+        """`python ARGS` inside the namespace (`ip netns exec` execs it: same pid)."""
+        argv = ["ip", "netns", "exec", self.ns, sys.executable, *args]
+        return subprocess.Popen(argv, env=clean_env(), **popen)
+
     def start_hpo(self, cwd: Path, *args: str, log: str) -> subprocess.Popen:
-        """`hpo ARGS` inside the namespace (`ip netns exec` execs it: same pid)."""
+        """`hpo ARGS` inside the namespace, output in cwd/log."""
         out = open(cwd / log, "w")  # noqa: SIM115  closed with the process
-        return subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, sys.executable, "-m", "hpo", *args],
-            cwd=cwd,
-            env=clean_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        return self.python("-m", "hpo", *args, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
 
 
 @pytest.fixture
@@ -191,3 +192,45 @@ def _kill(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+
+
+# Opens the storage as a worker does (without retries), then, once told, makes one call; prints
+# whether its error is one the worker retries and then stops on.
+STORAGE_CALL = """
+import sys, time
+from hpo.study.retry import is_transient
+from hpo.study.storage import make_storage
+storage = make_storage(sys.argv[1], retry_window_s=0)
+storage.get_all_studies()
+print("ready", flush=True)
+sys.stdin.readline()
+start = time.monotonic()
+try:
+    storage.get_all_studies()
+except Exception as exc:
+    print(f"transient={is_transient(exc)} after {time.monotonic() - start:.0f} s", flush=True)
+"""
+
+
+def test_a_storage_call_over_a_dead_link_fails_within_minutes(pg_url, host):
+    # Rule: a storage call sent over a link that then goes dead (its packets lost, no reset) fails
+    # within about a minute, so that the worker's retries and exit apply, rather than hanging for
+    # the kernel's quarter of an hour of TCP retransmissions.
+    relay = TcpProxy(PG_PORT, host=host.ip)
+    probe = host.python(
+        "-c", STORAGE_CALL, pg_url.replace(f"@127.0.0.1:{PG_PORT}/", f"@{host.ip}:{relay.port}/"),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert probe.stdout.readline().strip() == "ready"
+        host.cut()
+        probe.stdin.write("go\n")
+        probe.stdin.flush()
+        out, _ = probe.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the storage call still hangs 120 s after the link went dead") from None
+    finally:
+        _kill(probe)
+        relay.down()
+    failed = re.fullmatch(r"transient=True after (\d+) s", out.strip())
+    assert failed and int(failed[1]) < 100, out
