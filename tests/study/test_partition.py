@@ -3,8 +3,9 @@
     python -m pytest tests/study/test_partition.py -q -p no:cacheprovider   (as root)
 
 The worker in the namespace reaches PostgreSQL and the MLflow server through a veth pair and
-TCP relays in the root namespace; the cut takes the veth link down, so that its connections
-hang as over a dead network (no reset), for longer than the heartbeat grace.
+TCP relays in the root namespace; the cut takes the veth link down, for longer than the
+heartbeat grace: its packets are lost, so calls in flight hang (no reset) and new connections
+find no route, as over a dead network.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,6 +62,8 @@ class Host:
         self.link, peer = f"hpo{tag}h", f"hpo{tag}n"
         third, fourth = divmod(tag % 16384, 64)  # one of the /30s of 10.213.0.0/16
         self.ip, inner = (f"10.213.{third}.{fourth * 4 + k}" for k in (1, 2))
+        if shutil.which("ip") is None:
+            pytest.skip("no `ip` command (iproute2) to make network namespaces")
         if os.geteuid() != 0:
             pytest.skip("network namespaces need root (ip netns add); CI runs as root")
         made = _ip("netns", "add", self.ns)
@@ -183,6 +187,9 @@ def test_a_partitioned_worker_writes_nothing_into_its_lost_trial(tmp_path, pg_ur
         assert run.info.status == "KILLED", (run.info.status, run.data.tags)
         assert "no heartbeat" in run.data.tags["hpo.fail_reason"], run.data.tags
         assert "epochs_run" not in run.data.metrics
+        # Training stopped at the first epoch end after the heal (its report refused).
+        epochs = client.get_metric_history(run.info.run_id, "val_residual_std")
+        assert len(epochs) <= len(failed.intermediate_values) + 1, epochs
         runs = client.search_runs([run.info.experiment_id], f"tags.`hpo.trial` = '{lost.number}'")
         assert len(runs) == 1
         assert "Traceback" not in a_log and "failed by another worker" in a_log
