@@ -99,6 +99,10 @@ class Objective:
         except KeyboardInterrupt:
             self._fail(trial, run_id, "interrupted", "KILLED")
             raise
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # A peer failed this trial as lost (it saw no heartbeat: a partition, a long outage)
+            # and ended its run KILLED: leave both so; the worker says so and goes on.
+            raise
         except Exception as exc:
             self._fail(trial, run_id, f"{type(exc).__name__}: {exc}", "FAIL")
             raise

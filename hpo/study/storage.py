@@ -46,7 +46,8 @@ def make_storage(
 
     sqlite:/// and postgresql:// give an RDB storage whose calls retry on transient errors for
     `retry_window_s` seconds, with pooled connections pre-pinged (PostgreSQL: a small pool per
-    worker, connect timeout and TCP keepalives); grpc://host:port talks to `hpo storage-proxy`.
+    worker, connect timeout, TCP keepalives and user timeout); grpc://host:port talks to
+    `hpo storage-proxy`.
 
     Raises:
         HpoError: the database cannot be reached, with the URL (password hidden).
@@ -79,6 +80,9 @@ def make_storage(
                 "keepalives_idle": 30,
                 "keepalives_interval": 10,
                 "keepalives_count": 3,
+                # A call sent over a dead network (a partition, not a reset) fails after 60 s
+                # without an answer, not after the kernel's ~15 minutes of retransmissions.
+                "tcp_user_timeout": 60_000,
             },
         )
     try:

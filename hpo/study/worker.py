@@ -95,6 +95,8 @@ def run_worker(
         data_sha256=study.user_attrs.get(DATA_FINGERPRINT_KEY),
     )
     enable_heartbeat(storage, space, tracker)
+    if not os.environ.get("HPO_DEBUG"):
+        logging.getLogger("optuna.study._optimize").addFilter(_no_traceback_of_a_lost_trial)
     try:
         ran = _run_until_spent(study, space, objective, stop)
     except Exception as exc:
@@ -197,6 +199,13 @@ def _lost_to_peer(study: optuna.Study, objective: Objective, exc: Exception) -> 
         and mine[0].state.is_finished()
         and FAIL_REASON_KEY not in mine[0].user_attrs
     )
+
+
+def _no_traceback_of_a_lost_trial(record: logging.LogRecord) -> bool:
+    # Optuna logs a failed trial with its traceback; for a trial a peer failed meanwhile (its
+    # late report refused) `_run_one` says what happened in one line instead.
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, optuna.exceptions.UpdateFinishedTrialError)
 
 
 def _reap_before_exit(study: optuna.Study, space: SearchSpace, poll_s: float) -> None:

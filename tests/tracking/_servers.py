@@ -88,14 +88,15 @@ def mlflow_server(root: Path, *, app_name: str | None = None, env: dict[str, str
 
 
 class TcpProxy:
-    """Forwards a free loopback port to `target_port`; `down()` makes it refuse connections.
+    """Forwards a free port on `host` (default loopback) to `target_port` on loopback; `down()`
+    makes it refuse connections.
 
     While down, nothing listens on the port (clients get "connection refused") and every
     forwarded connection is cut, which is what a client sees of a server that went away.
     """
 
-    def __init__(self, target_port: int) -> None:
-        self.target_port, self.port = target_port, free_port()
+    def __init__(self, target_port: int, host: str = "127.0.0.1") -> None:
+        self.target_port, self.host, self.port = target_port, host, free_port()
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._listener: socket.socket | None = None
@@ -103,12 +104,12 @@ class TcpProxy:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def up(self) -> None:
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
+        listener.bind((self.host, self.port))
         listener.listen(64)
         listener.settimeout(0.2)
         self._listener = listener
