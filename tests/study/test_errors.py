@@ -199,7 +199,7 @@ def test_broken_data_file_is_one_clear_line(case, tmp_path, monkeypatch, capsys)
     assert not (tmp_path / "hpo.db").exists()  # no study is created for unusable data
 
 
-# ---------------------------------------------------------------------------- every trial would fail
+# ------------------------------------------------------------------ every trial would fail
 VALID_PADDING = {"model": {"conv_blocks": [[4], [4]], "pool": {"size": 2}, "padding": "valid"}}
 ONE_DENSE = {"model": {"dense": [16, 8, 4], "dropout": {"placement": "one_dense", "index": 0}}}
 

@@ -75,7 +75,8 @@ def _launch(cwd, *args):
 
 def _parent_status(cwd, study):
     storage = f"sqlite:///{cwd / 'hpo.db'}"
-    parent = optuna.load_study(study_name=study, storage=storage).user_attrs["mlflow_parent_run_id"]
+    attrs = optuna.load_study(study_name=study, storage=storage).user_attrs
+    parent = attrs["mlflow_parent_run_id"]
     return mlflow_client(cwd).get_run(parent).info.status
 
 

@@ -128,7 +128,8 @@ def test_a_trial_that_keras_refuses_fails_alone_and_the_worker_goes_on(tmp_path)
     storage = f"sqlite:///{tmp_path / 'hpo.db'}"
     create_study(tmp_path, storage)
     # `hpo launch` refuses a kernel of 40 now; a study stored before it did still runs.
-    store_space(tmp_path, storage, "refused", params={"model.kernel_size": {"categorical": [40, 2]}})
+    store_space(tmp_path, storage, "refused",
+                params={"model.kernel_size": {"categorical": [40, 2]}})
     with contextlib.chdir(tmp_path):
         ran = run_worker("refused", storage, f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert ran == 2
