@@ -27,4 +27,14 @@ class TrackingError(HpoError):
 
 
 class TrialFailed(HpoError):
-    """One trial cannot finish (NaN loss, out of memory); only that trial is marked FAIL."""
+    """One trial cannot finish (NaN loss, out of memory); only that trial is marked FAIL.
+
+    Args:
+        kind: what failed, the prefix of the trial's fail_reason: "config" (a point no network
+            or split can be made of), "data" (the file changed), "tracking"; None for the
+            training itself (NaN loss, out of memory).
+    """
+
+    def __init__(self, message: str = "", *, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind

@@ -110,5 +110,8 @@ def _describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        parts.append(f"'{loc}': {err['msg']} (got {err.get('input')!r})")
+        msg = err["msg"].removeprefix("Value error, ")
+        # A section's own validator gets the whole section as input; its message names the values.
+        got = "" if isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})"
+        parts.append(f"'{loc}': {msg}{got}")
     return "; ".join(parts)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -19,6 +20,7 @@ from hpo.data.contract import take_rows
 from hpo.data.contract import load_dataset
 from hpo.data.contract import read_h5
 from hpo.data.contract import validate_arrays
+from hpo.data.recipe import missing
 from hpo.errors import DataContractError
 
 VALIDATE_CHUNK = 2048  # clusters read at once while checking a streamed file
@@ -91,6 +93,35 @@ def open_dataset(path: str | Path, *, max_in_memory_gb: float = 4.0, require_lab
     if shape is None or len(shape) != 4 or np.prod(shape, dtype=np.float64) * 4 <= max_in_memory_gb * 2**30:
         return load_dataset(path, require_labels=require_labels)
     return _open_streamed(path, require_labels)
+
+
+def data_header(path: str | Path) -> tuple[int, tuple[int, int, int]] | None:
+    """(clusters, (H, W, C)) of a data file's images, read from its header (no image is loaded);
+    None when the header does not give a 4-d `images` array (the full check then says why).
+
+    Raises:
+        DataContractError: the file does not exist; names the `hpo simulate` line that makes it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise missing(path)
+    try:
+        if path.suffix.lower() == ".npz":
+            with zipfile.ZipFile(path) as z, z.open("images.npy") as f:
+                version = np.lib.format.read_magic(f)
+                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0)
+                shape = read(f)[0]
+        else:
+            with h5py.File(path, "r") as f:
+                node = f.get("images")
+                shape = node.shape if isinstance(node, h5py.Dataset) else ()
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    if len(shape) != 4:
+        return None
+    n, h, w, c = (int(d) for d in shape)
+    return n, (h, w, c)
 
 
 def _open_streamed(path: Path, require_labels: bool) -> H5Source:

@@ -13,6 +13,10 @@ import optuna
 
 from hpo.data.contract import Dataset
 from hpo.data.lazy import H5Source
+from hpo.errors import ConfigError
+from hpo.errors import DataContractError
+from hpo.errors import HpoError
+from hpo.errors import TrackingError
 from hpo.errors import TrialFailed
 from hpo.objective.keys import CONFIG_KEY
 from hpo.objective.keys import EPOCHS_RUN_KEY
@@ -64,11 +68,15 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         self.trial_number = trial.number
         trial.set_user_attr(WORKER_KEY, self.worker)
-        cfg = config_for_trial(trial, self.space)
-        trial.set_user_attr(CONFIG_KEY, cfg.model_dump(mode="json"))
-        run_id = self.tracker.start_trial_run(
-            self.experiment_id, self.parent_run_id, self.space.study.name, trial.number, cfg
-        )
+        try:  # a trial that fails before it has a run still says why (not "worker lost")
+            cfg = config_for_trial(trial, self.space)
+            trial.set_user_attr(CONFIG_KEY, cfg.model_dump(mode="json"))
+            run_id = self.tracker.start_trial_run(
+                self.experiment_id, self.parent_run_id, self.space.study.name, trial.number, cfg
+            )
+        except Exception as exc:
+            self._fail(trial, None, fail_reason(exc), "FAIL")
+            raise
         trial.set_user_attr(MLFLOW_RUN_ID_KEY, run_id)
         pruning = PruningCallback(trial, self.space.study.metric)
         epochs_log = MlflowEpochLogger(self.tracker, run_id)
@@ -94,7 +102,7 @@ class Objective:
                 self.tracker.finish_trial_run(run_id, "PRUNED", epochs_run=epochs)
             raise
         except TrialFailed as exc:
-            self._fail(trial, run_id, str(exc), "FAIL")
+            self._fail(trial, run_id, fail_reason(exc), "FAIL")
             raise
         except KeyboardInterrupt:
             self._fail(trial, run_id, "interrupted", "KILLED")
@@ -104,7 +112,7 @@ class Objective:
             # and ended its run KILLED: leave both so; the worker says so and goes on.
             raise
         except Exception as exc:
-            self._fail(trial, run_id, f"{type(exc).__name__}: {exc}", "FAIL")
+            self._fail(trial, run_id, fail_reason(exc), "FAIL")
             raise
 
         trial.set_user_attr(EPOCHS_RUN_KEY, result.epochs_run)
@@ -133,14 +141,36 @@ class Objective:
             raise TrialFailed(
                 f"data file {self.dataset.path} changed while the study ran (fingerprint "
                 f"{self.data_sha256} at its start, {now} now); restore it, or start a new study "
-                "for the new file")
+                "for the new file", kind="data")
 
-    def _fail(self, trial: optuna.Trial, run_id: str, reason: str, state: str) -> None:
+    def _fail(self, trial: optuna.Trial, run_id: str | None, reason: str, state: str) -> None:
         reason = redact_text(reason)  # kept in the study and the run: no URL's password
         _logger.warning("trial %d failed: %s", trial.number, reason)
         try:
             # The run first: if a peer already failed this trial as lost, set_user_attr raises.
-            self.tracker.finish_trial_run(run_id, state, reason=reason)
+            if run_id is not None:
+                self.tracker.finish_trial_run(run_id, state, reason=reason)
         finally:
             # Kept even when the tracking server is the reason the trial failed.
             trial.set_user_attr(FAIL_REASON_KEY, reason[:2000])
+
+
+def fail_reason(exc: BaseException) -> str:
+    """A failed trial's reason, prefixed with what failed (`hpo status` shows it): "config: " a
+    point no network or split can be made of, "data: " the data file, "tracking: " the MLflow
+    store; no prefix for the training itself (NaN loss, out of memory, a library error)."""
+    text = str(exc) if isinstance(exc, HpoError) else f"{type(exc).__name__}: {exc}"
+    kind = fail_kind(exc)
+    return f"{kind}: {text}" if kind else text
+
+
+def fail_kind(exc: BaseException) -> str | None:
+    if isinstance(exc, TrackingError) or type(exc).__module__.startswith("mlflow"):
+        return "tracking"
+    if isinstance(exc, TrialFailed):
+        return exc.kind
+    if isinstance(exc, ConfigError):
+        return "config"
+    if isinstance(exc, DataContractError):
+        return "data"
+    return None

@@ -370,7 +370,7 @@ def parse_space(raw: dict[str, Any], *, source: str) -> SearchSpace:
             values = list(dist.float_ or dist.int_ or ())
         for value in values:
             corner = apply_overrides({path: decode_choice(value)}, base=space.resolved_base(),
-                                     where=f"{source}, params")
+                                     where=f"{source}: params {path}={value}")
             if space.study.metric == "val_nll" and corner.train.loss.type != "gaussian_nll":
                 raise ConfigError(
                     f"{source}: params key '{path}': {value!r} trains without a sigma head, which "

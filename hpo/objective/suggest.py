@@ -44,4 +44,4 @@ def config_for_trial(trial: optuna.Trial, space: SearchSpace) -> RunConfig:
     try:
         return apply_overrides(overrides, base=space.resolved_base(), where=f"trial {trial.number}")
     except ConfigError as exc:
-        raise TrialFailed(str(exc)) from None
+        raise TrialFailed(str(exc), kind="config") from None

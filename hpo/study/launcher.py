@@ -30,14 +30,19 @@ from optuna.trial import TrialState
 
 from hpo.data.contract import Dataset
 from hpo.data.lazy import H5Source
+from hpo.data.lazy import data_header
 from hpo.data.lazy import open_dataset
 from hpo.errors import ConfigError
+from hpo.errors import DataContractError
 from hpo.errors import HpoError
+from hpo.errors import first_line
 from hpo.objective.keys import FAIL_REASON_KEY
 from hpo.objective.keys import WORKER_KEY
+from hpo.objective.corners import check_space
 from hpo.objective.space import SearchSpace
 from hpo.objective.space import load_space
 from hpo.study.budget import Progress
+from hpo.study.budget import grid_exhausted
 from hpo.study.budget import progress
 from hpo.study.create import DATA_FINGERPRINT_KEY
 from hpo.study.create import TRACKING_URI_KEY
@@ -215,6 +220,9 @@ def launch(
         raise ConfigError(f"--workers-per-gpu must be at least 1, got {workers_per_gpu}")
     space = load_space(spec)
     space.budget()  # a missing n_trials is an error now, not once workers run
+    # A point every trial of which would fail (a kernel wider than what is left of the images,
+    # dropout after a dense layer that is not there) is refused before a study or run exists.
+    check_space(space, data_header(space.resolved_base().data.path))
     if space.study.engine == "keras_tuner":
         return launch_keras_tuner(
             space, workers=workers, tracking_uri=tracking_uri, launcher=launcher, echo=echo
@@ -238,6 +246,7 @@ def launch(
         processes = LAUNCHERS[launcher](plan)
     storage = make_storage(storage_url)
     study, created = create_or_join(storage, space)
+    _same_data(study, dataset)
     if DATA_FINGERPRINT_KEY not in study.user_attrs:  # what workers and promote check the file against
         study.set_user_attr(DATA_FINGERPRINT_KEY, dataset.fingerprint()["sha256"])
     if MLFLOW_PARENT_RUN_KEY not in study.user_attrs:
@@ -247,7 +256,9 @@ def launch(
         study.set_user_attr(MLFLOW_EXPERIMENT_KEY, experiment_id)
         study.set_user_attr(MLFLOW_PARENT_RUN_KEY, parent)
         store_tracking_uri(study, tracker.uri)
-    elif tracker.run_status(study.user_attrs[MLFLOW_PARENT_RUN_KEY]) != "RUNNING":
+    elif tracker.run_status(study.user_attrs[MLFLOW_PARENT_RUN_KEY]) != "RUNNING" and not (
+        progress(study, space).spent or grid_exhausted(study, space)
+    ):  # resumed; a finished study's run stays FINISHED
         tracker.client.update_run(study.user_attrs[MLFLOW_PARENT_RUN_KEY], status="RUNNING")
     stored = study.user_attrs.get(TRACKING_URI_KEY)
     if stored and stored != redact(stored):  # kept in full by an older hpo
@@ -259,13 +270,49 @@ def launch(
     if plan is None:
         return LaunchResult(name, created, progress(study, space), space.study.metric)
 
+    parent = study.user_attrs[MLFLOW_PARENT_RUN_KEY]
     try:
         final = supervise(study, space, processes, echo, tracker)
-    except KeyboardInterrupt:
-        tracker.end_run(study.user_attrs[MLFLOW_PARENT_RUN_KEY], "KILLED")  # a relaunch resumes it
+        _some_trial_finished(study, final)
+    except BaseException as exc:  # a relaunch resumes the run
+        _end_parent(tracker, parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     finish_parent_run(study, tracker, space.study.metric)
     return LaunchResult(name, created, final, space.study.metric)
+
+
+def _same_data(study: optuna.Study, dataset: Dataset | H5Source) -> None:
+    """Raises DataContractError when the data file is not the one the study began on (each of
+    its trials would fail on it)."""
+    began = study.user_attrs.get(DATA_FINGERPRINT_KEY)
+    now = dataset.fingerprint()["sha256"]
+    if began is not None and began != now:
+        raise DataContractError(
+            f"data file {dataset.path} is not the one study '{study.study_name}' began on "
+            f"(fingerprint {began} at its start, {now} now); restore it, or rename study.name "
+            "to start a new study on this file"
+        )
+
+
+def _some_trial_finished(study: optuna.Study, final: Progress) -> None:
+    """Raises HpoError when the workers stopped (grid exhausted, timeout) with trials failed and
+    none finished: the launch produced nothing, whatever the workers' exit codes."""
+    if final.done or not final.failed:
+        return
+    last = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))[-1]
+    reason = last.user_attrs.get(FAIL_REASON_KEY, "worker lost (no heartbeat)")
+    raise HpoError(
+        f"study '{study.study_name}': no trial finished, {final.failed} failed; last, trial "
+        f"{last.number}: {reason}"
+    )
+
+
+def _end_parent(tracker: Tracker, run_id: str, status: str) -> None:
+    try:
+        tracker.end_run(run_id, status)
+    except Exception as exc:  # noqa: BLE001  the launch's own error is the one to report
+        print(f"could not end the study's MLflow run {run_id} as {status}: {first_line(exc)}",
+              file=sys.stderr)
 
 
 def worker_group(

@@ -19,6 +19,7 @@ from hpo.data.lazy import H5Source
 from hpo.data.split import Split
 from hpo.data.split import split_indices
 from hpo.errors import TrialFailed
+from hpo.errors import first_line
 from hpo.model.builder import InputStats
 from hpo.model.builder import build_model
 from hpo.model.losses import LOSSES
@@ -89,7 +90,7 @@ def train(
         TrialFailed: the loss or the predictions became non-finite, or memory ran out.
     """
     if ds.log_mass is None:
-        raise TrialFailed(f"{ds.path}: no 'log_mass' to train on")
+        raise TrialFailed(f"{ds.path}: no 'log_mass' to train on", kind="data")
     # ---------------------------------------------------------------- setup
     keras.utils.set_random_seed(cfg.train.seed)
     policy = keras.mixed_precision.global_policy()
@@ -108,14 +109,19 @@ def train(
     sigma_head = loss_cfg.sigma_param if loss_cfg.type == "gaussian_nll" else None
     stats = InputStats.fit(tr_sample.images, ds.redshift[split.train], ds.log_mass[split.train],
                            cfg.model.input.transform)
-    model = build_model(
-        cfg.model,
-        image_shape=ds.image_shape,
-        stats=stats,
-        sigma_head=sigma_head,
-        augment=cfg.train.augment,
-        seed=cfg.train.seed,
-    )
+    try:
+        model = build_model(
+            cfg.model,
+            image_shape=ds.image_shape,
+            stats=stats,
+            sigma_head=sigma_head,
+            augment=cfg.train.augment,
+            seed=cfg.train.seed,
+        )
+    except ValueError as exc:  # Keras refusing a layer: no network has this shape
+        shape = " x ".join(map(str, ds.image_shape))
+        raise TrialFailed(f"the network cannot be built on {shape} images: {first_line(exc)}",
+                          kind="config") from exc
     steps = int(np.ceil(len(split.train) / cfg.train.batch_size))
 
     def compile_for(loss_name: str, epochs: int) -> None:

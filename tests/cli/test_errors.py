@@ -30,11 +30,41 @@ def test_malformed_space_names_file_and_key(tmp_path):
 
 
 def test_dry_run_prints_the_budget(tmp_path):
-    # Rule: --dry-run validates and prints the space with its grid size.
+    # Rule: --dry-run validates and prints the space with its grid size, and how many corners it
+    # checked on the data file's images, building the network at the extremes.
+    write_h5(tmp_path / "signal.h5", make_signal_data(40))
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump(
-        {"study": {"name": "g", "sampler": {"type": "grid"}}, "params": {"model.filters": {"int": [1, 91], "step": 10}}}))
+        {"study": {"name": "g", "sampler": {"type": "grid"}}, "data": {"path": "signal.h5"},
+         "params": {"model.filters": {"int": [1, 91], "step": 10}}}))
     out = hpo(tmp_path, "launch", "grid.yaml", "--dry-run").stdout
     assert "grid: 10 points; budget: 10 trials" in out
+    assert ("checked: 3 corners of the space on signal.h5 (40 clusters of 16 x 16 x 2); "
+            "the network built at 3 of them") in out
+
+
+def test_dry_run_refuses_a_space_whose_trials_would_all_fail(tmp_path):
+    # Rule: a dry run checks the space's corners on the data file's image shape: a kernel that
+    # leaves no pixels (padding valid, two conv layers, 16 x 16 images) is one line naming the
+    # params and the shapes, exit 1, and nothing is written.
+    write_h5(tmp_path / "signal.h5", make_signal_data(40))
+    base = {"model": {"conv_blocks": [[4], [4]], "pool": {"size": 2}, "padding": "valid"}}
+    (tmp_path / "k.yaml").write_text(yaml.safe_dump(
+        {"study": {"name": "k", "n_trials": 3}, "data": {"path": "signal.h5"}, "base": base,
+         "params": {"model.kernel_size": {"int": [2, 9]}}}))
+    proc = hpo(tmp_path, "launch", "k.yaml", "--dry-run", check=False)
+    _assert_one_line_error(proc, "k.yaml: model.kernel_size=9 with model.padding=valid",
+                           "2 conv layers leaves no pixels of the 16 x 16 x 2 images",
+                           "(16 -> conv 8 -> pool 4 -> conv 0)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.yaml", "signal.h5"]
+
+
+def test_dry_run_needs_the_data_file(tmp_path):
+    # Rule: a dry run checks that the space's data file exists, as a launch does.
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(
+        {"study": {"name": "d", "n_trials": 1}, "data": {"path": "data/none.h5"}}))
+    proc = hpo(tmp_path, "launch", "space.yaml", "--dry-run", check=False)
+    _assert_one_line_error(proc, "data file not found: data/none.h5",
+                           "make it with: hpo simulate data/none.h5")
 
 
 def test_broken_data_file_names_the_key(tmp_path):

@@ -20,6 +20,7 @@ from hpo.errors import TrackingError
 from hpo.study.preflight import probe_tracking
 from tests.conftest import make_signal_data
 from tests.conftest import write_h5
+from tests.study.conftest import create_study
 from tests.study.conftest import hpo_cmd
 from tests.study.conftest import write_study_files
 
@@ -196,3 +197,77 @@ def test_broken_data_file_is_one_clear_line(case, tmp_path, monkeypatch, capsys)
     code, err = _launch_study_only(monkeypatch, capsys, tmp_path)
     _assert_one_line(code, err, ["signal.h5", *fragments])
     assert not (tmp_path / "hpo.db").exists()  # no study is created for unusable data
+
+
+# ------------------------------------------------------------------ every trial would fail
+VALID_PADDING = {"model": {"conv_blocks": [[4], [4]], "pool": {"size": 2}, "padding": "valid"}}
+ONE_DENSE = {"model": {"dense": [16, 8, 4], "dropout": {"placement": "one_dense", "index": 0}}}
+
+IMPOSSIBLE_SPACES = {
+    "kernel wider than what is left of the images": (
+        {"base": VALID_PADDING, "params": {"model.kernel_size": {"int": [2, 9]}}},
+        ["model.kernel_size=9 with model.padding=valid, model.pool.size=2 and 2 conv layers "
+         "leaves no pixels of the 16 x 16 x 2 images (16 -> conv 8 -> pool 4 -> conv 0)"],
+    ),
+    "kernel with a padding choice": (
+        {"base": {"model": {"conv_blocks": [[4], [4]], "pool": {"size": 2}}},
+         "params": {"model.kernel_size": {"int": [2, 9]},
+                    "model.padding": {"categorical": ["same", "valid"]}}},
+        ["model.kernel_size=9 with model.padding=valid", "leaves no pixels"],
+    ),
+    "dropout after a dense layer one choice does not have": (
+        {"base": ONE_DENSE, "params": {"model.dense": {"categorical": [[16], [16, 8, 4]]},
+                                       "model.dropout.index": {"int": [0, 2]}}},
+        ["params model.dense=[16] with model.dropout.index=2",
+         "dropout.index must address one of 1 dense layers, got 2"],
+    ),
+    "dropout placement, dense layers and index only together": (
+        {"base": {"model": {"dense": [16, 8, 4]}},
+         "params": {"model.dense": {"categorical": [[16], [16, 8, 4]]},
+                    "model.dropout.placement": {"categorical": ["every_dense", "one_dense"]},
+                    "model.dropout.index": {"int": [0, 2]}}},
+        ["params model.dense=[16], model.dropout.index=2 and model.dropout.placement=one_dense"],
+    ),
+    "validation and test fractions leave nothing to train on": (
+        {"data": {"path": "signal.h5", "val_fraction": 0.6, "test_fraction": 0.5}},
+        ["val_fraction + test_fraction", "0.6 + 0.5"],
+    ),
+    "too few clusters to split": (
+        {"data": {"path": "signal.h5", "max_clusters": 11, "val_fraction": 0.45,
+                  "test_fraction": 0.45}},
+        ["data.val_fraction=0.45, data.test_fraction=0.45 of 11 clusters",
+         "11 clusters are too few to split"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(IMPOSSIBLE_SPACES))
+def test_a_space_every_trial_of_which_would_fail_is_refused_at_launch(case, tmp_path, monkeypatch,
+                                                                     capsys):
+    # Rule: a point of the space no trial could train on (a kernel wider than what the conv stack
+    # leaves of the images, dropout after a dense layer that is not there, a split without
+    # training clusters) is one line naming the params and values, exit 1, before a study or a
+    # run exists; each pair of params and each group of keys that constrain each other is checked.
+    raw, fragments = IMPOSSIBLE_SPACES[case]
+    write_h5(tmp_path / "signal.h5", _data())
+    space = {"study": GOOD_STUDY, "data": {"path": "signal.h5"}, "params": GOOD_PARAMS, **raw}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    code, err = _launch_study_only(monkeypatch, capsys, tmp_path)
+    _assert_one_line(code, err, ["space.yaml", *fragments])
+    assert not (tmp_path / "hpo.db").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_a_relaunch_on_another_data_file_is_refused(tmp_path):
+    # Rule: a study's data file replaced between launches (every trial would fail: "changed while
+    # the study ran") is one line naming the file and both fingerprints, exit 1, no worker started.
+    write_study_files(tmp_path, "swapped", n_trials=2)
+    storage = f"sqlite:///{tmp_path / 'hpo.db'}"
+    create_study(tmp_path, storage)
+    write_h5(tmp_path / "signal.h5", make_signal_data(200, seed=8))  # regenerated at the same path
+    proc = hpo_cmd(tmp_path, "launch", "space.yaml", "--workers", "1", "--storage", storage,
+                   "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith(
+        "hpo: error: data file signal.h5 is not the one study 'swapped' began on (fingerprint ")
+    assert "starting worker" not in proc.stdout

@@ -9,6 +9,7 @@ import pytest
 
 from tests.study.conftest import TINY
 from tests.study.conftest import finish
+from tests.study.conftest import hpo_cmd
 from tests.study.conftest import mlflow_client
 from tests.study.conftest import start_hpo
 from tests.study.conftest import trials_of
@@ -61,3 +62,54 @@ def test_ctrl_c_stops_workers_and_ends_their_trials_and_runs(tmp_path):
         "mlflow_parent_run_id"
     ]
     assert client.get_run(parent).info.status == "KILLED"
+
+
+NAN = {"train.optimizer.learning_rate": {"categorical": [1.0e30]}}  # every trial's loss turns NaN
+
+
+def _launch(cwd, *args):
+    storage = f"sqlite:///{cwd / 'hpo.db'}"
+    return hpo_cmd(cwd, "launch", "space.yaml", *args, "--storage", storage,
+                   "--tracking-uri", f"sqlite:///{cwd / 'mlflow.db'}")
+
+
+def _parent_status(cwd, study):
+    storage = f"sqlite:///{cwd / 'hpo.db'}"
+    attrs = optuna.load_study(study_name=study, storage=storage).user_attrs
+    parent = attrs["mlflow_parent_run_id"]
+    return mlflow_client(cwd).get_run(parent).info.status
+
+
+def test_a_launch_that_finished_no_trial_exits_1_and_fails_its_parent_run(tmp_path):
+    # Rule: workers that stop with every trial failed and none finished (a grid of one point whose
+    # loss turns NaN: the workers exit 0) make `hpo launch` exit 1 with one line naming the last
+    # failure, not "0/1 trials done"; the study's parent run ends FAILED.
+    write_study_files(tmp_path, "nothing", n_trials=None, sampler={"type": "grid"}, params=NAN)
+    proc = _launch(tmp_path, "--workers", "1")
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith(
+        "hpo: error: study 'nothing': no trial finished, 1 failed; last, trial 0: training loss "
+        "became nan"), proc.stderr[-2000:]
+    assert "trials done" not in proc.stdout
+    assert _parent_status(tmp_path, "nothing") == "FAILED"
+
+
+def test_a_launch_whose_workers_failed_ends_its_parent_run_failed(tmp_path):
+    # Rule: a launch that fails because its workers did (5 trials in a row failed: the worker exits
+    # 1) exits 1 and leaves the study's parent run FAILED, not RUNNING; a relaunch resumes it.
+    write_study_files(tmp_path, "workers", n_trials=1, params=NAN)
+    proc = _launch(tmp_path, "--workers", "1")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.splitlines()[-1].startswith("hpo: error: workers exited with codes [1]")
+    assert _parent_status(tmp_path, "workers") == "FAILED"
+
+
+def test_workers_0_on_a_finished_study_leaves_its_parent_run_finished(tmp_path):
+    # Rule: `hpo launch --workers 0` on a study whose budget is spent changes nothing: its parent
+    # run stays FINISHED (a study still short of its budget is resumed: RUNNING).
+    write_study_files(tmp_path, "done", n_trials=1)
+    assert _launch(tmp_path, "--workers", "1").returncode == 0
+    assert _parent_status(tmp_path, "done") == "FINISHED"
+    again = _launch(tmp_path, "--workers", "0")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert _parent_status(tmp_path, "done") == "FINISHED"

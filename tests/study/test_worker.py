@@ -8,8 +8,11 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from tests.study.conftest import TINY
 from tests.study.conftest import create_study
+from tests.study.conftest import hpo_cmd
 from tests.study.conftest import mlflow_client
+from tests.study.conftest import store_space
 from tests.study.conftest import trials_of
 from tests.study.conftest import write_study_files
 
@@ -107,28 +110,34 @@ def test_a_streamed_file_replaced_while_the_study_runs_fails_its_trials_with_the
         run_worker("swap", storage, f"sqlite:///{tmp_path / 'mlflow.db'}")
     trials = trials_of(storage, "swap")
     assert trials and all(t.state == TrialState.FAIL for t in trials)
+    assert all(t.user_attrs["fail_reason"].startswith("data: data file ") for t in trials)
     assert all("signal.h5 changed while the study ran" in t.user_attrs["fail_reason"] for t in trials)
 
 
 def test_a_trial_that_keras_refuses_fails_alone_and_the_worker_goes_on(tmp_path):
     # Rule: any error inside a trial (here Keras refusing a 40-pixel kernel with padding valid on
-    # 16-pixel images), not only the product's own, ends that trial FAIL with the reason (trial
-    # attr, MLflow run FAILED); the worker runs the next trial and spends the budget.
+    # 16-pixel images, a config failure), not only the product's own, ends that trial FAIL with
+    # the reason (trial attr, MLflow run FAILED); the worker runs the next trial and spends the
+    # budget.
     from hpo.study.worker import run_worker
 
     write_study_files(
         tmp_path, "refused", n_trials=None, sampler={"type": "grid"},
-        base={**TINY_VALID}, params={"model.kernel_size": {"categorical": [40, 2]}},
+        base={**TINY_VALID}, params={"model.kernel_size": {"categorical": [3, 2]}},
     )
     storage = f"sqlite:///{tmp_path / 'hpo.db'}"
     create_study(tmp_path, storage)
+    # `hpo launch` refuses a kernel of 40 now; a study stored before it did still runs.
+    store_space(tmp_path, storage, "refused",
+                params={"model.kernel_size": {"categorical": [40, 2]}})
     with contextlib.chdir(tmp_path):
         ran = run_worker("refused", storage, f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert ran == 2
     by_kernel = {t.params["model.kernel_size"]: t for t in trials_of(storage, "refused")}
     bad, good = by_kernel[40], by_kernel[2]
     assert bad.state == TrialState.FAIL and good.state == TrialState.COMPLETE
-    assert bad.user_attrs["fail_reason"].startswith("ValueError")
+    assert bad.user_attrs["fail_reason"].startswith(
+        "config: the network cannot be built on 16 x 16 x 2 images: Computed output size")
     run = mlflow_client(tmp_path).get_run(bad.user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED" and run.data.tags["hpo.fail_reason"] == bad.user_attrs["fail_reason"]
 
@@ -137,3 +146,31 @@ TINY_VALID = {
     "model": {"conv_blocks": [[4], [4]], "pool": {"size": 2}, "dense": [16], "padding": "valid"},
     "train": {"epochs": 2, "batch_size": 32, "optimizer": {"learning_rate": 3e-3}},
 }
+
+
+def test_a_trial_refused_for_its_config_says_so_and_is_not_a_lost_worker(tmp_path):
+    # Rule: a trial whose point is no valid config (dropout after the third dense layer of a
+    # one-layer choice) ends FAIL with a reason of kind "config:", shown by `hpo status`, not
+    # "worker lost (no heartbeat)"; after 5 such failures in a row the worker exits 1, one line.
+    one_dense = {**TINY, "model": {**TINY["model"], "dense": [16, 8, 4],
+                                   "dropout": {"placement": "one_dense", "index": 0}}}
+    write_study_files(tmp_path, "kinds", n_trials=1, base=one_dense,
+                      params={"model.dense": {"categorical": [[16, 8, 4]]},
+                              "model.dropout.index": {"int": [0, 2]}})
+    storage = f"sqlite:///{tmp_path / 'hpo.db'}"
+    create_study(tmp_path, storage)
+    # Each param alone is valid; together, never: `hpo launch` refuses such a space now.
+    store_space(tmp_path, storage, "kinds", params={"model.dense": {"categorical": [[16]]},
+                                                    "model.dropout.index": {"int": [2, 2]}})
+    worker = hpo_cmd(tmp_path, "worker", "--study", "kinds", "--storage", storage,
+                     "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert worker.returncode == 1
+    assert worker.stderr.splitlines()[-1].startswith(
+        "hpo: error: study 'kinds': 5 trials in a row failed; last: config: trial 4: ")
+    status = hpo_cmd(tmp_path, "status", "kinds", "--storage", storage)
+    assert status.returncode == 0 and "worker lost" not in status.stdout, status.stdout
+    rows = [line for line in status.stdout.splitlines()[1:] if line.strip()]
+    assert len(rows) == 5, status.stdout
+    assert all("FAIL" in r and "config: trial" in r for r in rows), status.stdout
+    assert all("dropout.index must address one of 1 dense layers" in t.user_attrs["fail_reason"]
+               for t in trials_of(storage, "kinds"))

@@ -85,7 +85,7 @@ def test_a_server_away_for_seconds_mid_trial_costs_the_trial_nothing(tracking_se
 
 def test_a_server_gone_for_good_fails_the_trial_with_the_reason(tracking_server, data):
     # Rule: when the server stays away past the retry window, the trial fails (TrialFailed, so the
-    # worker goes on) with a reason naming the server, within about one window.
+    # worker goes on) with a reason of kind "tracking:" naming the server, within about one window.
     proxy = TcpProxy(int(tracking_server.rsplit(":", 1)[1]))
     space = parse_space({"study": {"name": "gone", "n_trials": 1, "pruner": {"type": "none"}},
                          "data": {"path": str(data)}, "base": {**TINY, "train": {**TINY["train"], "epochs": 30}},
@@ -107,6 +107,9 @@ def test_a_server_gone_for_good_fails_the_trial_with_the_reason(tracking_server,
     assert time.monotonic() - t0 < 60
     message = str(info.value)
     assert proxy.url in message and "did not answer" in message and "\n" not in message
+    # What failed is in the trial's reason (`hpo status` shows it): tracking, not the training.
+    (trial,) = study.trials
+    assert trial.user_attrs["fail_reason"] == f"tracking: {message}"
 
 
 def _down_when_a_trial_run_exists(proxy: TcpProxy, server: str, experiment_id: str) -> None:
