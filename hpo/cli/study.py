@@ -231,8 +231,21 @@ def status(
         None, help="Study name; without it, every study in the storage."
     ),
     storage: str | None = typer.Option(None, "--storage", help=STORAGE_HELP),
+    repair: bool = typer.Option(
+        False,
+        "--repair",
+        help="First fail the trials of workers gone silent (as a worker would) and end the MLflow "
+        "runs left RUNNING by finished trials.",
+    ),
+    tracking_uri: str | None = typer.Option(
+        None,
+        "--tracking-uri",
+        help="MLflow tracking URI for --repair "
+        "(default: MLFLOW_TRACKING_URI, else the one the study was launched with).",
+    ),
 ) -> None:
     """Studies and their trials: state, value, epochs run, duration, MLflow run."""
+    from hpo.errors import ConfigError
     from hpo.study.create import load_study
     from hpo.study.status import study_rows
     from hpo.study.status import trial_rows
@@ -240,9 +253,29 @@ def status(
 
     store = make_storage(storage)
     if name is None:
+        if repair:
+            raise ConfigError("hpo status --repair needs the study's NAME")
         typer.echo(table(study_rows(store)))
         return
-    study, _ = load_study(store, name)
+    study, space = load_study(store, name)
+    if repair:
+        from hpo.study.create import TRACKING_URI_KEY
+        from hpo.study.heartbeat import enable_heartbeat
+        from hpo.study.heartbeat import reap
+        from hpo.study.preflight import checked_tracker
+        from hpo.study.reconcile import end_orphan_runs
+
+        tracker = checked_tracker(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+                                  or study.user_attrs.get(TRACKING_URI_KEY))
+        enable_heartbeat(store, space, tracker)
+        reap(study)
+        ended = end_orphan_runs(study, tracker)
+        from hpo.tracking.runs import FINAL_STATES
+
+        for number, run_id, state in ended:
+            typer.echo(f"trial {number}: MLflow run {run_id} was left RUNNING; "
+                       f"ended {FINAL_STATES[state]}")
+        typer.echo(f"repaired study '{name}': {len(ended)} runs ended")
     typer.echo(table(trial_rows(study)))
 
 
