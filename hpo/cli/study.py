@@ -260,22 +260,14 @@ def status(
     study, space = load_study(store, name)
     if repair:
         from hpo.study.create import TRACKING_URI_KEY
-        from hpo.study.heartbeat import enable_heartbeat
-        from hpo.study.heartbeat import reap
         from hpo.study.preflight import checked_tracker
-        from hpo.study.reconcile import end_orphan_runs
+        from hpo.study.reconcile import repair as repair_study
 
         tracker = checked_tracker(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
                                   or study.user_attrs.get(TRACKING_URI_KEY))
-        enable_heartbeat(store, space, tracker)
-        reap(study)
-        ended = end_orphan_runs(study, tracker)
-        from hpo.tracking.runs import FINAL_STATES
-
-        for number, run_id, state in ended:
-            typer.echo(f"trial {number}: MLflow run {run_id} was left RUNNING; "
-                       f"ended {FINAL_STATES[state]}")
-        typer.echo(f"repaired study '{name}': {len(ended)} runs ended")
+        lines = repair_study(store, study, space, tracker)
+        for line in lines or [f"study '{name}': nothing to repair"]:
+            typer.echo(line)
     typer.echo(table(trial_rows(study)))
 
 

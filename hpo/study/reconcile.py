@@ -6,8 +6,8 @@ A trial's run can outlive its trial: a worker killed between creating the run an
 id on the trial, or a tracking server away when the trial ended (the run cannot be ended then).
 Every trial run is tagged with its study and trial number when it is created, so whoever fails a
 lost trial ends every run tagged with it (`end_trial_runs`), and a worker (before each trial,
-once the tracking server answers) or `hpo status --repair` ends the RUNNING runs whose trial
-is finished (`end_orphan_runs`).
+once the tracking server answers) or `hpo status --repair` (`repair`) ends the RUNNING runs
+whose trial is finished (`end_orphan_runs`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from hpo.tracking.runs import MLFLOW_EXPERIMENT_KEY
 from hpo.tracking.runs import MLFLOW_PARENT_RUN_KEY
 
 if TYPE_CHECKING:
+    from hpo.objective.space import SearchSpace
     from hpo.study.interrupt import StopRequest
     from hpo.tracking.runs import Tracker
 
@@ -103,6 +104,40 @@ def end_orphan_runs(study: optuna.Study, tracker: Tracker) -> list[tuple[int, st
                         study.study_name, run.info.run_id, trial.number, state)
         ended.append((trial.number, run.info.run_id, state))
     return ended
+
+
+def repair(
+    storage: optuna.storages.BaseStorage, study: optuna.Study, space: SearchSpace,
+    tracker: Tracker,
+) -> list[str]:
+    """`hpo status --repair`: fails the study's stale trials (their runs ended KILLED, their
+    parameters queued again, as a worker would), then ends the runs left RUNNING by finished
+    trials.
+
+    Args:
+        storage: the study's storage, as make_storage opened it (heartbeats are turned on).
+
+    Returns:
+        One line per trial failed and per run ended.
+    """
+    from hpo.study.heartbeat import enable_heartbeat
+    from hpo.study.heartbeat import grace_s
+    from hpo.study.heartbeat import reap
+    from hpo.tracking.runs import FINAL_STATES
+
+    running = {t.number for t in study.get_trials(deepcopy=False,
+                                                   states=(optuna.trial.TrialState.RUNNING,))}
+    enable_heartbeat(storage, space, tracker)
+    reap(study)
+    failed = [t.number for t in study.get_trials(deepcopy=False,
+                                                 states=(optuna.trial.TrialState.FAIL,))
+              if t.number in running]
+    lines = [f"trial {n}: no heartbeat for {grace_s(space)} s; failed, its MLflow runs ended "
+             "KILLED" for n in failed]
+    for number, run_id, state in end_orphan_runs(study, tracker):
+        lines.append(f"trial {number}: MLflow run {run_id} was left RUNNING; "
+                     f"ended {FINAL_STATES[state]}")
+    return lines
 
 
 def settle_tracking(

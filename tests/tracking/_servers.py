@@ -153,7 +153,6 @@ class TcpProxy:
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
     def down(self) -> None:
-        self._release.set()  # a held answer goes nowhere: its connection is cut below
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
@@ -161,6 +160,7 @@ class TcpProxy:
             conns, self._conns = self._conns, set()
         for conn in conns:
             _close(conn)
+        self._release.set()  # a held answer goes nowhere now: its connection is cut
 
     def down_for(self, seconds: float) -> None:
         """Down now, up again after `seconds` (in the background)."""
