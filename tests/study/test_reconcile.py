@@ -13,7 +13,6 @@ from hpo.objective.space import parse_space
 from hpo.study.create import create_or_join
 from hpo.study.heartbeat import enable_heartbeat
 from hpo.study.heartbeat import reap
-from hpo.study.reconcile import end_orphan_runs
 from hpo.study.storage import make_storage
 from hpo.tracking.runs import MLFLOW_EXPERIMENT_KEY
 from hpo.tracking.runs import Tracker
@@ -65,6 +64,8 @@ def test_a_lost_trials_runs_are_killed_by_their_tags(setup):
 def test_runs_of_finished_trials_end_as_their_trials_ended(setup):
     # Rule: end_orphan_runs ends a RUNNING run of a COMPLETE trial FINISHED, of a failed one
     # FAILED with its reason, of one that lost its worker KILLED; a running trial's run goes on.
+    from hpo.study.reconcile import end_orphan_runs
+
     study, tracker = setup
     study.add_trial(optuna.create_trial(value=0.3))
     study.add_trial(optuna.create_trial(state=TrialState.FAIL,
