@@ -259,12 +259,12 @@ def status(
         return
     study, space = load_study(store, name)
     if repair:
-        from hpo.study.create import TRACKING_URI_KEY
+        from hpo.study.create import stored_tracking_uri
         from hpo.study.preflight import checked_tracker
         from hpo.study.reconcile import repair as repair_study
 
         tracker = checked_tracker(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-                                  or study.user_attrs.get(TRACKING_URI_KEY))
+                                  or stored_tracking_uri(study))
         lines = repair_study(store, study, space, tracker)
         for line in lines or [f"study '{name}': nothing to repair"]:
             typer.echo(line)
