@@ -156,6 +156,11 @@ class Objective:
             # The run first: if a peer already failed this trial as lost, set_user_attr raises.
             if run_id is not None:
                 self.tracker.finish_trial_run(run_id, state, reason=reason)
+        except Exception as exc:  # noqa: BLE001  the server may be why the trial failed
+            # The trial's own error goes on; the run is ended once the server answers
+            # (study/reconcile.py).
+            _logger.warning("could not end MLflow run %s of trial %d: %s", run_id, trial.number,
+                            redact_text(str(exc)))
         finally:
             # Kept even when the tracking server is the reason the trial failed.
             trial.set_user_attr(FAIL_REASON_KEY, reason[:2000])
