@@ -231,8 +231,21 @@ def status(
         None, help="Study name; without it, every study in the storage."
     ),
     storage: str | None = typer.Option(None, "--storage", help=STORAGE_HELP),
+    repair: bool = typer.Option(
+        False,
+        "--repair",
+        help="First fail the trials of workers gone silent (as a worker would) and end the MLflow "
+        "runs left RUNNING by finished trials.",
+    ),
+    tracking_uri: str | None = typer.Option(
+        None,
+        "--tracking-uri",
+        help="MLflow tracking URI for --repair "
+        "(default: MLFLOW_TRACKING_URI, else the one the study was launched with).",
+    ),
 ) -> None:
     """Studies and their trials: state, value, epochs run, duration, MLflow run."""
+    from hpo.errors import ConfigError
     from hpo.study.create import load_study
     from hpo.study.status import study_rows
     from hpo.study.status import trial_rows
@@ -240,9 +253,21 @@ def status(
 
     store = make_storage(storage)
     if name is None:
+        if repair:
+            raise ConfigError("hpo status --repair needs the study's NAME")
         typer.echo(table(study_rows(store)))
         return
-    study, _ = load_study(store, name)
+    study, space = load_study(store, name)
+    if repair:
+        from hpo.study.create import stored_tracking_uri
+        from hpo.study.preflight import checked_tracker
+        from hpo.study.reconcile import repair as repair_study
+
+        tracker = checked_tracker(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+                                  or stored_tracking_uri(study))
+        lines = repair_study(store, study, space, tracker)
+        for line in lines or [f"study '{name}': nothing to repair"]:
+            typer.echo(line)
     typer.echo(table(trial_rows(study)))
 
 

@@ -71,13 +71,15 @@ class Objective:
         try:  # a trial that fails before it has a run still says why (not "worker lost")
             cfg = config_for_trial(trial, self.space)
             trial.set_user_attr(CONFIG_KEY, cfg.model_dump(mode="json"))
+            # The run id goes on the trial the moment the run exists; a worker that dies before
+            # that leaves a run that only its tags (hpo.study, hpo.trial) tie to the trial.
             run_id = self.tracker.start_trial_run(
-                self.experiment_id, self.parent_run_id, self.space.study.name, trial.number, cfg
+                self.experiment_id, self.parent_run_id, self.space.study.name, trial.number, cfg,
+                created=lambda run_id: trial.set_user_attr(MLFLOW_RUN_ID_KEY, run_id),
             )
-        except Exception as exc:
+        except Exception as exc:  # the run, if any, was ended by start_trial_run
             self._fail(trial, None, fail_reason(exc), "FAIL")
             raise
-        trial.set_user_attr(MLFLOW_RUN_ID_KEY, run_id)
         pruning = PruningCallback(trial, self.space.study.metric)
         epochs_log = MlflowEpochLogger(self.tracker, run_id)
         callbacks = [epochs_log, pruning]  # the epoch that gets a trial pruned is logged too
@@ -120,7 +122,11 @@ class Objective:
         if model_uri is not None:
             trial.set_user_attr(MODEL_URI_KEY, model_uri)
         trial.set_user_attr(VAL_METRICS_KEY, result.val_metrics)
-        self.tracker.finish_trial_run(run_id, "COMPLETE", epochs_run=result.epochs_run)
+        try:
+            self.tracker.finish_trial_run(run_id, "COMPLETE", epochs_run=result.epochs_run)
+        except Exception as exc:  # the tracking server went away: the trial fails with the reason
+            self._fail(trial, run_id, fail_reason(exc), "FAIL")
+            raise
         return value
 
     def _keeps_model(self, trial: optuna.Trial, value: float) -> bool:
@@ -150,6 +156,11 @@ class Objective:
             # The run first: if a peer already failed this trial as lost, set_user_attr raises.
             if run_id is not None:
                 self.tracker.finish_trial_run(run_id, state, reason=reason)
+        except Exception as exc:  # noqa: BLE001  the server may be why the trial failed
+            # The trial's own error goes on; the run is ended once the server answers
+            # (study/reconcile.py).
+            _logger.warning("could not end MLflow run %s of trial %d: %s", run_id, trial.number,
+                            redact_text(str(exc)))
         finally:
             # Kept even when the tracking server is the reason the trial failed.
             trial.set_user_attr(FAIL_REASON_KEY, reason[:2000])

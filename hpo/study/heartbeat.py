@@ -6,7 +6,8 @@ Each running trial beats every `study.heartbeat_s` seconds (Optuna's heartbeat t
 runs under study.optimize). A RUNNING trial silent for `study.grace_s` seconds is stale, and
 whoever notices first fails it: a worker about to start a trial, a worker waiting for the
 study's last trials, a worker about to exit, or `hpo storage-proxy` on its timer.
-`StaleTrialHandler` then ends the trial's MLflow run as KILLED and, while the budget is not
+`StaleTrialHandler` then ends the trial's MLflow runs as KILLED (found by id and by their tags
+hpo.study and hpo.trial, see reconcile.py) and, while the budget is not
 spent, re-queues its parameters with Optuna's RetryHeartbeatStaleTrialCallback (up to
 `study.max_retry` times), so the next free worker runs them again.
 """
@@ -99,19 +100,21 @@ class StaleTrialHandler:
             self._retry(study, retry)
 
     def end_run(self, study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
-        """Ends the trial's MLflow run as KILLED, with the reason as tag hpo.fail_reason."""
+        """Ends the trial's MLflow runs as KILLED, with the reason as tag hpo.fail_reason: the
+        one recorded on the trial and any other tagged with it (a worker may have died between
+        creating its run and recording the id)."""
+        from hpo.study.reconcile import end_trial_runs
+
         run_id = trial.user_attrs.get(MLFLOW_RUN_ID_KEY)
-        if not run_id:
-            return
         try:
             tracker = self._tracker(study)
-            if tracker.run_status(run_id) == "RUNNING":
-                tracker.finish_trial_run(run_id, "KILLED", reason=reason)
+            end_trial_runs(study, tracker, trial.number, "KILLED", reason, known=run_id)
         # The trial is failed already: an unreachable tracker must not undo that (MLflow's
-        # errors come as many types), so say it and go on.
+        # errors come as many types), so say it and go on; a worker ends the runs once it
+        # answers (reconcile.py).
         except Exception as exc:  # noqa: BLE001
             _logger.warning(
-                "could not end MLflow run %s of trial %d: %s", run_id, trial.number, exc
+                "could not end the MLflow runs of trial %d: %s", trial.number, exc
             )
 
     def _tracker(self, study: optuna.Study) -> Tracker:

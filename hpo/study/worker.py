@@ -36,6 +36,7 @@ from hpo.study.heartbeat import grace_s
 from hpo.study.heartbeat import reap
 from hpo.study.interrupt import StopRequest
 from hpo.study.preflight import checked_tracker
+from hpo.study.reconcile import settle_tracking
 from hpo.study.retry import RETRY_WINDOW_S
 from hpo.study.retry import is_transient
 from hpo.study.storage import default_storage_url
@@ -136,6 +137,7 @@ def _run_until_spent(
             # The rest of the budget runs elsewhere: stay, to run it again if its worker is lost.
             time.sleep(poll_s)
             continue
+        settle_tracking(study, objective.tracker, stop)  # waits for a tracking server gone away
         with stop.in_trial():
             last = _run_one(study, objective)
         if last is None:
@@ -148,6 +150,7 @@ def _run_until_spent(
                 f"study '{study.study_name}': {failures} trials in a row failed; last: {reason}"
             )
     _reap_before_exit(study, space, poll_s)
+    settle_tracking(study, objective.tracker, stop)
     return ran
 
 

@@ -11,6 +11,10 @@ later calls try once without waiting, so that a trial's clean-up does not wait a
 A refused login (HTTP 401/403) is never retried: it raises TrackingError naming the user and
 the environment variables to fix.
 
+A worker whose trial failed that way waits for the server before its next trial
+(`RetryingClient.wait_until_up`), with backoff, for at most HPO_TRACKING_WAIT_S seconds (default
+1800), saying so in its log; a server away for longer stops the worker with one line.
+
 MLflow's own HTTP client retries for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES, default 7 with
 backoff); a Tracker for an http(s) server sets it to 0 unless the user set it, so that this
 module alone decides how long a call may take.
@@ -36,8 +40,10 @@ from hpo.redact import redact
 _logger = logging.getLogger(__name__)
 
 RETRY_WINDOW_S = 120.0  # default seconds a call keeps retrying; HPO_TRACKING_RETRY_S overrides
+WAIT_LIMIT_S = 1800.0  # default seconds a worker waits for a server gone away; HPO_TRACKING_WAIT_S
 FIRST_DELAY_S = 0.5
 MAX_DELAY_S = 15.0
+WAIT_FIRST_DELAY_S, WAIT_MAX_DELAY_S = 1.0, 15.0  # polls of a worker waiting for the server
 _TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"}
 _TRANSIENT_HTTP = {408, 429, 500, 502, 503, 504}
 _AUTH_CODES = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}
@@ -53,15 +59,28 @@ def default_window_s() -> float:
     Raises:
         TrackingError: HPO_TRACKING_RETRY_S is not a number >= 0.
     """
-    raw = os.environ.get("HPO_TRACKING_RETRY_S")
+    return _seconds_from_env("HPO_TRACKING_RETRY_S", RETRY_WINDOW_S)
+
+
+def default_wait_s() -> float:
+    """HPO_TRACKING_WAIT_S if set (seconds, >= 0), else WAIT_LIMIT_S.
+
+    Raises:
+        TrackingError: HPO_TRACKING_WAIT_S is not a number >= 0.
+    """
+    return _seconds_from_env("HPO_TRACKING_WAIT_S", WAIT_LIMIT_S)
+
+
+def _seconds_from_env(name: str, default: float) -> float:
+    raw = os.environ.get(name)
     if raw is None or raw == "":
-        return RETRY_WINDOW_S
+        return default
     try:
         value = float(raw)
     except ValueError:
         value = -1.0
     if value < 0:
-        raise TrackingError(f"HPO_TRACKING_RETRY_S must be a number of seconds >= 0, got {raw!r}")
+        raise TrackingError(f"{name} must be a number of seconds >= 0, got {raw!r}")
     return value
 
 
@@ -127,6 +146,68 @@ class RetryingClient:
         """The wrapped MlflowClient, for calls that must not wait (a health check)."""
         return self._client
 
+    @property
+    def down(self) -> str | None:
+        """Why the last window ran out (the server is away); None once a call succeeded."""
+        return self._down
+
+    def wait_until_up(
+        self,
+        limit_s: float,
+        *,
+        check: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> float:
+        """Blocks until the server answers a one-experiment search, trying with backoff (1 s
+        doubling to 15 s) for at most `limit_s` seconds; says so in the log.
+
+        Args:
+            limit_s: the longest wait (HPO_TRACKING_WAIT_S for a worker); 0: one attempt.
+            check: called before each attempt (a worker's stop check, which may raise).
+            clock, sleep: time.monotonic and time.sleep, replaced by a test's fake clock.
+
+        Returns:
+            The seconds waited.
+
+        Raises:
+            TrackingError: the server did not answer within `limit_s`.
+        """
+        start = clock()
+        delay, told = WAIT_FIRST_DELAY_S, False
+        while True:
+            check()
+            try:
+                self._client.search_experiments(max_results=1)
+            except Exception as exc:
+                refused = auth_error(exc, self._uri)
+                if refused is not None:
+                    raise refused from None
+                if not is_transient(exc):
+                    raise
+                self._down = first_line(exc)
+            else:
+                waited = clock() - start
+                if told:
+                    _logger.warning("MLflow tracking at %s answers again after %.0f s; going on",
+                                    self._uri, waited)
+                self._down = None
+                return waited
+            left = start + limit_s - clock()
+            if left <= 0:
+                raise TrackingError(
+                    f"MLflow tracking at {self._uri} did not answer for {limit_s:.0f} s "
+                    f"(HPO_TRACKING_WAIT_S): {self._down}; this worker stops; bring the server "
+                    "back and start the worker again"
+                )
+            if not told:
+                _logger.warning(
+                    "MLflow tracking at %s is away (%s); waiting for it up to %.0f s "
+                    "(HPO_TRACKING_WAIT_S) before the next trial", self._uri, self._down, limit_s)
+                told = True
+            sleep(min(delay, left))
+            delay = min(delay * 2, WAIT_MAX_DELAY_S)
+
     def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """fn(*args, **kwargs), retried on transient errors.
 
@@ -178,5 +259,6 @@ class RetryingClient:
 
 
 __all__ = [
-    "RetryingClient", "TrackingUnavailable", "auth_error", "default_window_s", "is_transient",
+    "RetryingClient", "TrackingUnavailable", "auth_error", "default_wait_s", "default_window_s",
+    "is_transient",
 ]

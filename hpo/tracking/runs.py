@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -157,17 +158,64 @@ class Tracker:
 
     # ------------------------------------------------------------------------ trial level
     def start_trial_run(
-        self, experiment_id: str, parent_run_id: str | None, study_name: str, number: int, cfg: RunConfig
+        self,
+        experiment_id: str,
+        parent_run_id: str | None,
+        study_name: str,
+        number: int,
+        cfg: RunConfig,
+        *,
+        created: Callable[[str], Any] | None = None,
     ) -> str:
-        """A nested run named trial-<n>, with the flattened config as params and config.yaml."""
+        """A nested run named trial-<n>, with the flattened config as params and config.yaml.
+
+        The run is tagged hpo.study and hpo.trial when it is created, so that a run whose id
+        never reached its trial is still found (`running_trial_runs`) and ended with it.
+
+        Args:
+            created: called with the run id as soon as the run exists, before anything else
+                can fail (the objective records it on its trial there).
+
+        Raises:
+            Whatever logging the config raised, after ending the run FAILED (KILLED for an
+            interrupt) if the server lets it.
+        """
         tags = {"hpo.study": study_name, "hpo.trial": str(number), "hpo.kind": "trial", "hpo.state": "RUNNING"}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         tags.update(_device_tags())
         run = self.client.create_run(experiment_id, run_name=f"trial-{number}", tags=tags)
-        self.log_config(run.info.run_id, cfg)
-        self._monitors[run.info.run_id] = system_metrics.start(run.info.run_id, self.uri)
-        return run.info.run_id
+        run_id = str(run.info.run_id)
+        try:
+            if created is not None:
+                created(run_id)
+            self.log_config(run_id, cfg)
+        except BaseException as exc:
+            stopped = isinstance(exc, KeyboardInterrupt)
+            try:
+                self.finish_trial_run(run_id, "KILLED" if stopped else "FAIL",
+                                      reason="interrupted" if stopped else first_line(exc, 2000))
+            except Exception as again:  # noqa: BLE001  the server may be why; reconcile.py ends it
+                _logger.warning("could not end MLflow run %s of trial %d: %s", run_id, number,
+                                again)
+            raise
+        self._monitors[run_id] = system_metrics.start(run_id, self.uri)
+        return run_id
+
+    def running_trial_runs(
+        self, experiment_id: str, study_name: str, *, number: int | None = None,
+        parent_run_id: str | None = None,
+    ) -> list[Any]:
+        """The RUNNING trial runs of a study, found by their tags (of trial `number` only, if
+        given; under the study's parent run only, if given)."""
+        where = [f"tags.`hpo.study` = '{study_name}'", "tags.`hpo.kind` = 'trial'",
+                 "attributes.status = 'RUNNING'"]
+        if number is not None:
+            where.append(f"tags.`hpo.trial` = '{number}'")
+        if parent_run_id:
+            where.append(f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+        found = self.client.search_runs([experiment_id], " AND ".join(where), max_results=1000)
+        return list(found)
 
     def start_single_run(self, experiment_name: str, cfg: RunConfig, run_name: str | None) -> str:
         """A standalone run for `hpo train`."""

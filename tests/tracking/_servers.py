@@ -63,33 +63,56 @@ def start_process(argv: list[str], log: Path, env: dict[str, str] | None = None,
                                 start_new_session=True)
 
 
+class MlflowServer:
+    """`mlflow server` on a free loopback port with a store (default SQLite) and artifacts under
+    `root`; `stop()` ends the process, `start()` starts it again on the same port and store."""
+
+    def __init__(self, root: Path, *, app_name: str | None = None,
+                 env: dict[str, str] | None = None, backend_store_uri: str | None = None) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root, self.port = root, free_port()
+        self.store = backend_store_uri or f"sqlite:///{root / 'mlflow.db'}"
+        self.argv = [str(BIN / "mlflow"), "server", "--backend-store-uri", self.store,
+                     "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
+                     "--port", str(self.port), "--workers", "1"]
+        if app_name:
+            self.argv += ["--app-name", app_name]
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        self.env = {**clean, **(env or {})}
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> MlflowServer:
+        """Starts the server and returns once it answers."""
+        log = self.root / "server.log"
+        self.proc = start_process(self.argv, log, env=self.env, cwd=self.root)
+        wait_http(self.url + "/health", self.proc, log=log)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+
+
 @contextmanager
 def mlflow_server(root: Path, *, app_name: str | None = None, env: dict[str, str] | None = None,
                   backend_store_uri: str | None = None) -> Iterator[str]:
     """`mlflow server` on a free loopback port with a store (default SQLite) and artifacts under
     `root`; yields its URL."""
-    root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    store = backend_store_uri or f"sqlite:///{root / 'mlflow.db'}"
-    argv = [str(BIN / "mlflow"), "server", "--backend-store-uri", store,
-            "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
-            "--port", str(port), "--workers", "1"]
-    if app_name:
-        argv += ["--app-name", app_name]
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    log = root / "server.log"
-    proc = start_process(argv, log, env={**clean, **(env or {})}, cwd=root)
+    server = MlflowServer(root, app_name=app_name, env=env, backend_store_uri=backend_store_uri)
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_http(url + "/health", proc, log=log)
-        yield url
+        yield server.start().url
     finally:
-        stop(proc)
+        server.stop()
 
 
 class TcpProxy:
     """Forwards a free port on `host` (default loopback) to `target_port` on loopback; `down()`
-    makes it refuse connections.
+    makes it refuse connections; `hold_response_to` keeps one answer back, so that a test acts
+    between the server doing a thing and the client learning it.
 
     While down, nothing listens on the port (clients get "connection refused") and every
     forwarded connection is cut, which is what a client sees of a server that went away.
@@ -100,7 +123,21 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._listener: socket.socket | None = None
+        self._marker: bytes | None = None
+        self.held, self._release = threading.Event(), threading.Event()
         self.up()
+
+    def hold_response_to(self, marker: bytes) -> None:
+        """The next request holding `marker` (e.g. b"/runs/create") reaches the server, but its
+        answer is kept from the client until `release()`; `held` is set once the answer arrived,
+        that is once the server has done what was asked."""
+        self.held.clear()
+        self._release.clear()
+        self._marker = marker
+
+    def release(self) -> None:
+        """Lets a held answer through."""
+        self._release.set()
 
     @property
     def url(self) -> str:
@@ -123,6 +160,7 @@ class TcpProxy:
             conns, self._conns = self._conns, set()
         for conn in conns:
             _close(conn)
+        self._release.set()  # a held answer goes nowhere now: its connection is cut
 
     def down_for(self, seconds: float) -> None:
         """Down now, up again after `seconds` (in the background)."""
@@ -144,12 +182,22 @@ class TcpProxy:
                 continue
             with self._lock:
                 self._conns.update((client, upstream))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            hold = threading.Event()  # set: this connection's next answer is held
+            for a, b, request in ((client, upstream, True), (upstream, client, False)):
+                pump = threading.Thread(target=self._pump, args=(a, b, hold, request), daemon=True)
+                pump.start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, hold: threading.Event,
+              request: bool) -> None:
         try:
             while data := src.recv(65536):
+                if request and self._marker is not None and self._marker in data:
+                    self._marker = None
+                    hold.set()  # before the request goes on, so no answer can slip through
+                elif not request and hold.is_set():
+                    self.held.set()
+                    self._release.wait()
+                    hold.clear()
                 dst.sendall(data)
         except OSError:
             pass

@@ -133,3 +133,68 @@ def test_the_window_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("HPO_TRACKING_RETRY_S", "soon")
     with pytest.raises(TrackingError, match="HPO_TRACKING_RETRY_S.*'soon'"):
         retry.default_window_s()
+
+
+class FakeClock:
+    """time.monotonic and time.sleep of a test: sleeping moves the clock, nothing waits."""
+
+    def __init__(self) -> None:
+        self.now, self.sleeps = 0.0, []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+class Searches:
+    """Stands in for MlflowClient.search_experiments: refused `failures` times, then answers."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.calls = failures, 0
+
+    def search_experiments(self, max_results: int) -> list:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise _refused()
+        return []
+
+
+def test_a_worker_waits_for_a_server_gone_away_with_backoff_and_says_so(caplog):
+    # Rule: once a window ran out, wait_until_up polls with backoff (1 s doubling, capped), logs
+    # one line naming the limit, one when the server is back, and clears the down state.
+    clock = FakeClock()
+    client = RetryingClient(Searches(6), URI, window_s=1)
+    client._down = "refused"
+    with caplog.at_level(logging.WARNING, logger="hpo.tracking.retry"):
+        waited = client.wait_until_up(600, clock=clock, sleep=clock.sleep)
+    assert clock.sleeps == [1.0, 2.0, 4.0, 8.0, 15.0, 15.0] and waited == sum(clock.sleeps)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2 and "up to 600 s (HPO_TRACKING_WAIT_S)" in messages[0]
+    assert "answers again after 45 s" in messages[1]
+    assert client.down is None
+
+
+def test_a_server_away_past_the_wait_limit_stops_the_worker_with_one_line():
+    # Rule: past HPO_TRACKING_WAIT_S the wait ends in a TrackingError (not a TrialFailed: the
+    # worker stops) naming the server and the variable; it never sleeps past the limit.
+    clock = FakeClock()
+    client = RetryingClient(Searches(10**6), URI, window_s=1)
+    with pytest.raises(TrackingError) as info:
+        client.wait_until_up(20, clock=clock, sleep=clock.sleep)
+    assert clock.now == 20 and not isinstance(info.value, TrialFailed)
+    message = str(info.value)
+    assert URI in message and "20 s (HPO_TRACKING_WAIT_S)" in message and "\n" not in message
+
+
+def test_the_wait_limit_comes_from_the_environment(monkeypatch):
+    # Rule: HPO_TRACKING_WAIT_S sets the limit (default 1800 s); a bad value names the variable.
+    monkeypatch.delenv("HPO_TRACKING_WAIT_S", raising=False)
+    assert retry.default_wait_s() == 1800
+    monkeypatch.setenv("HPO_TRACKING_WAIT_S", "30")
+    assert retry.default_wait_s() == 30
+    monkeypatch.setenv("HPO_TRACKING_WAIT_S", "-1")
+    with pytest.raises(TrackingError, match="HPO_TRACKING_WAIT_S.*'-1'"):
+        retry.default_wait_s()
