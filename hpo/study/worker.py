@@ -31,7 +31,9 @@ from hpo.study.budget import progress
 from hpo.study.create import DATA_FINGERPRINT_KEY
 from hpo.study.create import TRACKING_URI_KEY
 from hpo.study.create import load_study
+from hpo.study.heartbeat import StaleTrialHandler
 from hpo.study.heartbeat import enable_heartbeat
+from hpo.study.heartbeat import fail_lost
 from hpo.study.heartbeat import grace_s
 from hpo.study.heartbeat import reap
 from hpo.study.interrupt import StopRequest
@@ -134,8 +136,12 @@ def _run_until_spent(
             # The rest of the budget runs elsewhere: stay, to run it again if its worker is lost.
             time.sleep(poll_s)
             continue
-        with stop.in_trial():
-            last = _run_one(study, objective)
+        try:
+            with stop.in_trial():
+                last = _run_one(study, objective)
+        except KeyboardInterrupt:
+            _requeue_interrupted(study, space, objective)
+            raise
         if last is None:
             continue
         ran += 1
@@ -183,6 +189,20 @@ def _run_one(study: optuna.Study, objective: Objective) -> FrozenTrial | None:
                         type(exc).__name__, first_line(exc))
         return mine[0]
     return finished[-1] if finished else None
+
+
+def _requeue_interrupted(study: optuna.Study, space: SearchSpace, objective: Objective) -> None:
+    """A trial stopped by a signal is not at fault: its parameters are queued again, as a lost
+    trial's are, and one still RUNNING (a second signal cut its own ending short) is failed."""
+    mine = [t for t in study.get_trials(deepcopy=False) if t.number == objective.trial_number]
+    if not mine:
+        return
+    trial = mine[0]
+    if trial.state == TrialState.RUNNING:
+        fail_lost(study, space, [trial], "interrupted", objective.tracker)
+    elif trial.state == TrialState.FAIL and FAIL_REASON_KEY in trial.user_attrs:
+        # (without a reason a peer failed it as lost, and queued its copy)
+        StaleTrialHandler(space, objective.tracker).requeue(study, trial)
 
 
 def _lost_to_peer(study: optuna.Study, objective: Objective, exc: Exception) -> bool:
