@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -31,6 +32,7 @@ from hpo.study.budget import progress
 from hpo.study.create import DATA_FINGERPRINT_KEY
 from hpo.study.create import TRACKING_URI_KEY
 from hpo.study.create import load_study
+from hpo.study.claim import trial_start_lock
 from hpo.study.heartbeat import StaleTrialHandler
 from hpo.study.heartbeat import enable_heartbeat
 from hpo.study.heartbeat import fail_lost
@@ -124,24 +126,28 @@ def _run_until_spent(
     while True:
         stop.check()
         reap(study)
-        p = progress(study, space)
-        if p.spent or grid_exhausted(study, space):
-            break
-        if deadline is not None and time.monotonic() > deadline:
-            _logger.info(
-                "study %s: timeout of %s s reached", study.study_name, space.study.timeout_s
-            )
-            break
-        if p.done + p.running >= p.budget:
+        # The check and the new trial's start are one step for all workers (see claim.py).
+        with trial_start_lock(study) as started:
+            p = progress(study, space)
+            if p.spent or grid_exhausted(study, space):
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                _logger.info(
+                    "study %s: timeout of %s s reached", study.study_name, space.study.timeout_s
+                )
+                break
+            busy = p.done + p.running >= p.budget
+            if not busy:
+                try:
+                    with stop.in_trial():
+                        last = _run_one(study, objective, started)
+                except KeyboardInterrupt:
+                    _requeue_interrupted(study, space, objective)
+                    raise
+        if busy:
             # The rest of the budget runs elsewhere: stay, to run it again if its worker is lost.
             time.sleep(poll_s)
             continue
-        try:
-            with stop.in_trial():
-                last = _run_one(study, objective)
-        except KeyboardInterrupt:
-            _requeue_interrupted(study, space, objective)
-            raise
         if last is None:
             continue
         ran += 1
@@ -155,13 +161,21 @@ def _run_until_spent(
     return ran
 
 
-def _run_one(study: optuna.Study, objective: Objective) -> FrozenTrial | None:
-    """Runs one trial; None when a peer failed it as lost meanwhile (its copy runs again)."""
+def _run_one(
+    study: optuna.Study, objective: Objective, started: Callable[[], None]
+) -> FrozenTrial | None:
+    """Runs one trial, calling `started` once it is RUNNING; None when a peer failed it as lost
+    meanwhile (its copy runs again)."""
     finished: list[FrozenTrial] = []
     objective.trial_number = None  # set by the objective once this pass's trial exists
+
+    def run(trial: optuna.Trial) -> float:
+        started()
+        return objective(trial)
+
     try:
         study.optimize(
-            objective,
+            run,
             n_trials=1,
             catch=(TrialFailed,),
             gc_after_trial=True,

@@ -1,0 +1,104 @@
+"""A per-study lock held from a worker's budget check until its new trial is RUNNING.
+
+    hpo launch search_spaces/quickstart.yaml --workers 6      # never more than n_trials finish
+
+Without it, workers that look at the budget at the same moment all see room for one more trial
+and all start one, overshooting n_trials by up to workers - 1. Under the lock the check and the
+start are one step: the next worker's check counts the trial just started. PostgreSQL: a
+transaction-scoped advisory lock on a connection of the storage's own pool (the server releases
+it if the worker dies); SQLite: flock on the file `<database>-start.lock` beside it (the kernel
+releases it if the worker dies). Other storages (the gRPC proxy, MySQL) take no lock: there the
+budget can still overshoot by up to workers - 1 (docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import optuna
+import sqlalchemy
+
+from hpo.study.retry import retrying
+
+LOCK_CLASS = 0x68706F  # "hpo": the first key of pg_advisory_xact_lock(int, int); the study id is the second
+SQLITE_SUFFIX = "-start.lock"
+
+Release = Callable[[], None]
+
+
+@contextmanager
+def trial_start_lock(study: optuna.Study) -> Iterator[Release]:
+    """Holds the study's start lock inside the block; yields `release`, which frees it early
+    (call it once the new trial is RUNNING) and may be called more than once.
+
+    Raises:
+        sqlalchemy.exc.OperationalError: the database did not answer within the storage's retry
+            window (transient: the worker reports it as a lost storage).
+    """
+    storage = getattr(study._storage, "_backend", study._storage)  # under Optuna's cache
+    engine = getattr(storage, "engine", None)
+    dialect = engine.dialect.name if engine is not None else None
+    if dialect == "postgresql":
+        conn = _pg_lock(storage, study._study_id)
+        release: Release = lambda: _pg_release(conn)  # noqa: E731
+    elif dialect == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        fd = _flock(engine.url.database + SQLITE_SUFFIX)
+        release = lambda: _unflock(fd)  # noqa: E731
+    else:
+        release = lambda: None  # noqa: E731
+    done = False
+
+    def release_once() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            release()
+
+    try:
+        yield release_once
+    finally:
+        release_once()
+
+
+def _pg_lock_once(storage: Any, study_id: int) -> sqlalchemy.Connection:
+    conn = storage.engine.connect()
+    try:
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:c, :s)"),
+                     {"c": LOCK_CLASS, "s": study_id})
+    except BaseException:
+        conn.invalidate()
+        conn.close()
+        raise
+    return conn
+
+
+# A connection lost while waiting (a restart, pg_terminate_backend) is retried like storage calls.
+_pg_lock = retrying(_pg_lock_once, lambda storage: float(getattr(storage, "retry_window_s", 0)))
+
+
+def _pg_release(conn: sqlalchemy.Connection) -> None:
+    try:
+        conn.rollback()  # ends the transaction, and with it the lock
+    except sqlalchemy.exc.SQLAlchemyError:
+        conn.invalidate()  # its session is gone, and the lock with it
+    finally:
+        conn.close()
+
+
+def _flock(path: str) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _unflock(fd: int) -> None:
+    os.close(fd)  # closing the only descriptor frees the lock
