@@ -28,8 +28,8 @@ pytestmark = pytest.mark.slow
 LONG = {**TINY, "train": {**TINY["train"], "epochs": 1000}}  # a trial that runs until stopped
 
 
-def _launch(cwd, study, storage, workers="2"):
-    return start_hpo(cwd, "launch", "space.yaml", "--workers", workers, "--storage", storage,
+def _launch(cwd, storage):
+    return start_hpo(cwd, "launch", "space.yaml", "--workers", "2", "--storage", storage,
                      "--tracking-uri", f"sqlite:///{cwd / 'mlflow.db'}", log="launch.log")
 
 
@@ -47,52 +47,42 @@ def _pid(trial):
     return int(trial.user_attrs["worker"].rsplit(":", 1)[1])
 
 
-def test_ctrl_c_stops_workers_and_ends_their_trials_and_runs(tmp_path):
-    # Rule: SIGINT to `hpo launch` stops every worker: their running trials end FAIL
-    # ("interrupted") and are queued again, their MLflow runs and the study's parent run KILLED;
-    # nothing stays RUNNING; exit code 130.
-    write_study_files(tmp_path, "stop", n_trials=4, base=LONG)
-    storage = f"sqlite:///{tmp_path / 'hpo.db'}"
-    launcher = _launch(tmp_path, "stop", storage)
-    stopped = wait_for(lambda: _running(storage, "stop", 2), 180, "two trials training", poll=0.5)
-    launcher.send_signal(signal.SIGINT)
-    assert finish(launcher, 90, tmp_path / "launch.log") == 130
-    assert "interrupted: stopping workers" in (tmp_path / "launch.log").read_text()
-
-    assert_interrupted_and_requeued(tmp_path, storage, "stop", stopped)
-    parent = optuna.load_study(study_name="stop", storage=storage).user_attrs[
-        "mlflow_parent_run_id"
-    ]
-    assert mlflow_client(tmp_path).get_run(parent).info.status == "KILLED"
-
-
-def test_a_local_worker_that_dies_has_its_trial_failed_and_requeued_at_once(tmp_path):
+def test_a_dead_worker_is_failed_at_once_and_ctrl_c_stops_the_other(tmp_path):
     # Rule: a local worker of `hpo launch` that dies mid-trial (kill -9, a crash) has its trial
     # failed within the launcher's next look (seconds, not a heartbeat grace period), its MLflow
-    # run KILLED and its parameters queued again, as the heartbeat reaper would do.
-    write_study_files(tmp_path, "dies", n_trials=4, base=LONG, heartbeat_s=30, grace_s=600)
+    # run KILLED and its parameters queued again, as the heartbeat reaper would do. Then SIGINT
+    # to `hpo launch` stops the other worker: its trial ends FAIL ("interrupted") and is queued
+    # again, its MLflow run and the study's parent run KILLED; exit code 130.
+    write_study_files(tmp_path, "stop", n_trials=4, base=LONG, heartbeat_s=30, grace_s=600)
     storage = f"sqlite:///{tmp_path / 'hpo.db'}"
-    launcher = _launch(tmp_path, "dies", storage)
+    launcher = _launch(tmp_path, storage)
     try:
-        victim, survivor = wait_for(lambda: _running(storage, "dies", 2), 180,
+        victim, survivor = wait_for(lambda: _running(storage, "stop", 2), 180,
                                     "two trials training", poll=0.5)
         os.kill(_pid(victim), signal.SIGKILL)
         killed = time.monotonic()
 
         def requeued():
-            return [t for t in trials_of(storage, "dies")
+            return [t for t in trials_of(storage, "stop")
                     if t.system_attrs.get("failed_trial") == victim.number]
 
         wait_for(requeued, 15, "the launcher to fail and re-queue the dead worker's trial",
                  poll=0.2)
         print(f"trial failed and re-queued {time.monotonic() - killed:.1f} s after its worker died")
         reason = "worker lost: its process exited with code -9"
-        assert_interrupted_and_requeued(tmp_path, storage, "dies", [victim], reason,
+        assert_interrupted_and_requeued(tmp_path, storage, "stop", [victim], reason,
                                         others_running=True)
         assert "exited (-9) during trial(s)" in (tmp_path / "launch.log").read_text()
     finally:
         launcher.send_signal(signal.SIGINT)
-        assert finish(launcher, 90, tmp_path / "launch.log") == 130
+        code = finish(launcher, 90, tmp_path / "launch.log")
+    assert code == 130
+    assert "interrupted: stopping workers" in (tmp_path / "launch.log").read_text()
+    assert_interrupted_and_requeued(tmp_path, storage, "stop", [survivor])
+    parent = optuna.load_study(study_name="stop", storage=storage).user_attrs[
+        "mlflow_parent_run_id"
+    ]
+    assert mlflow_client(tmp_path).get_run(parent).info.status == "KILLED"
 
 
 def test_sigterm_to_a_worker_group_stops_its_workers_and_kills_a_stuck_one(tmp_path):
