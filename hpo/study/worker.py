@@ -127,7 +127,7 @@ def _run_until_spent(
         stop.check()
         reap(study)
         # The check and the new trial's start are one step for all workers (see claim.py).
-        with trial_start_lock(study) as started:
+        with trial_start_lock(study, grace_s(space)) as started:
             p = progress(study, space)
             if p.spent or grid_exhausted(study, space):
                 break

@@ -1,4 +1,5 @@
-"""Workers racing for the last trials of a budget, on SQLite and PostgreSQL, finish exactly it."""
+"""Workers racing for the last trials of a budget, on SQLite and PostgreSQL, finish exactly it;
+the start lock that makes it so never holds workers up for longer than a grace period."""
 
 from __future__ import annotations
 
@@ -7,8 +8,13 @@ import sqlite3
 import time
 from collections.abc import Iterator
 
+import optuna
 import pytest
 
+from hpo.objective.space import parse_space
+from hpo.study.claim import trial_start_lock
+from hpo.study.create import create_or_join
+from hpo.study.storage import make_storage
 from tests.study.conftest import TINY
 from tests.study.conftest import admin_conninfo_or_skip
 from tests.study.conftest import create_study
@@ -18,8 +24,7 @@ from tests.study.conftest import start_worker
 from tests.study.conftest import trials_of
 from tests.study.conftest import write_study_files
 
-pytestmark = pytest.mark.slow
-
+STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 WORKERS, BUDGET = 4, 2
 QUICK = {**TINY, "train": {**TINY["train"], "epochs": 1}}
 
@@ -74,15 +79,19 @@ def _new_trials_held(url: str, pids: list[int]) -> Iterator[None]:
             conn.rollback()
 
 
-@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def _url(store, tmp_path, request):
+    if store == "sqlite":
+        return f"sqlite:///{tmp_path / 'hpo.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", STORES)
 def test_racing_workers_finish_exactly_the_budget(tmp_path, store, request):
     # Rule: four workers that all reach a budget of 2 at the same moment (held back by a lock on
     # the database, then let go at once) finish exactly 2 trials: the check of the budget and the
     # start of a trial are one step, so none starts a trial the budget has no room for.
-    if store == "sqlite":
-        url = f"sqlite:///{tmp_path / 'hpo.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
+    url = _url(store, tmp_path, request)
     write_study_files(tmp_path, f"race_{store}", n_trials=BUDGET, base=QUICK, n_data=100,
                       heartbeat_s=1, grace_s=60)
     create_study(tmp_path, url)
@@ -98,3 +107,29 @@ def test_racing_workers_finish_exactly_the_budget(tmp_path, store, request):
     print(f"all done after {time.monotonic() - started:.0f} s")
     states = [t.state.name for t in trials_of(url, f"race_{store}")]
     assert states == ["COMPLETE"] * BUDGET, states
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_a_start_lock_held_by_a_frozen_worker_delays_others_by_the_wait_only(
+    tmp_path, store, request, caplog
+):
+    # Rule: while one worker holds the study's start lock, another waits for it; if the holder
+    # never lets go (a frozen process), the other starts its trial without it after `wait_s`
+    # (the study's grace period) and says so; once it is free, it is taken at once.
+    url = _url(store, tmp_path, request)
+    space = parse_space({"study": {"name": f"lock_{store}", "n_trials": 2},
+                         "params": {"model.dropout.rate": {"float": [0.0, 0.2]}}}, source="x.yaml")
+    create_or_join(make_storage(url), space)
+    holder, waiter = (optuna.load_study(study_name=f"lock_{store}", storage=make_storage(url))
+                      for _ in range(2))
+    with trial_start_lock(holder, 60):
+        started = time.monotonic()
+        with trial_start_lock(waiter, 1.5):
+            waited = time.monotonic() - started
+    assert 1.5 <= waited < 5, waited
+    assert "held the start lock for 2 s (frozen?)" in caplog.text
+    caplog.clear()
+    started = time.monotonic()
+    with trial_start_lock(waiter, 30):
+        assert time.monotonic() - started < 1
+    assert "held the start lock" not in caplog.text
