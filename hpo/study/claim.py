@@ -31,7 +31,8 @@ from hpo.study.retry import retrying
 
 _logger = logging.getLogger(__name__)
 
-LOCK_CLASS = 0x68706F  # "hpo": first key of pg_advisory_xact_lock(int, int); the study id the second
+# pg_advisory_xact_lock(LOCK_CLASS, study id); 0x68706F is "hpo"
+LOCK_CLASS = 0x68706F
 SQLITE_SUFFIX = "-start.lock"
 _LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE when lock_timeout passes
 _FLOCK_POLL_S = 0.05

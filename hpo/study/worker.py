@@ -3,7 +3,8 @@
     hpo worker --study quickstart --storage sqlite:///hpo.db
 
 Each pass of the loop fails stale trials (a lost peer's: see heartbeat.py), then either runs
-one trial, or waits while the rest of the budget is running on other workers (so that it can
+one trial (its budget check and the trial's start are one step under the study's start lock,
+claim.py), or waits while the rest of the budget is running on other workers (so that it can
 run a lost one again), or stops: budget spent, grid exhausted or study.timeout_s passed.
 Before it exits it waits, at most a grace period, for RUNNING trials of dead peers to go stale
 and fails them, so that none stays RUNNING.

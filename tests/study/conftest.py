@@ -164,7 +164,9 @@ def hpo_cmd(cwd: Path, *args: str, timeout: float = 300) -> subprocess.Completed
     )
 
 
-def start_hpo(cwd: Path, *args: str, log: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+def start_hpo(
+    cwd: Path, *args: str, log: str, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     """`hpo ARGS` in the background, output in cwd/log; `env` adds variables."""
     out = open(cwd / log, "w")  # noqa: SIM115  closed with the process
     return subprocess.Popen(

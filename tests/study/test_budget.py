@@ -99,7 +99,8 @@ def test_racing_workers_finish_exactly_the_budget(tmp_path, store, request):
     pids: list[int] = []
     started = time.monotonic()
     with _new_trials_held(url, pids):
-        workers = [start_worker(tmp_path, f"race_{store}", url, f"w{i}.log") for i in range(WORKERS)]
+        workers = [start_worker(tmp_path, f"race_{store}", url, f"w{i}.log")
+                   for i in range(WORKERS)]
         pids += [w.pid for w in workers]
     print(f"{WORKERS} workers held at the start line after {time.monotonic() - started:.0f} s")
     for i, w in enumerate(workers):

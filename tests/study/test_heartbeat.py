@@ -149,8 +149,10 @@ def test_launcher_fails_the_trials_of_workers_it_killed(setup):
     assert first.user_attrs["fail_reason"].startswith("interrupted")
     assert tracker.client.get_run(run_id).info.status == "KILLED"
     assert copy.state == TrialState.WAITING and copy.params == first.params
-    assert copy.system_attrs["failed_trial"] == first.number and "fail_reason" not in copy.user_attrs
-    assert trial_rows(study)[0]["note"] == "interrupted: worker killed by the launcher; rerun as trial 2"
+    assert copy.system_attrs["failed_trial"] == first.number
+    assert "fail_reason" not in copy.user_attrs
+    note = trial_rows(study)[0]["note"]
+    assert note == "interrupted: worker killed by the launcher; rerun as trial 2"
 
 
 def test_silence_watch_times_unchanged_beats_on_its_own_clock():

@@ -68,7 +68,7 @@ def test_a_dead_worker_is_failed_at_once_and_ctrl_c_stops_the_other(tmp_path):
 
         wait_for(requeued, 15, "the launcher to fail and re-queue the dead worker's trial",
                  poll=0.2)
-        print(f"trial failed and re-queued {time.monotonic() - killed:.1f} s after its worker died")
+        print(f"failed and re-queued {time.monotonic() - killed:.1f} s after its worker died")
         reason = "worker lost: its process exited with code -9"
         assert_interrupted_and_requeued(tmp_path, storage, "stop", [victim], reason,
                                         others_running=True)
