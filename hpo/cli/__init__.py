@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -64,4 +65,16 @@ def main() -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("hpo: interrupted", err=True)
-        sys.exit(130)
+        _exit_interrupted()
+    except SystemExit as exc:
+        if exc.code == 130:  # what typer makes of an interrupt inside a command
+            typer.echo("hpo: interrupted", err=True)
+            _exit_interrupted()
+        raise
+
+
+def _exit_interrupted() -> None:
+    # A stop has a deadline (docker stop, pod deletion, Slurm preemption): collecting a trained
+    # network's objects on the way out can take longer than the work itself, and is skipped.
+    gc.freeze()
+    sys.exit(130)

@@ -9,7 +9,9 @@ study's last trials, a worker about to exit, or `hpo storage-proxy` on its timer
 `StaleTrialHandler` then ends the trial's MLflow runs as KILLED (found by id and by their tags
 hpo.study and hpo.trial, see reconcile.py) and, while the budget is not
 spent, re-queues its parameters with Optuna's RetryHeartbeatStaleTrialCallback (up to
-`study.max_retry` times), so the next free worker runs them again.
+`study.max_retry` times), so the next free worker runs them again. A trial whose worker is known
+gone without waiting for silence (a launcher saw its process exit; a signal stopped it) takes
+the same path through `fail_lost` and `StaleTrialHandler.requeue`.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial
+from optuna.trial import TrialState
 
 from hpo.errors import HpoError
+from hpo.objective.keys import FAIL_REASON_KEY
 from hpo.objective.keys import MLFLOW_RUN_ID_KEY
 from hpo.objective.space import SearchSpace
 from hpo.study.budget import progress
@@ -90,6 +94,11 @@ class StaleTrialHandler:
         reason = LOST_REASON.format(grace=grace_s(self.space))
         _logger.warning("study %s: trial %d failed: %s", study.study_name, trial.number, reason)
         self.end_run(study, trial, reason)
+        self.requeue(study, trial)
+
+    def requeue(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """Queues a WAITING copy of the failed `trial` with its parameters, unless the budget is
+        spent or its parameters were re-queued `study.max_retry` times already."""
         if progress(study, self.space).spent:
             return  # the budget is spent: nothing would run the copy
         retry = copy.deepcopy(trial)
@@ -125,6 +134,36 @@ class StaleTrialHandler:
                 os.environ.get("MLFLOW_TRACKING_URI") or stored_tracking_uri(study)
             )
         return self.tracker
+
+
+def fail_lost(
+    study: optuna.Study,
+    space: SearchSpace,
+    trials: list[FrozenTrial],
+    reason: str,
+    tracker: Tracker | None = None,
+) -> list[int]:
+    """Fails RUNNING `trials` whose worker is known gone, as the reaper does a silent one: FAIL
+    with `reason` (trial attr fail_reason), MLflow run KILLED, a copy re-queued.
+
+    A trial finished meanwhile (by its worker, or failed by a reaper) is left alone.
+
+    Returns:
+        The numbers of the trials failed.
+    """
+    handler = StaleTrialHandler(space, tracker)
+    failed = []
+    for t in trials:
+        try:
+            study._storage.set_trial_user_attr(t._trial_id, FAIL_REASON_KEY, reason)
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        _logger.warning("study %s: trial %d failed: %s", study.study_name, t.number, reason)
+        handler.end_run(study, t, reason)
+        handler.requeue(study, t)
+        failed.append(t.number)
+    return failed
 
 
 class SilenceWatch:

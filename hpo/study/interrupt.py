@@ -3,10 +3,11 @@
     hpo worker --study quickstart --storage sqlite:///hpo.db     # then Ctrl-C
 
 The first signal during a trial stops its training at the end of the current batch: a Keras
-callback raises KeyboardInterrupt there, so the trial ends FAIL with reason "interrupted" and
-its MLflow run KILLED (raised from the signal handler itself, the interrupt can surface inside
-TensorFlow's C++ code as an unrelated SystemError); a trial past its training finishes. Outside
-a trial the first signal stops the worker at once; a second signal always does.
+callback raises KeyboardInterrupt there, so the trial ends FAIL with reason "interrupted", its
+MLflow run KILLED, and its parameters are queued again for the next worker (worker.py; raised
+from the signal handler itself, the interrupt can surface inside TensorFlow's C++ code as an
+unrelated SystemError); a trial past its training finishes. Outside a trial the first signal
+stops the worker at once; a second signal always does.
 """
 
 from __future__ import annotations

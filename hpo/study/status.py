@@ -34,7 +34,8 @@ def study_rows(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One row per trial: number, state, value, epochs run, duration, MLflow run, reason if failed.
 
-    A FAIL trial without a reason lost its worker (no heartbeat); its note names its rerun.
+    A FAIL trial without a reason lost its worker (no heartbeat); the note of a FAIL trial whose
+    parameters were queued again (lost, interrupted) names its rerun.
     """
     trials = study.get_trials(deepcopy=False)
     history = {t.number: t.system_attrs.get("retry_history") for t in trials}
@@ -42,8 +43,8 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     rows = []
     for t in trials:
         note = t.user_attrs.get(FAIL_REASON_KEY, "")
-        if t.state.name == "FAIL" and not note:
-            note = "worker lost (no heartbeat)"
+        if t.state.name == "FAIL":
+            note = note or "worker lost (no heartbeat)"
             if t.number in rerun:
                 note += f"; rerun as trial {rerun[t.number]}"
         duration = None

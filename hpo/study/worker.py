@@ -3,7 +3,8 @@
     hpo worker --study quickstart --storage sqlite:///hpo.db
 
 Each pass of the loop fails stale trials (a lost peer's: see heartbeat.py), then either runs
-one trial, or waits while the rest of the budget is running on other workers (so that it can
+one trial (its budget check and the trial's start are one step under the study's start lock,
+claim.py), or waits while the rest of the budget is running on other workers (so that it can
 run a lost one again), or stops: budget spent, grid exhausted or study.timeout_s passed.
 Before it exits it waits, at most a grace period, for RUNNING trials of dead peers to go stale
 and fails them, so that none stays RUNNING.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -31,7 +33,10 @@ from hpo.study.budget import progress
 from hpo.study.create import DATA_FINGERPRINT_KEY
 from hpo.study.create import load_study
 from hpo.study.create import stored_tracking_uri
+from hpo.study.claim import trial_start_lock
+from hpo.study.heartbeat import StaleTrialHandler
 from hpo.study.heartbeat import enable_heartbeat
+from hpo.study.heartbeat import fail_lost
 from hpo.study.heartbeat import grace_s
 from hpo.study.heartbeat import reap
 from hpo.study.interrupt import StopRequest
@@ -125,21 +130,29 @@ def _run_until_spent(
     while True:
         stop.check()
         reap(study)
-        p = progress(study, space)
-        if p.spent or grid_exhausted(study, space):
-            break
-        if deadline is not None and time.monotonic() > deadline:
-            _logger.info(
-                "study %s: timeout of %s s reached", study.study_name, space.study.timeout_s
-            )
-            break
-        if p.done + p.running >= p.budget:
+        settle_tracking(study, objective.tracker, stop)  # waits for a tracking server gone away
+        # The check and the new trial's start are one step for all workers (see claim.py).
+        with trial_start_lock(study, grace_s(space)) as started:
+            p = progress(study, space)
+            if p.spent or grid_exhausted(study, space):
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                _logger.info(
+                    "study %s: timeout of %s s reached", study.study_name, space.study.timeout_s
+                )
+                break
+            busy = p.done + p.running >= p.budget
+            if not busy:
+                try:
+                    with stop.in_trial():
+                        last = _run_one(study, objective, started)
+                except KeyboardInterrupt:
+                    _requeue_interrupted(study, space, objective)
+                    raise
+        if busy:
             # The rest of the budget runs elsewhere: stay, to run it again if its worker is lost.
             time.sleep(poll_s)
             continue
-        settle_tracking(study, objective.tracker, stop)  # waits for a tracking server gone away
-        with stop.in_trial():
-            last = _run_one(study, objective)
         if last is None:
             continue
         ran += 1
@@ -154,13 +167,21 @@ def _run_until_spent(
     return ran
 
 
-def _run_one(study: optuna.Study, objective: Objective) -> FrozenTrial | None:
-    """Runs one trial; None when a peer failed it as lost meanwhile (its copy runs again)."""
+def _run_one(
+    study: optuna.Study, objective: Objective, started: Callable[[], None]
+) -> FrozenTrial | None:
+    """Runs one trial, calling `started` once it is RUNNING; None when a peer failed it as lost
+    meanwhile (its copy runs again)."""
     finished: list[FrozenTrial] = []
     objective.trial_number = None  # set by the objective once this pass's trial exists
+
+    def run(trial: optuna.Trial) -> float:
+        started()
+        return objective(trial)
+
     try:
         study.optimize(
-            objective,
+            run,
             n_trials=1,
             catch=(TrialFailed,),
             gc_after_trial=True,
@@ -188,6 +209,20 @@ def _run_one(study: optuna.Study, objective: Objective) -> FrozenTrial | None:
                         type(exc).__name__, first_line(exc))
         return mine[0]
     return finished[-1] if finished else None
+
+
+def _requeue_interrupted(study: optuna.Study, space: SearchSpace, objective: Objective) -> None:
+    """A trial stopped by a signal is not at fault: its parameters are queued again, as a lost
+    trial's are, and one still RUNNING (a second signal cut its own ending short) is failed."""
+    mine = [t for t in study.get_trials(deepcopy=False) if t.number == objective.trial_number]
+    if not mine:
+        return
+    trial = mine[0]
+    if trial.state == TrialState.RUNNING:
+        fail_lost(study, space, [trial], "interrupted", objective.tracker)
+    elif trial.state == TrialState.FAIL and FAIL_REASON_KEY in trial.user_attrs:
+        # (without a reason a peer failed it as lost, and queued its copy)
+        StaleTrialHandler(space, objective.tracker).requeue(study, trial)
 
 
 def _lost_to_peer(study: optuna.Study, objective: Objective, exc: Exception) -> bool:

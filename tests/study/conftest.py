@@ -164,19 +164,24 @@ def hpo_cmd(cwd: Path, *args: str, timeout: float = 300) -> subprocess.Completed
     )
 
 
-def start_hpo(cwd: Path, *args: str, log: str) -> subprocess.Popen:
-    """`hpo ARGS` in the background, output in cwd/log."""
+def start_hpo(
+    cwd: Path, *args: str, log: str, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """`hpo ARGS` in the background, output in cwd/log; `env` adds variables."""
     out = open(cwd / log, "w")  # noqa: SIM115  closed with the process
     return subprocess.Popen(
         [sys.executable, "-m", "hpo", *args],
         cwd=cwd,
-        env=clean_env(),
+        env={**clean_env(), **(env or {})},
         stdout=out,
         stderr=subprocess.STDOUT,
     )
 
 
-def start_worker(cwd: Path, study: str, storage: str, log: str) -> subprocess.Popen:
+def start_worker(
+    cwd: Path, study: str, storage: str, log: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """`hpo worker` of `study` (ARGS added), logging to cwd/mlflow.db."""
     return start_hpo(
         cwd,
         "worker",
@@ -186,7 +191,9 @@ def start_worker(cwd: Path, study: str, storage: str, log: str) -> subprocess.Po
         storage,
         "--tracking-uri",
         f"sqlite:///{cwd / 'mlflow.db'}",
+        *args,
         log=log,
+        env=env,
     )
 
 
@@ -200,14 +207,19 @@ def wait_for(predicate: Any, timeout: float, what: str, poll: float = 0.25) -> A
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def running_trial_of(storage_url: str, study: str, pid: int, need_run: bool = True) -> Any:
-    """The RUNNING trial of worker `pid` once it has started its MLflow run, else None."""
+def running_trial_of(
+    storage_url: str, study: str, pid: int, need_run: bool = True, need_epoch: bool = False
+) -> Any:
+    """The RUNNING trial of worker `pid` once it has started its MLflow run (and with
+    `need_epoch`, finished an epoch: it is training), else None."""
     import optuna
 
     s = optuna.load_study(study_name=study, storage=storage_url)
     for t in s.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if str(t.user_attrs.get("worker", "")).endswith(f":{pid}") and (
-            not need_run or "mlflow_run_id" in t.user_attrs
+        if (
+            str(t.user_attrs.get("worker", "")).endswith(f":{pid}")
+            and (not need_run or "mlflow_run_id" in t.user_attrs)
+            and (not need_epoch or t.intermediate_values)
         ):
             return t
     return None
@@ -266,3 +278,24 @@ def store_space(cwd: Path, storage_url: str, study: str, **changes: Any) -> None
     space = parse_space(raw, source="space.yaml")
     stored = optuna.load_study(study_name=study, storage=storage_url)
     stored.set_user_attr(SPACE_KEY, stored_space(space))
+
+
+def assert_interrupted_and_requeued(
+    cwd: Path, storage: str, study: str, stopped: list, reason: str = "interrupted",
+    *, others_running: bool = False,
+) -> None:
+    """Each trial in `stopped` ended FAIL with `reason`, its MLflow run (cwd/mlflow.db) KILLED,
+    and one WAITING copy with its parameters is queued; unless `others_running`, no trial is
+    RUNNING."""
+    from optuna.trial import TrialState
+
+    trials = trials_of(storage, study)
+    client = mlflow_client(cwd)
+    for lost in stopped:
+        t = next(t for t in trials if t.number == lost.number)
+        assert t.state == TrialState.FAIL and t.user_attrs["fail_reason"] == reason, t
+        copies = [c for c in trials if c.system_attrs.get("failed_trial") == lost.number]
+        assert [(c.state, c.params) for c in copies] == [(TrialState.WAITING, lost.params)]
+        run = client.get_run(lost.user_attrs["mlflow_run_id"])
+        assert run.info.status == "KILLED" and run.data.tags["hpo.fail_reason"] == reason
+    assert others_running or "RUNNING" not in [t.state.name for t in trials]

@@ -135,18 +135,24 @@ def test_proxy_fails_trials_whose_grpc_beat_stopped(setup):
 
 
 def test_launcher_fails_the_trials_of_workers_it_killed(setup):
-    # Rule: a worker the launcher had to kill after Ctrl-C leaves no RUNNING trial or RUNNING run.
+    # Rule: a worker the launcher had to kill after Ctrl-C leaves no RUNNING trial or RUNNING run;
+    # its trial's parameters are queued again, as the heartbeat reaper queues a lost one's.
     study, _, tracker = setup
     mine, run_id = _start_trial(study, tracker, worker="host:7")
     other, _ = _start_trial(study, tracker, worker="host:8")
     from hpo.study.create import load_study
 
     _, space = load_study(study._storage, "hb")
-    assert fail_trials_of(study, space, {"host:7"}) == [mine.number]
-    first, second = study.get_trials()
+    assert fail_trials_of(study, space, {"host:7"}, tracker=tracker) == [mine.number]
+    first, second, copy = study.get_trials()
     assert first.state == TrialState.FAIL and second.state == TrialState.RUNNING
     assert first.user_attrs["fail_reason"].startswith("interrupted")
     assert tracker.client.get_run(run_id).info.status == "KILLED"
+    assert copy.state == TrialState.WAITING and copy.params == first.params
+    assert copy.system_attrs["failed_trial"] == first.number
+    assert "fail_reason" not in copy.user_attrs
+    note = trial_rows(study)[0]["note"]
+    assert note == "interrupted: worker killed by the launcher; rerun as trial 2"
 
 
 def test_silence_watch_times_unchanged_beats_on_its_own_clock():

@@ -3,7 +3,8 @@
     python -m pytest tests/study/test_reliability.py -q -p no:cacheprovider
 
 A worker SIGKILLed mid-trial, with a peer on the database and with workers behind the gRPC
-storage proxy; connections terminated mid-study; the server restarted under two workers.
+storage proxy; a worker sent SIGTERM mid-trial; connections terminated mid-study; the server
+restarted under two workers.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo.study.heartbeat import BEAT_KEY
+from tests.study.conftest import TINY
+from tests.study.conftest import assert_interrupted_and_requeued
 from tests.study.conftest import create_study
 from tests.study.conftest import ensure_postgres_running
 from tests.study.conftest import finish
@@ -32,6 +35,9 @@ from tests.study.conftest import write_study_files
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 FINISHED = ("COMPLETE", "PRUNED")
+# What `docker stop` (and docker compose) gives a container before SIGKILL; Kubernetes and Slurm
+# (terminationGracePeriodSeconds, KillWait) give 30 s.
+STOP_GRACE_S = 10
 
 
 def _assert_budget_spent_nothing_left(trials, budget):
@@ -168,3 +174,21 @@ def test_database_restart_loses_no_finished_trial(tmp_path, pg_url):
     assert all(after.get(number) == value for number, value in before)
     _assert_budget_spent_nothing_left(trials, 3)
     assert "FAIL" not in [t.state.name for t in trials]
+
+
+def test_sigterm_mid_trial_ends_and_requeues_the_trial_within_the_stop_grace(tmp_path, pg_url):
+    # Rule: SIGTERM to a worker mid-trial (docker stop, pod deletion, Slurm preemption) ends it
+    # within the stop grace: its trial FAIL "interrupted", its MLflow run KILLED, a copy with the
+    # same parameters queued (WAITING) for the next worker; the worker exits 130.
+    long = {**TINY, "train": {**TINY["train"], "epochs": 1000}}
+    write_study_files(tmp_path, "term", n_trials=2, base=long, heartbeat_s=1, grace_s=120)
+    create_study(tmp_path, pg_url)
+    w = start_worker(tmp_path, "term", pg_url, "w.log")
+    lost = wait_for(
+        lambda: running_trial_of(pg_url, "term", w.pid, need_epoch=True), 180, "a trial training"
+    )
+    sent = time.monotonic()
+    w.send_signal(signal.SIGTERM)
+    assert finish(w, STOP_GRACE_S, tmp_path / "w.log") == 130
+    print(f"worker gone {time.monotonic() - sent:.1f} s after SIGTERM")
+    assert_interrupted_and_requeued(tmp_path, pg_url, "term", [lost])
