@@ -26,6 +26,7 @@ from hpo.errors import HpoError
 from hpo.errors import first_line
 from hpo.errors import TrialFailed
 from hpo.objective.keys import FAIL_REASON_KEY
+from hpo.objective.keys import MLFLOW_RUN_ID_KEY
 from hpo.objective.objective import Objective
 from hpo.objective.space import SearchSpace
 from hpo.study.budget import grid_exhausted
@@ -188,14 +189,16 @@ def _run_one(
             callbacks=[lambda _, trial: finished.append(trial)],
         )
     except Exception as exc:
-        lost = isinstance(exc, (ValueError, optuna.exceptions.UpdateFinishedTrialError))
-        if lost and _lost_to_peer(study, objective, exc):
-            # Optuna refuses to tell a trial that another process finished: a peer saw no
-            # heartbeat from us for a grace period (a long database outage, a frozen process).
+        if _lost_to_peer(study, objective):
+            # A peer saw no heartbeat from us for a grace period (a long database outage, a
+            # frozen process) and failed the trial: Optuna refuses our late report or result
+            # (UpdateFinishedTrialError, "Cannot tell a FAIL trial", or its "Should not reach"
+            # when the peer came between our last write and the result).
             _logger.warning(
                 "trial %s was failed by another worker (no heartbeat seen); going on",
                 objective.trial_number,
             )
+            _rekill_lost_run(study, objective)
             return None
         # A trial's own error (Keras refusing a layer, a GPU out of memory, a library bug) ends
         # that trial FAIL with its reason, recorded by the objective; the worker goes on. Storage
@@ -225,18 +228,25 @@ def _requeue_interrupted(study: optuna.Study, space: SearchSpace, objective: Obj
         StaleTrialHandler(space, objective.tracker).requeue(study, trial)
 
 
-def _lost_to_peer(study: optuna.Study, objective: Objective, exc: Exception) -> bool:
-    refused = isinstance(exc, optuna.exceptions.UpdateFinishedTrialError) or (
-        not isinstance(exc, HpoError) and str(exc).startswith("Cannot tell a ")
-    )
+def _lost_to_peer(study: optuna.Study, objective: Objective) -> bool:
     mine = [t for t in study.get_trials(deepcopy=False) if t.number == objective.trial_number]
     # A trial this worker failed itself carries its reason; a lost one was failed without.
     return (
-        refused
-        and bool(mine)
-        and mine[0].state.is_finished()
-        and FAIL_REASON_KEY not in mine[0].user_attrs
+        bool(mine) and mine[0].state == TrialState.FAIL and FAIL_REASON_KEY not in mine[0].user_attrs
     )
+
+
+def _rekill_lost_run(study: optuna.Study, objective: Objective) -> None:
+    # The peer failed the trial and ended its run KILLED; if that fell between this worker's last
+    # write to the trial and its end of the run, the run ended FINISHED after the peer's KILLED.
+    mine = [t for t in study.get_trials(deepcopy=False) if t.number == objective.trial_number]
+    run_id = mine[0].user_attrs.get(MLFLOW_RUN_ID_KEY) if mine else None
+    try:
+        if run_id and objective.tracker.run_status(run_id) != "KILLED":
+            objective.tracker.finish_trial_run(run_id, "KILLED")  # the peer's reason stays
+    except Exception as exc:  # noqa: BLE001  the next settle_tracking pass leaves it as it is
+        _logger.warning("could not end MLflow run %s of lost trial %s KILLED: %s", run_id,
+                        objective.trial_number, first_line(exc))
 
 
 def _no_traceback_of_a_lost_trial(record: logging.LogRecord) -> bool:

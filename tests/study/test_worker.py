@@ -174,3 +174,44 @@ def test_a_trial_refused_for_its_config_says_so_and_is_not_a_lost_worker(tmp_pat
     assert all("FAIL" in r and "config: trial" in r for r in rows), status.stdout
     assert all("dropout.index must address one of 1 dense layers" in t.user_attrs["fail_reason"]
                for t in trials_of(storage, "kinds"))
+
+
+def test_a_trial_a_peer_fails_as_it_completes_keeps_its_run_killed(tmp_path, monkeypatch):
+    # Rule: a peer that fails a trial as lost in the moment between its worker's last write to the
+    # trial and the end of its MLflow run (the worker ends the run FINISHED after the peer's
+    # KILLED; Optuna then refuses the worker's result) leaves the run KILLED with the peer's
+    # reason: the worker ends it KILLED again; the re-queued copy completes.
+    import optuna
+
+    from hpo.objective.space import load_space
+    from hpo.study.heartbeat import StaleTrialHandler
+    from hpo.study.worker import run_worker
+    from hpo.tracking.runs import Tracker
+
+    space_path = write_study_files(tmp_path, "race", n_trials=1)
+    storage = f"sqlite:///{tmp_path / 'hpo.db'}"
+    create_study(tmp_path, storage)
+    space = load_space(space_path)
+    finish_run = Tracker.finish_trial_run
+    lost = []
+
+    def a_peer_fails_it_first(self, run_id, state, **kwargs):
+        if state == "COMPLETE" and not lost:
+            study = optuna.load_study(study_name="race", storage=storage)
+            trial = next(t for t in study.get_trials() if t.user_attrs.get("mlflow_run_id") == run_id)
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            StaleTrialHandler(space, self)(study, trial)  # what the reaper does
+            lost.append(trial)
+        return finish_run(self, run_id, state, **kwargs)
+
+    monkeypatch.setattr(Tracker, "finish_trial_run", a_peer_fails_it_first)
+    with contextlib.chdir(tmp_path):
+        run_worker("race", storage, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert len(lost) == 1
+    trials = {t.number: t for t in trials_of(storage, "race")}
+    assert trials[lost[0].number].state == TrialState.FAIL
+    run = mlflow_client(tmp_path).get_run(lost[0].user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED", run.info.status
+    assert "no heartbeat" in run.data.tags["hpo.fail_reason"]
+    copies = [t for t in trials.values() if t.number != lost[0].number]
+    assert [(t.state, t.params) for t in copies] == [(TrialState.COMPLETE, lost[0].params)]
