@@ -86,6 +86,7 @@ def _url(store, tmp_path, request):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e  # four workers racing on each store: minutes; in `make test-e2e`
 @pytest.mark.parametrize("store", STORES)
 def test_racing_workers_finish_exactly_the_budget(tmp_path, store, request):
     # Rule: four workers that all reach a budget of 2 at the same moment (held back by a lock on

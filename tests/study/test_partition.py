@@ -38,7 +38,8 @@ from tests.study.conftest import write_study_files
 from tests.tracking._servers import TcpProxy
 from tests.tracking._servers import mlflow_server
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+# Long fault runs (minutes): in `make test-e2e`, which CI runs after `make test`.
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.e2e]
 
 # Long enough that the cut lands before the cut worker's trial ends training (it then stalls at
 # its next call to a store); short enough that the peer's trials take seconds.

@@ -173,6 +173,7 @@ def _database_text(db: str) -> str:
 
 @pytest.mark.slow
 @pytest.mark.postgres
+@pytest.mark.e2e  # a whole launch on two PostgreSQL stores: in `make test-e2e`
 def test_a_launch_keeps_its_passwords_off_argv_output_and_stores(tmp_path, pg_dbs):
     # Rule: `hpo launch` with passwords in --storage and --tracking-uri hands them to its
     # workers in their environment, never on their command lines (/proc/PID/cmdline is readable

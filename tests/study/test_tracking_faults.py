@@ -28,7 +28,8 @@ from tests.study.conftest import write_study_files
 from tests.tracking._servers import MlflowServer
 from tests.tracking._servers import TcpProxy
 
-pytestmark = pytest.mark.slow
+# Long fault runs (a real mlflow server stopped and restarted): in `make test-e2e`.
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 CREATE_RUN = b"/api/2.0/mlflow/runs/create"
 
