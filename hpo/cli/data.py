@@ -16,12 +16,12 @@ def simulate(
     out: Path = typer.Argument(..., help="HDF5 file to write."),
     n: int = typer.Option(1000, "--n", min=1, help="Number of clusters."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same file."),
-    preset: str | None = typer.Option(None, "--preset", help="Exposure preset: eRASS1, eRASS:4, eRASS:8, eFEDS."),
+    preset: str | None = typer.Option(None, "--preset", help="Exposure preset: eRASS1, eRASS:4, eRASS:8, eFEDS, mixed (150-2500 s, log-uniform)."),
     config: Path | None = typer.Option(None, "--config", help="YAML file of simulator settings."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     jobs: int = typer.Option(1, "--jobs", min=1, help="Processes drawing chunks at once; the file is the same for any value."),
 ) -> None:
-    """Write an eROSITA-like mock data set (images, redshift, log_mass, truth/)."""
+    """Write an eROSITA-like mock data set (images, redshift, exposure_s, log_mass, truth/)."""
     from hpo.data.simulator import load_sim_config
     from hpo.data.simulator import write_mock
 
