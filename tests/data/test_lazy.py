@@ -42,6 +42,10 @@ def test_streamed_file_keeps_exposure_ids_and_reference(tmp_path):
     sub = source.subset(np.array([39, 1]))
     assert isinstance(source, H5Source) and sub.cluster_id.tolist() == [1039, 1001]
     assert sub.exposure_s[0] == 2500 and sub.reference["log_mass"].tolist() == [14.25, 14.25]
+    # the stream feeds each batch's exposure (a model with model.use_exposure takes it)
+    x, y = BlockStream(source, np.arange(40), batch_size=8, seed=0, exposure=True)[0]
+    rows = [int(np.flatnonzero(np.isclose(arrays["log_mass"], m))[0]) for m in y]
+    assert np.allclose(x["exposure_s"][:, 0], arrays["exposure_s"][rows])
 
 
 def test_streamed_file_is_still_checked(tmp_path):
