@@ -35,13 +35,14 @@ def baseline(
     data: Path = typer.Argument(..., help="Data file (HDF5 or .npz)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """The floors of a data file: the oracle floor (from truth/) and the classic counts estimator."""
+    """The floors of a data file: the oracle floor (from truth/) and the classic counts estimator
+    (on count rates too, for a file with exposure_s)."""
     from hpo.data.baseline import floors
     from hpo.data.contract import load_dataset
 
-    result = floors(load_dataset(data))
+    result = floors(load_dataset(data), with_exposure=True)
     if as_json:
         typer.echo(json.dumps(result))
         return
     typer.echo(table([{"estimator": k, "residual_std_dex": v} for k, v in result.items()
-                      if k in ("oracle_floor", "counts_baseline")]))
+                      if k in ("oracle_floor", "counts_baseline", "counts_rate_baseline")]))
