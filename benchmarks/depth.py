@@ -28,8 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import yaml
+import keras
 
 from hpo.config.overrides import apply_overrides
 from hpo.data.baseline import floors
@@ -137,7 +136,10 @@ def run_model(name: str, tests: dict[str, Path], work: Path, args: argparse.Name
                            "train.epochs": args.epochs, "train.early_stopping_patience": args.patience,
                            "train.batch_size": args.batch_size})
     t0 = time.perf_counter()
-    result = train(cfg, load_dataset(path), monitor="val_rmse")
+    progress = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: print(
+        f"  {name} epoch {epoch + 1}: val rmse {logs.get('val_rmse', float('nan')):.3f} "
+        f"({time.perf_counter() - t0:.0f} s)", flush=True))
+    result = train(cfg, load_dataset(path), monitor="val_rmse", callbacks=[progress])
     seconds = time.perf_counter() - t0
     scores = {p: score(result.model, load_dataset(f), tta=True) for p, f in tests.items()}
     print(f"{name}: {seconds:.0f} s, best epoch {result.best_epoch + 1}, "
