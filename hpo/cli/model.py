@@ -76,7 +76,9 @@ def predict(
     summary = predict_file(model, data, out, tracking_uri)
     flagged = ", ".join(f"{k} {v}" for k, v in summary["flags"].items() if v)
     typer.echo(f"wrote {summary['n']} clusters to {summary['fits']} and {summary['csv']}"
-               + (f"; flagged {summary['flagged']} ({flagged})" if flagged else "; none flagged"))
+               + (f"; flagged {summary['flagged']} ({flagged})" if flagged else "; none flagged")
+               + (f"; not checked, as the model records no training ranges: {', '.join(summary['flags_unchecked'])}"
+                  if summary["flags_unchecked"] else ""))
     comparison = summary.get("comparison")
     if comparison and comparison["n"]:
         typer.echo(f"against {comparison['source']} on {comparison['n']} clusters: scatter "
