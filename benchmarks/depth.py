@@ -167,10 +167,12 @@ def section(summary: dict[str, Any]) -> list[str]:
         "cluster; `hpo simulate` writes it), and `model.use_exposure` gives it to the network: "
         "`exposure_mode: head` joins the standardised log10 exposure to the dense part beside the "
         "redshift, `rate` scales the counts to the training median exposure before the transform, "
-        "`both` does both. One number per cluster rather than an exposure map: a cut-out is 6.7' "
-        "across, over which an eROSITA survey's exposure varies by a few per cent, far less than "
-        "the factor of 15 between eRASS1 and eRASS:8; the contract's key is per cluster, and a "
-        "per-pixel map can be reduced to it (its mean over the cut-out).",
+        "`both` does both. One number per cluster rather than an exposure map: the survey scans "
+        "average the vignetting, so a survey's exposure changes on degree scales, little across a "
+        "6.7' cut-out and far less than the factor of 15 between eRASS1 and eRASS:8; one number "
+        "goes into the dense part or scales the counts without a second image channel, and a "
+        "per-pixel map reduces to it (`hpo cutouts` takes its mean over the cut-out). The mocks "
+        "draw one exposure per cluster, so a map could not be measured against it here.",
         "",
         f"Measured by [`benchmarks/depth.py`](../benchmarks/depth.py) ({summary['machine']}): the "
         f"champion's configuration (batch {summary['batch_size']} rather than 200, for more steps on a "
