@@ -12,7 +12,8 @@ Stages, each resumable (a finished study is joined, not rerun; work in data/resu
    the Gaussian likelihood so that every trial has a calibrated sigma to score;
 3. its best configuration trained again for `--final-epochs` and scored once on the test split
    (residual std, bias, 68% coverage, with test-time augmentation as configured);
-4. that model on eFEDS and eRASS1 mocks (other seeds): how far a model travels.
+4. that model on eFEDS and eRASS1 mocks (other seeds): how far a model travels;
+5. the section of benchmarks/depth.py (one model for every depth), from docs/results/depth.json.
 Every derived space file is written to docs/results/spaces/, so a reader sees what ran.
 
 With `--combined-from STORE` (docs/results/gpu-store), stages 2-4 come from the product's own
@@ -402,6 +403,11 @@ def page(args: argparse.Namespace, floor: dict, rows: list[dict], sections: list
           f"{r['counts_baseline']:.3f} |" for r in transfer),
         "",
     ]
+    depth = DOCS / "results" / "depth.json"
+    if depth.exists():  # benchmarks/depth.py's section, from its own measurements
+        from depth import section
+
+        lines += section(json.loads(depth.read_text()))
     (DOCS / "results.md").write_text("\n".join(lines))
     (DOCS / "results" / "summary.json").write_text(json.dumps({
         "floors": floor, "experiments": rows, "combined_best": combined["best"].value,

@@ -20,7 +20,8 @@ STREAM_BLOCK = 1024  # clusters read from disk at once (contiguous rows: one HDF
 WINDOW_BLOCKS = 4  # blocks in memory at once; clusters are shuffled within a window
 
 
-def fit_inputs(source: Dataset | H5Source, idx: np.ndarray, batch_size: int, seed: int) -> dict[str, Any]:
+def fit_inputs(source: Dataset | H5Source, idx: np.ndarray, batch_size: int, seed: int, *,
+               exposure: bool = False) -> dict[str, Any]:
     """Keyword arguments for `model.fit` that feed the clusters at `idx`, shuffled every epoch.
 
     Args:
@@ -28,12 +29,16 @@ def fit_inputs(source: Dataset | H5Source, idx: np.ndarray, batch_size: int, see
         idx: training indices.
         batch_size: clusters per step.
         seed: shuffling seed.
+        exposure: feed exposure_s too (a model built with model.use_exposure; the source has it).
     """
     if isinstance(source, Dataset):
         sub = source.subset(idx)
         x = {"images": sub.images, "redshift": sub.redshift.reshape(-1, 1)}
+        if exposure:
+            x["exposure_s"] = np.asarray(sub.exposure_s, np.float32).reshape(-1, 1)
         return {"x": x, "y": sub.log_mass, "batch_size": batch_size, "shuffle": True}
-    return {"x": BlockStream(source, idx, batch_size, seed), "shuffle": False}  # shuffled by the stream
+    stream = BlockStream(source, idx, batch_size, seed, exposure=exposure)
+    return {"x": stream, "shuffle": False}  # shuffled by the stream
 
 
 class BlockStream(keras.utils.PyDataset):
@@ -46,10 +51,11 @@ class BlockStream(keras.utils.PyDataset):
     window is read from disk once.
     """
 
-    def __init__(self, source: H5Source, idx: np.ndarray, batch_size: int, seed: int) -> None:
+    def __init__(self, source: H5Source, idx: np.ndarray, batch_size: int, seed: int, *,
+                 exposure: bool = False) -> None:
         super().__init__()
         assert source.log_mass is not None
-        self.source, self.batch_size, self.seed = source, batch_size, seed
+        self.source, self.batch_size, self.seed, self.exposure = source, batch_size, seed, exposure
         idx = np.sort(np.asarray(idx))
         self.blocks = [idx[i : i + STREAM_BLOCK] for i in range(0, len(idx), STREAM_BLOCK)]
         self.epoch = 0
@@ -78,6 +84,8 @@ class BlockStream(keras.utils.PyDataset):
             win = self.windows[w]
             x = {"images": self.source.read_images(win),
                  "redshift": self.source.redshift[win].reshape(-1, 1).astype(np.float32)}
+            if self.exposure:
+                x["exposure_s"] = self.source.exposure_s[win].reshape(-1, 1).astype(np.float32)  # type: ignore[index]
             self._cached = (w, x, self.source.log_mass[win].astype(np.float32))  # type: ignore[index]
         _, x, y = self._cached
         end = start + self.batch_size

@@ -13,8 +13,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 
 
-def make_signal_data(n: int, *, size: int = 16, channels: int = 2, seed: int = 0) -> dict:
-    """Images whose total counts grow with mass: a signal a small CNN must learn."""
+def make_signal_data(n: int, *, size: int = 16, channels: int = 2, seed: int = 0,
+                     exposure: tuple[float, float] | None = None) -> dict:
+    """Images whose total counts grow with mass: a signal a small CNN must learn.
+
+    With `exposure` (low, high) s, each cluster gets an exposure drawn log-uniformly in it
+    (key exposure_s) and counts in proportion to it (x t / 1000 s).
+    """
     rng = np.random.default_rng(seed)
     log_mass = rng.uniform(13.0, 15.0, n).astype(np.float32)
     redshift = rng.uniform(0.05, 1.0, n).astype(np.float32)
@@ -22,9 +27,14 @@ def make_signal_data(n: int, *, size: int = 16, channels: int = 2, seed: int = 0
     profile = np.exp(-(xx**2 + yy**2) / (2 * (size / 6) ** 2))
     profile /= profile.sum()
     total = 10 ** (1.2 * (log_mass - 13.0) + 1.0) / (1 + redshift) ** 2
+    extra = {}
+    if exposure is not None:
+        t = np.exp(rng.uniform(np.log(exposure[0]), np.log(exposure[1]), n)).astype(np.float32)
+        total = total * t / 1000.0
+        extra["exposure_s"] = t
     lam = total[:, None, None, None] * profile[None, :, :, None] * np.ones(channels) / channels
     images = rng.poisson(lam).astype(np.int32)
-    return {"images": images, "redshift": redshift, "log_mass": log_mass}
+    return {"images": images, "redshift": redshift, "log_mass": log_mass, **extra}
 
 
 def write_h5(path: Path, arrays: dict) -> Path:

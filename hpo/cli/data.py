@@ -16,7 +16,7 @@ def simulate(
     out: Path = typer.Argument(..., help="HDF5 file to write."),
     n: int = typer.Option(1000, "--n", min=1, help="Number of clusters."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same file."),
-    preset: str | None = typer.Option(None, "--preset", help="Exposure preset: eRASS1, eRASS:4, eRASS:8, eFEDS."),
+    preset: str | None = typer.Option(None, "--preset", help="Exposure preset: eRASS1, eRASS:4, eRASS:8, eFEDS, mixed (150-2500 s, log-uniform)."),
     config: Path | None = typer.Option(None, "--config", help="YAML file of simulator settings."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     jobs: int = typer.Option(1, "--jobs", min=1, help="Processes drawing chunks at once; the file is the same for any value."),
@@ -24,7 +24,7 @@ def simulate(
         None, "--events", help="Also write the clusters as eROSITA survey files in this folder (eSASS event "
         "lists per tile, exposure maps, catalog.fits): a fixture for hpo cutouts."),
 ) -> None:
-    """Write an eROSITA-like mock data set (images, redshift, log_mass, truth/)."""
+    """Write an eROSITA-like mock data set (images, redshift, exposure_s, log_mass, truth/)."""
     from hpo.data.simulator import load_sim_config
     from hpo.data.simulator import write_mock
 
@@ -97,13 +97,14 @@ def baseline(
     data: Path = typer.Argument(..., help="Data file (HDF5 or .npz)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """The floors of a data file: the oracle floor (from truth/) and the classic counts estimator."""
+    """The floors of a data file: the oracle floor (from truth/) and the classic counts estimator
+    (on count rates too, for a file with exposure_s)."""
     from hpo.data.baseline import floors
     from hpo.data.contract import load_dataset
 
-    result = floors(load_dataset(data))
+    result = floors(load_dataset(data), with_exposure=True)
     if as_json:
         typer.echo(json.dumps(result))
         return
     typer.echo(table([{"estimator": k, "residual_std_dex": v} for k, v in result.items()
-                      if k in ("oracle_floor", "counts_baseline")]))
+                      if k in ("oracle_floor", "counts_baseline", "counts_rate_baseline")]))

@@ -64,11 +64,26 @@ def pull(
 @app.command()
 def predict(
     model: str = typer.Argument(..., help="NAME@alias, NAME/version, models:/..., runs:/... or a pulled folder."),
-    data: Path = typer.Argument(..., help="Data file; log_mass is optional."),
-    out: Path = typer.Option(..., "-o", "--out", help="CSV to write: index, log_mass, sigma."),
+    data: Path = typer.Argument(..., help="Data file (cut-outs); log_mass, exposure_s, cluster_id and "
+                                "reference/log_mass are optional."),
+    out: Path = typer.Option(..., "-o", "--out", help="Where to write: OUT.fits and OUT.csv (a .csv or .fits "
+                             "suffix is replaced); index, cluster_id, log_mass, sigma, flags, flag_names."),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
 ) -> None:
-    """Log mass and its uncertainty for every cluster in a file."""
+    """Log mass, its uncertainty and quality flags for every cluster in a file, as a FITS and a CSV table."""
     from hpo.registry.predict import predict_file
 
-    typer.echo(json.dumps(predict_file(model, data, out, tracking_uri)))
+    summary = predict_file(model, data, out, tracking_uri)
+    flagged = ", ".join(f"{k} {v}" for k, v in summary["flags"].items() if v)
+    typer.echo(f"wrote {summary['n']} clusters to {summary['fits']} and {summary['csv']}"
+               + (f"; flagged {summary['flagged']} ({flagged})" if flagged else "; none flagged")
+               + (f"; not checked, as the model records no training ranges: {', '.join(summary['flags_unchecked'])}"
+                  if summary["flags_unchecked"] else ""))
+    comparison = summary.get("comparison")
+    if comparison and comparison["n"]:
+        typer.echo(f"against {comparison['source']} on {comparison['n']} clusters: scatter "
+                   f"{comparison['scatter']:.3f} dex, bias {comparison['bias']:+.3f} dex (ours - theirs); "
+                   f"plot {comparison['plot']}, numbers {comparison['json']}")
+    elif comparison:
+        typer.echo(f"{comparison['source']}: no cluster has a finite value; nothing to compare")
+    typer.echo(json.dumps(summary))

@@ -115,6 +115,18 @@ class ModelConfig(_Section):
     dropout: DropoutConfig = DropoutConfig()
     regularizer: RegularizerConfig = RegularizerConfig()
     use_redshift: bool = Field(True, description="Join the redshift to the dense part.")
+    use_exposure: bool = Field(
+        False,
+        description="Give the network each cluster's exposure (data key exposure_s, s; a file "
+        "without it is refused), as exposure_mode says. Off: the network sees counts only and "
+        "must guess the depth from the background.",
+    )
+    exposure_mode: Literal["head", "rate", "both"] = Field(
+        "head",
+        description="head: standardised log10 exposure joined to the dense part beside the "
+        "redshift; rate: counts scaled to the training split's median exposure (x t_ref / t) "
+        "before the transform; both.",
+    )
 
     @model_validator(mode="after")
     def _check_layout(self) -> ModelConfig:

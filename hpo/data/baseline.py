@@ -7,7 +7,11 @@ and scored on the other 20% as the standard deviation of (predicted - true), dex
 - oracle floor: on the noise-free truth log L (truth/log_lx), log10 kT (truth/kT) and log10 E(z),
   i.e. the best any estimator could do if photon noise vanished;
 - counts baseline: on log10 aperture counts, two hardness ratios and z (with log E(z) and
-  log D_L(z)), i.e. what the classic method reads from the image without a network.
+  log D_L(z)), i.e. what the classic method reads from the image without a network;
+- counts-rate baseline (with_exposure, for a file with exposure_s): the same with log10 exposure
+  as one more feature, i.e. on count rates: the classic method on a file of mixed depths.
+Neither floor changes for a file that gained exposure_s: the oracle floor is noise-free, and the
+counts baseline is fitted within one file, whose depth the counts already carry.
 """
 
 from __future__ import annotations
@@ -26,16 +30,18 @@ FIT_FRACTION = 0.8
 APERTURE_FRACTION = 0.2  # aperture radius as a share of the image side (10 px of 50)
 
 
-def floors(ds: Dataset, seed: int = 0) -> dict[str, Any]:
+def floors(ds: Dataset, seed: int = 0, *, with_exposure: bool = False) -> dict[str, Any]:
     """The oracle floor and the counts baseline of a data set.
 
     Args:
         ds: a validated data set with log_mass; truth/log_lx and truth/kT enable the oracle floor.
         seed: seed of the fit/evaluation shuffle (80% / 20%).
+        with_exposure: also the counts-rate baseline, for a file with exposure_s.
 
     Returns:
         {"oracle_floor": dex or None (no truth/log_lx or truth/kT), "counts_baseline": dex,
-        "n_fit": clusters fitted, "n_eval": clusters scored}.
+        "n_fit": clusters fitted, "n_eval": clusters scored}, and "counts_rate_baseline" (dex)
+        with `with_exposure` and exposure_s.
 
     Raises:
         DataContractError: no log_mass, fewer than 10 clusters, or non-positive truth/kT.
@@ -68,12 +74,16 @@ def floors(ds: Dataset, seed: int = 0) -> dict[str, Any]:
     features = np.column_stack(
         [*_count_features(ds.images), z, log_e, np.log10(cosmo.luminosity_distance_mpc(z))]
     )
-    return {
+    out = {
         "oracle_floor": oracle,
         "counts_baseline": _residual_std(features, y, fit, ev),
         "n_fit": int(fit.size),
         "n_eval": int(ev.size),
     }
+    if with_exposure and ds.exposure_s is not None:
+        rates = np.column_stack([features, np.log10(ds.exposure_s.astype(np.float64))])
+        out["counts_rate_baseline"] = _residual_std(rates, y, fit, ev)
+    return out
 
 
 def _count_features(images: np.ndarray) -> list[np.ndarray]:

@@ -18,6 +18,12 @@ from hpo.data.recipe import missing
 from hpo.errors import DataContractError
 
 REQUIRED_KEYS = ("images", "redshift")
+EXPOSURE_KEY = "exposure_s"  # optional (N,) effective exposure per cluster, s; a model may use it
+ID_KEY = "cluster_id"  # optional (N,) catalogue IDs (integers or strings), carried to predictions
+REFERENCE_PREFIX = "reference/"  # optional (N,) values of a catalogue (its own log_mass), compared only
+# The (N,) keys of the contract besides images, and the groups of (N,) keys, read from a file.
+VECTOR_KEYS = ("redshift", "log_mass", EXPOSURE_KEY, ID_KEY)
+GROUPS = ("truth", "reference")
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,10 @@ class Dataset:
         truth: the simulator's hidden draws, each (N,), keyed without the `truth/` prefix.
         attrs: file metadata (channel_edges_keV, pixel_arcsec, generator, seed, ...).
         path: where it was read from.
+        exposure_s: (N,) float32 effective exposure of each cluster, s (> 0), or None.
+        cluster_id: (N,) int64 or str catalogue IDs, or None.
+        reference: a catalogue's own values, each (N,) float32, keyed without the `reference/`
+            prefix (`log_mass`: its mass, for comparison only, never a training label).
     """
 
     images: np.ndarray
@@ -39,6 +49,9 @@ class Dataset:
     truth: dict[str, np.ndarray] = field(default_factory=dict)
     attrs: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    exposure_s: np.ndarray | None = None
+    cluster_id: np.ndarray | None = None
+    reference: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -68,6 +81,9 @@ def take_rows(source: Any, images: np.ndarray, idx: np.ndarray) -> Dataset:
         truth={k: v[idx] for k, v in source.truth.items()},
         attrs=source.attrs,
         path=source.path,
+        exposure_s=None if source.exposure_s is None else source.exposure_s[idx],
+        cluster_id=None if source.cluster_id is None else source.cluster_id[idx],
+        reference={k: v[idx] for k, v in source.reference.items()},
     )
 
 
@@ -118,12 +134,13 @@ def read_h5(path: Path, *, skip_images: bool = False) -> tuple[dict[str, np.ndar
     try:
         with h5py.File(path, "r") as f:
             raw: dict[str, np.ndarray] = {}
-            for key in ("redshift", "log_mass") if skip_images else ("images", "redshift", "log_mass"):
+            for key in VECTOR_KEYS if skip_images else ("images", *VECTOR_KEYS):
                 if key in f:
                     raw[key] = _dataset_array(f, key, path)
-            if "truth" in f and isinstance(f["truth"], h5py.Group):
-                for key in f["truth"]:
-                    raw[f"truth/{key}"] = _dataset_array(f, f"truth/{key}", path)
+            for group in GROUPS:
+                if group in f and isinstance(f[group], h5py.Group):
+                    for key in f[group]:
+                        raw[f"{group}/{key}"] = _dataset_array(f, f"{group}/{key}", path)
             attrs = {k: _plain(v) for k, v in f.attrs.items()}
     except OSError as exc:
         raise DataContractError(f"{path}: not a readable HDF5 file ({exc})") from None
@@ -134,6 +151,8 @@ def _dataset_array(f: h5py.File, key: str, path: Path) -> np.ndarray:
     node = f[key]
     if not isinstance(node, h5py.Dataset):
         raise DataContractError(f"{path}: key '{key}' must be a data set, got a {type(node).__name__}")
+    if h5py.check_string_dtype(node.dtype) is not None:  # HDF5 strings (IDs) come back as str
+        return np.asarray(node.asstr()[()], dtype=object)
     return np.asarray(node[()])
 
 
@@ -142,7 +161,10 @@ def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         with np.load(path, allow_pickle=False) as z:
             raw = {}
             for key in z.files:
-                name = key if not key.startswith("truth_") else "truth/" + key[len("truth_") :]
+                name = key
+                for group in GROUPS:
+                    if key.startswith(group + "_"):
+                        name = f"{group}/{key[len(group) + 1 :]}"
                 raw[name] = np.asarray(z[key])
     except (OSError, ValueError) as exc:
         raise DataContractError(f"{path}: not a readable .npz file ({exc})") from None
@@ -167,7 +189,9 @@ def validate_arrays(
         if key not in raw:
             raise DataContractError(f"{path}: missing key '{key}' (found: {sorted(raw) or 'none'})")
     if require_labels and "log_mass" not in raw:
-        raise DataContractError(f"{path}: missing key 'log_mass', which training needs")
+        also = (" ('reference/log_mass' is a catalogue's mass, kept for comparison, never a "
+                "training label)" if "reference/log_mass" in raw else "")
+        raise DataContractError(f"{path}: missing key 'log_mass', which training needs{also}")
 
     images = raw["images"]
     if images.ndim != 4:
@@ -196,6 +220,9 @@ def validate_arrays(
             raise DataContractError(
                 f"{path}: key '{key}' has {arr.shape[0]} values but 'images' has {n} clusters"
             )
+        if key == ID_KEY:
+            vectors[key] = _ids(arr, path)
+            continue
         if not np.issubdtype(arr.dtype, np.number):
             raise DataContractError(f"{path}: key '{key}' must be numeric, got {arr.dtype}")
         vectors[key] = arr
@@ -213,8 +240,38 @@ def validate_arrays(
         log_mass = log_mass.astype(np.float32)
         _check_finite(log_mass, "log_mass", path)
 
+    exposure = vectors.get(EXPOSURE_KEY)
+    if exposure is not None:
+        exposure = exposure.astype(np.float32)
+        _check_finite(exposure, EXPOSURE_KEY, path)
+        bad = np.flatnonzero(exposure <= 0)
+        if bad.size:
+            raise DataContractError(
+                f"exposure must be > 0 s: {path} key '{EXPOSURE_KEY}' has {bad.size} values <= 0 "
+                f"(first at index {bad[0]})"
+            )
+    # A catalogue may lack a value for some clusters: NaN there is allowed, and not compared.
+    reference = {k[len(REFERENCE_PREFIX) :]: v.astype(np.float32) for k, v in vectors.items()
+                 if k.startswith(REFERENCE_PREFIX)}
+
     truth = {k[len("truth/") :]: v for k, v in vectors.items() if k.startswith("truth/")}
-    return Dataset(images, redshift, log_mass, truth, attrs, path)
+    return Dataset(images, redshift, log_mass, truth, attrs, path, exposure, vectors.get(ID_KEY),
+                   reference)
+
+
+def _ids(arr: np.ndarray, path: Path) -> np.ndarray:
+    """Catalogue IDs as int64, or as str (HDF5 strings; bytes are decoded as UTF-8)."""
+    if np.issubdtype(arr.dtype, np.integer):
+        return arr.astype(np.int64)
+    if arr.dtype.kind in "OSU":
+        try:
+            ids = np.array([v.decode() if isinstance(v, bytes) else v for v in arr.tolist()], dtype=object)
+        except UnicodeDecodeError:
+            raise DataContractError(f"{path}: key '{ID_KEY}' holds strings that are not UTF-8") from None
+        if all(isinstance(v, str) for v in ids):
+            return ids
+    raise DataContractError(
+        f"{path}: key '{ID_KEY}' must hold integers or strings, got dtype {arr.dtype}")
 
 
 def _check_finite(arr: np.ndarray, key: str, path: Path) -> None:

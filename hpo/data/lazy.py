@@ -32,7 +32,7 @@ class H5Source:
 
     Attributes:
         path: the HDF5 file.
-        redshift, log_mass, truth, attrs: as in Dataset.
+        redshift, log_mass, truth, attrs, exposure_s, cluster_id, reference: as in Dataset.
         image_shape: (H, W, C).
     """
 
@@ -43,6 +43,9 @@ class H5Source:
     log_mass: np.ndarray | None
     truth: dict[str, np.ndarray] = field(default_factory=dict)
     attrs: dict[str, Any] = field(default_factory=dict)
+    exposure_s: np.ndarray | None = None
+    cluster_id: np.ndarray | None = None
+    reference: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.n
@@ -139,4 +142,5 @@ def _open_streamed(path: Path, require_labels: bool) -> H5Source:
     raw, attrs = read_h5(path, skip_images=True)
     raw["images"] = np.zeros((n, 1, 1, 1), np.float32)  # stands in for the checked images
     small = validate_arrays(raw, attrs, path, require_labels)
-    return H5Source(path, n, (h, w, c), small.redshift, small.log_mass, small.truth, small.attrs)
+    return H5Source(path, n, (h, w, c), small.redshift, small.log_mass, small.truth, small.attrs,
+                    small.exposure_s, small.cluster_id, small.reference)

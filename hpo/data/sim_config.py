@@ -30,8 +30,11 @@ PRESETS: dict[str, tuple[float, float]] = {
     "eRASS:4": (800.0, 1250.0),  # four passes stacked
     "eRASS:8": (1600.0, 2500.0),  # the full eight-pass depth
     "eFEDS": (1200.0, 2200.0),  # the equatorial depth field, after vignetting
+    "mixed": (150.0, 2500.0),  # every depth from eRASS1 to eRASS:8: trains one model for all
 }
-"""Survey presets: per-cluster exposure range (s), drawn uniformly within it."""
+"""Survey presets: per-cluster exposure range (s), drawn uniformly within it (log-uniformly for
+the presets of EXPOSURE_DISTRIBUTION)."""
+EXPOSURE_DISTRIBUTION: dict[str, str] = {"mixed": "log_uniform"}  # else uniform
 
 
 def _ordered(value: tuple[float, float]) -> tuple[float, float]:
@@ -183,6 +186,11 @@ class SurveyConfig(_Section):
     exposure_range_s: Range | None = Field(
         None, description="Per-cluster exposure range, s; None takes the preset's."
     )
+    exposure_distribution: Literal["uniform", "log_uniform"] | None = Field(
+        None,
+        description="How exposures are drawn within the range; None takes the preset's (log_uniform "
+        "for `mixed`, an equal share of clusters per factor of depth; uniform for the others).",
+    )
 
     @field_validator("preset")
     @classmethod
@@ -194,6 +202,16 @@ class SurveyConfig(_Section):
     def exposure_range(self) -> tuple[float, float]:
         """The exposure range in force, s."""
         return self.exposure_range_s or PRESETS[self.preset]
+
+    def distribution(self) -> str:
+        """The exposure distribution in force: uniform or log_uniform."""
+        return self.exposure_distribution or EXPOSURE_DISTRIBUTION.get(self.preset, "uniform")
+
+    @model_validator(mode="after")
+    def _positive_for_log(self) -> SurveyConfig:
+        if self.distribution() == "log_uniform" and self.exposure_range()[0] <= 0:
+            raise ValueError(f"a log_uniform exposure needs a range above 0 s, got {self.exposure_range()}")
+        return self
 
 
 class BackgroundConfig(_Section):

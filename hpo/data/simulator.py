@@ -112,7 +112,7 @@ def draw_clusters(
     # sky and survey
     log_nh = (float(np.log(sp.nh_range_cm2[0])), float(np.log(sp.nh_range_cm2[1])))
     nh = np.exp(rng.uniform(*log_nh, size=n))
-    exposure = rng.uniform(*cfg.survey.exposure_range(), size=n)
+    exposure = _draw_exposure(rng, n, cfg)
     bkg_rate = cfg.background.rate_per_arcmin2 * np.exp(
         cfg.background.sigma_ln_rate * rng.standard_normal(n)
     )
@@ -148,6 +148,14 @@ def draw_clusters(
         "flux_soft": lx * kcorr / (4.0 * np.pi * d_l_cm**2),
         "k_correction": kcorr,
     }
+
+
+def _draw_exposure(rng: np.random.Generator, n: int, cfg: SimConfig) -> np.ndarray:
+    """Per-cluster exposure, s: one uniform draw each, on a linear or a log scale."""
+    lo, hi = cfg.survey.exposure_range()
+    if cfg.survey.distribution() == "log_uniform":
+        return np.exp(rng.uniform(np.log(lo), np.log(hi), size=n))
+    return rng.uniform(lo, hi, size=n)
 
 
 def _draw_log_mass(rng: np.random.Generator, z: np.ndarray, pop: PopulationConfig) -> np.ndarray:
@@ -197,8 +205,9 @@ def simulate_chunk(rng: np.random.Generator, n: int, cfg: SimConfig) -> dict[str
     """Simulates n clusters: draws, expected counts, Poisson images.
 
     Returns:
-        'images' (n, N, N, C) uint16 counts (N = image_size, C channels), 'redshift' and
-        'log_mass' (n,) float32, and 'truth/<name>' (n,) float32 for every draw of
+        'images' (n, N, N, C) uint16 counts (N = image_size, C channels), 'redshift',
+        'log_mass' and 'exposure_s' (n,) float32 (the exposure is data: real surveys know it from
+        their exposure maps), and 'truth/<name>' (n,) float32 for every draw of
         `draw_clusters` plus n_agn, cluster_counts, bkg_counts, agn_counts (expected counts in
         the cut-out) and total_counts (the image's sum).
     """
@@ -223,6 +232,7 @@ def simulate_chunk(rng: np.random.Generator, n: int, cfg: SimConfig) -> dict[str
         "images": images,
         "redshift": params.pop("redshift").astype(np.float32),
         "log_mass": params.pop("log_mass").astype(np.float32),
+        "exposure_s": params["exposure_s"].astype(np.float32),
     }
     params.update(extra)
     params["total_counts"] = images.sum(axis=(1, 2, 3), dtype=np.int64).astype(np.float64)
@@ -335,6 +345,7 @@ def write_mock(
         f.attrs["seed"] = int(seed)
         f.attrs["preset"] = cfg.survey.preset
         f.attrs["exposure_range_s"] = np.asarray(cfg.survey.exposure_range())
+        f.attrs["exposure_distribution"] = cfg.survey.distribution()
         f.attrs["chunk_clusters"] = CHUNK_CLUSTERS
         f.attrs["image_shape"] = np.asarray([size, size, n_chan])
         f.attrs["sim_config"] = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)

@@ -2,13 +2,15 @@
 
     hpo train run.yaml           # builds this model from the run's `model:` section
 
-Inputs:  images   (N, H, W, C) float32 photon counts, channels last (50 x 50 x 10 by default)
-         redshift (N, 1) float32
+Inputs:  images     (N, H, W, C) float32 photon counts, channels last (50 x 50 x 10 by default)
+         redshift   (N, 1) float32
+         exposure_s (N, 1) float32 seconds, only with model.use_exposure
 Output:  log_mass (N, 1) = [mu], or (N, 2) = [mu, sigma] with a sigma head; log10(M500/Msun), dex
 
-    images -> [augment] -> transform -> standardise
+    images -> [augment] -> [x t_ref / exposure: exposure_mode rate, both] -> transform -> standardise
            -> { conv (+BN) -> act } x layers -> pool   (one per conv block)
-           -> flatten -> concat(redshift) -> { dense -> act -> [dropout] } x dense -> mu [, sigma]
+           -> flatten -> concat(redshift [, log exposure: head, both])
+           -> { dense -> act -> [dropout] } x dense -> mu [, sigma]
 """
 
 from __future__ import annotations
@@ -25,7 +27,11 @@ from hpo.config.tree import AugmentConfig
 from hpo.config.tree import ModelConfig
 from hpo.config.tree import RegularizerConfig
 from hpo.model.layers import CountsTransform
+from hpo.model.layers import ExposureScale
+from hpo.model.layers import LogExposure
 from hpo.model.layers import RandomDihedral
+
+EXPOSURE_INPUT = "exposure_s"  # the input's name: the data contract's key
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,8 @@ class InputStats:
         channel_mean, channel_var: (C,) per-channel mean and variance of transformed counts.
         label_mean, label_std: mean and std of training log10 M (output initialisers).
         redshift_mean, redshift_std: for standardising the redshift input.
+        exposure_ref_s: median training exposure, s (the unit of counts in exposure_mode rate).
+        log_exposure_mean, log_exposure_std: of log10 exposure, for the head input.
     """
 
     channel_mean: np.ndarray
@@ -44,13 +52,33 @@ class InputStats:
     label_std: float
     redshift_mean: float
     redshift_std: float
+    exposure_ref_s: float = 1.0
+    log_exposure_mean: float = 0.0
+    log_exposure_std: float = 1.0
 
     @classmethod
     def fit(
-        cls, images: np.ndarray, redshift: np.ndarray, log_mass: np.ndarray, transform: str
+        cls, images: np.ndarray, redshift: np.ndarray, log_mass: np.ndarray, transform: str,
+        exposure: np.ndarray | None = None, exposure_mode: str | None = None,
     ) -> InputStats:
-        """Statistics of a training split; images (N, H, W, C) counts."""
-        x = np.asarray(CountsTransform(transform)(images[: min(len(images), 4096)]))
+        """Statistics of a training split; images (N, H, W, C) counts.
+
+        Args:
+            exposure: (N,) exposure of the clusters of `images`, s, for a model that takes it.
+            exposure_mode: a model's model.exposure_mode; with rate or both, the channel
+                statistics are those of counts at the median exposure, as the network sees them.
+        """
+        sample = images[: min(len(images), 4096)]
+        extra: dict[str, float] = {}
+        if exposure is not None:
+            log_t = np.log10(np.asarray(exposure, np.float64))
+            extra = {"exposure_ref_s": float(np.median(exposure)),
+                     "log_exposure_mean": float(np.mean(log_t)),
+                     "log_exposure_std": float(max(np.std(log_t), 1e-3))}
+            if exposure_mode in ("rate", "both"):
+                scale = extra["exposure_ref_s"] / np.asarray(exposure[: len(sample)], np.float32)
+                sample = sample * scale[:, None, None, None]
+        x = np.asarray(CountsTransform(transform)(sample))
         return cls(
             channel_mean=x.mean(axis=(0, 1, 2)),
             channel_var=np.maximum(x.var(axis=(0, 1, 2)), 1e-8),
@@ -58,6 +86,7 @@ class InputStats:
             label_std=float(max(np.std(log_mass), 1e-3)),
             redshift_mean=float(np.mean(redshift)),
             redshift_std=float(max(np.std(redshift), 1e-3)),
+            **extra,
         )
 
 
@@ -82,6 +111,10 @@ def build_model(
     """
     images = keras.Input(shape=image_shape, name="images")
     redshift = keras.Input(shape=(1,), name="redshift")
+    inputs = {"images": images, "redshift": redshift}
+    mode = cfg.exposure_mode if cfg.use_exposure else None
+    if mode is not None:
+        inputs[EXPOSURE_INPUT] = keras.Input(shape=(1,), name=EXPOSURE_INPUT)
 
     x = images
     if augment is not None and (augment.flips or augment.rot90):
@@ -90,6 +123,8 @@ def build_model(
         x = keras.layers.RandomRotation(
             0.5, fill_mode="constant", interpolation="bilinear", seed=seed, name="rotation"
         )(x)
+    if mode in ("rate", "both"):
+        x = ExposureScale(stats.exposure_ref_s, name="exposure_scale")(x, inputs[EXPOSURE_INPUT])
     x = CountsTransform(cfg.input.transform, name="counts_transform")(x)
     if cfg.input.standardize:
         x = keras.layers.Normalization(
@@ -119,6 +154,10 @@ def build_model(
             axis=-1, mean=[stats.redshift_mean], variance=[stats.redshift_std**2], name="z_scale"
         )(redshift)
         x = keras.layers.Concatenate(name="join_redshift")([x, z])
+    if mode in ("head", "both"):
+        t = LogExposure(stats.log_exposure_mean, stats.log_exposure_std, name="log_exposure")(
+            inputs[EXPOSURE_INPUT])
+        x = keras.layers.Concatenate(name="join_exposure")([x, t])
 
     dense_reg = cfg.regularizer if cfg.regularizer.layers in ("dense", "both") else None
     dropout_at = _dropout_positions(cfg)
@@ -138,7 +177,6 @@ def build_model(
     outputs = mu
     if sigma_head is not None:
         outputs = _sigma_output(x, mu, sigma_head, stats.label_std)
-    inputs = {"images": images, "redshift": redshift}
     return keras.Model(inputs=inputs, outputs=outputs, name="xray_cluster_mass")
 
 

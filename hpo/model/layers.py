@@ -1,4 +1,5 @@
-"""Custom Keras layers saved with the model: the counts transform and dihedral augmentation.
+"""Custom Keras layers saved with the model: the counts transform, the exposure scaling and
+dihedral augmentation.
 
     python -m pytest tests/model/test_layers.py
 """
@@ -34,6 +35,43 @@ class CountsTransform(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "kind": self.kind}
+
+
+@keras.saving.register_keras_serializable(package="hpo")
+class ExposureScale(keras.layers.Layer):
+    """Counts at a reference exposure: images (N, H, W, C) x ref_s / exposure (N, 1); no weights.
+
+    Turns counts into rates in the unit of the training split's median exposure, so that the
+    counts transform and the standardisation see numbers of the size they were fitted on.
+    """
+
+    def __init__(self, ref_s: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not ref_s > 0:
+            raise ValueError(f"ref_s must be > 0 s, got {ref_s}")
+        self.ref_s = float(ref_s)
+
+    def call(self, images: Any, exposure: Any) -> Any:
+        scale = self.ref_s / ops.cast(exposure, images.dtype)
+        return images * ops.reshape(scale, (-1, 1, 1, 1))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "ref_s": self.ref_s}
+
+
+@keras.saving.register_keras_serializable(package="hpo")
+class LogExposure(keras.layers.Layer):
+    """Standardised log10 exposure, (log10 t - mean) / std, from (N, 1) seconds; no weights."""
+
+    def __init__(self, mean: float = 0.0, std: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.mean, self.std = float(mean), float(std)
+
+    def call(self, exposure: Any) -> Any:
+        return (ops.log10(ops.cast(exposure, self.compute_dtype)) - self.mean) / self.std
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "mean": self.mean, "std": self.std}
 
 
 @keras.saving.register_keras_serializable(package="hpo")

@@ -18,6 +18,8 @@ import mlflow.pyfunc
 import numpy as np
 from mlflow.exceptions import MlflowException
 
+from hpo.data.contract import EXPOSURE_KEY
+from hpo.errors import DataContractError
 from hpo.errors import HpoError
 from hpo.errors import TrackingError
 from hpo.tracking.retry import auth_error
@@ -137,7 +139,8 @@ def _earlier_pull(out: Path) -> list[str]:
 
 
 def predict_arrays(
-    model: Any, images: np.ndarray, redshift: np.ndarray, chunk: int = 2048, *, tta: bool = False
+    model: Any, images: np.ndarray, redshift: np.ndarray, chunk: int = 2048, *, tta: bool = False,
+    exposure: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """log_mass and sigma (or None) for every cluster, in chunks to bound memory.
 
@@ -148,12 +151,22 @@ def predict_arrays(
         chunk: clusters per predict call.
         tta: average over the 8 flips and right-angle rotations of each image (log_mass as the
             mean, sigma as the root mean square), as hpo.training.evaluate.predict does.
+        exposure: (N,) exposure_s, s, or None; passed on when given (a model that does not take
+            it ignores it).
+
+    Raises:
+        DataContractError: the model takes the exposure and `exposure` is None.
     """
+    if exposure is None and takes_exposure(model):
+        raise DataContractError(f"missing key '{EXPOSURE_KEY}': this model was trained with "
+                                "model.use_exposure and needs each cluster's exposure")
     views = _dihedral_views if tta else (lambda x: [x])
     mus, sigmas = [], []
     for i in range(0, len(images), chunk):
-        z = redshift[i : i + chunk]
-        frames = [model.predict({"images": v, "redshift": z}) for v in views(images[i : i + chunk])]
+        feed = {"redshift": redshift[i : i + chunk]}
+        if exposure is not None:
+            feed[EXPOSURE_KEY] = np.asarray(exposure[i : i + chunk], np.float32)
+        frames = [model.predict({"images": v, **feed}) for v in views(images[i : i + chunk])]
         mus.append(np.mean([f["log_mass"].to_numpy(np.float64) for f in frames], axis=0))
         if "sigma" in frames[0]:
             squares = [np.square(f["sigma"].to_numpy(np.float64)) for f in frames]
@@ -161,6 +174,17 @@ def predict_arrays(
     if not mus:
         return np.zeros(0), None
     return np.concatenate(mus), (np.concatenate(sigmas) if sigmas else None)
+
+
+def takes_exposure(model: Any) -> bool:
+    """Whether a pyfunc model of this package takes exposure_s (its metadata's input_names)."""
+    return EXPOSURE_KEY in ((model.metadata.metadata or {}).get("input_names") or [])
+
+
+def training_ranges(model: Any) -> dict[str, tuple[float, float]]:
+    """The [min, max] of the training clusters the model's metadata records ({} if none)."""
+    recorded = (model.metadata.metadata or {}).get("training_ranges") or {}
+    return {k: (float(v[0]), float(v[1])) for k, v in recorded.items() if len(v) == 2}
 
 
 def _dihedral_views(images: np.ndarray) -> list[np.ndarray]:

@@ -302,7 +302,11 @@ def _test_split(cfg: RunConfig, dataset: Dataset | H5Source) -> Dataset:
 
 def _predict(uri: str, ds: Dataset, tta: bool,
              tracking_uri: str) -> tuple[np.ndarray, np.ndarray | None]:
-    return models.predict_arrays(models.load(uri, tracking_uri), ds.images, ds.redshift, tta=tta)
+    model = models.load(uri, tracking_uri)
+    if ds.exposure_s is None and models.takes_exposure(model):
+        raise HpoError(f"{ds.path}: missing key 'exposure_s', which model {uri} needs (it was "
+                       "trained with model.use_exposure)")
+    return models.predict_arrays(model, ds.images, ds.redshift, tta=tta, exposure=ds.exposure_s)
 
 
 def _lineage(dataset: Dataset | H5Source, data: DataConfig) -> dict[str, str]:

@@ -56,11 +56,14 @@ def split_dataset(ds: Dataset | H5Source, split: Split, context: str) -> Cluster
     content = f"{fingerprint['sha256']}:{context}:".encode() + idx.tobytes()
     digest = hashlib.sha256(content).hexdigest()[:16]
     h, w, c = ds.image_shape
-    schema = Schema([
+    specs = [
         TensorSpec(np.dtype(np.float32), (-1, h, w, c), "images"),
         TensorSpec(np.dtype(np.float32), (-1,), "redshift"),
         TensorSpec(np.dtype(np.float32), (-1,), "log_mass"),
-    ])
+    ]
+    if ds.exposure_s is not None:
+        specs.append(TensorSpec(np.dtype(np.float32), (-1,), "exposure_s"))
+    schema = Schema(specs)
     profile = {"clusters": len(idx), "split": context, "file_clusters": fingerprint["n"],
                "file_sha256": fingerprint["sha256"], "image_shape": [h, w, c],
                "generator": fingerprint["generator"], "seed": fingerprint["seed"]}

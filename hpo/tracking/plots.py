@@ -59,6 +59,28 @@ def predicted_vs_true(mu: np.ndarray, true: np.ndarray, sigma: np.ndarray | None
     return fig
 
 
+def ours_vs_reference(mu: np.ndarray, reference: np.ndarray, sigma: np.ndarray | None,
+                      source: str) -> Figure:
+    """`hpo predict`'s comparison: our log10 M500 against a catalogue's, with the 1:1 line."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.8))
+    if sigma is not None:
+        ax.errorbar(reference, mu, yerr=sigma, fmt="none", alpha=0.25, lw=0.5)
+    ax.scatter(reference, mu, s=8, alpha=0.7)
+    lo, hi = float(min(reference.min(), mu.min())), float(max(reference.max(), mu.max()))
+    ax.plot([lo, hi], [lo, hi], "r-", lw=1, label="1:1")
+    diff = mu - reference
+    ax.set(xlabel=f"catalogue log10 M500 ({source})"[:70], ylabel="hpo predict log10 M500",
+           title=f"{len(diff)} clusters: scatter {np.std(diff):.3f} dex, bias {np.mean(diff):+.3f} dex")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def close(fig: Figure) -> None:
+    """Frees a figure that was saved rather than logged."""
+    plt.close(fig)
+
+
 def residuals_vs(x: np.ndarray, mu: np.ndarray, true: np.ndarray, *, xlabel: str) -> Figure:
     """Residual (predicted - true log10 M) against `x`, with its running median and 16-84% band.
 

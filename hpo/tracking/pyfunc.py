@@ -2,6 +2,7 @@
 
     mlflow.pyfunc.load_model("models:/xray-cluster-mass@champion").predict(
         {"images": X, "redshift": z})     # -> DataFrame with log_mass (and sigma)
+    # a model trained with model.use_exposure also takes {"exposure_s": t} (N,) seconds
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ KERAS_ARTIFACT = "keras_model"
 # would refuse every dtype but one before predict could convert it).
 INPUTS = ('"images": (N, H, W, C) photon counts and "redshift": (N,), each of any integer or '
           "float dtype (cast to float32)")
+EXPOSURE = "exposure_s"
+EXPOSURE_INPUTS = INPUTS.replace(' and "redshift": (N,)', ', "redshift": (N,) and "exposure_s": (N,) '
+                                 "seconds > 0")
 
 
 class XrayMassModel(mlflow.pyfunc.PythonModel):
@@ -38,18 +42,22 @@ class XrayMassModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         shape = tuple(int(d) for d in self.model.input["images"].shape[1:])
-        images, redshift = unpack_inputs(model_input, shape)
-        out = np.asarray(
-            self.model.predict({"images": images, "redshift": redshift}, batch_size=256, verbose=0)
-        )
+        with_exposure = EXPOSURE in self.model.input  # models of before model.use_exposure: False
+        images, redshift, *exposure = unpack_inputs(model_input, shape, exposure=with_exposure)
+        feed = {"images": images, "redshift": redshift}
+        if with_exposure:
+            feed[EXPOSURE] = exposure[0]
+        out = np.asarray(self.model.predict(feed, batch_size=256, verbose=0))
         frame = pd.DataFrame({"log_mass": out[:, 0].astype(np.float64)})
         if out.shape[1] > 1:
             frame["sigma"] = out[:, 1].astype(np.float64)
         return frame
 
 
-def unpack_inputs(model_input: Any, image_shape: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(images float32 (N,H,W,C), redshift float32 (N,1)) from a dict of arrays or lists, or a DataFrame.
+def unpack_inputs(model_input: Any, image_shape: tuple[int, ...] | None = None, *,
+                  exposure: bool = False) -> tuple[np.ndarray, ...]:
+    """(images float32 (N,H,W,C), redshift float32 (N,1)[, exposure_s float32 (N,1)]) from a dict
+    of arrays or lists, or a DataFrame; exposure_s only if `exposure` (the model takes it).
 
     Any real numeric dtype is taken (photon counts come as integers) and cast to float32.
 
@@ -59,7 +67,10 @@ def unpack_inputs(model_input: Any, image_shape: tuple[int, ...] | None = None) 
     if isinstance(model_input, pd.DataFrame):
         model_input = {k: np.stack(model_input[k].to_numpy()) for k in model_input.columns}
     if not isinstance(model_input, dict) or not {"images", "redshift"} <= set(model_input):
-        raise ValueError(f"input must be a mapping with keys {INPUTS}")
+        raise ValueError(f"input must be a mapping with keys {EXPOSURE_INPUTS if exposure else INPUTS}")
+    if exposure and EXPOSURE not in model_input:
+        raise ValueError(f"missing key '{EXPOSURE}': this model was trained with model.use_exposure; "
+                         f"input must be a mapping with keys {EXPOSURE_INPUTS}")
     images = _real(model_input["images"], "images")
     redshift = _real(model_input["redshift"], "redshift")
     if redshift.ndim == 2 and redshift.shape[1] == 1:
@@ -69,7 +80,15 @@ def unpack_inputs(model_input: Any, image_shape: tuple[int, ...] | None = None) 
         raise ValueError(f"images must be {want} for this model, got shape {images.shape}")
     if redshift.ndim != 1 or len(redshift) != len(images):
         raise ValueError(f"redshift must be ({len(images)},), one per image, got shape {redshift.shape}")
-    return images, redshift.reshape(-1, 1)
+    if not exposure:
+        return images, redshift.reshape(-1, 1)
+    t = _real(model_input[EXPOSURE], EXPOSURE)
+    t = t[:, 0] if t.ndim == 2 and t.shape[1] == 1 else t
+    if t.ndim != 1 or len(t) != len(images):
+        raise ValueError(f"{EXPOSURE} must be ({len(images)},), one per image, got shape {t.shape}")
+    if not np.all(t > 0):  # NaN fails too
+        raise ValueError(f"{EXPOSURE} must be > 0 s, got {int(np.sum(~(t > 0)))} values that are not")
+    return images, redshift.reshape(-1, 1), t.reshape(-1, 1)
 
 
 def _real(value: Any, key: str) -> np.ndarray:

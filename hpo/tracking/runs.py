@@ -294,11 +294,20 @@ class Tracker:
     def run_status(self, run_id: str) -> str:
         return str(self.client.get_run(run_id).info.status)
 
-    def log_model(self, run_id: str, keras_model: Any, example: dict[str, np.ndarray]) -> str:
-        """Logs the network as a pyfunc model of this run; returns its models:/ URI."""
+    def log_model(self, run_id: str, keras_model: Any, example: dict[str, np.ndarray],
+                  training_ranges: dict[str, list[float]] | None = None) -> str:
+        """Logs the network as a pyfunc model of this run; returns its models:/ URI.
+
+        Its metadata say what it takes (`inputs`, `input_names`), the image shape and, if given,
+        the [min, max] of its training clusters' redshift, log_mass and exposure_s
+        (`training_ranges`: what `hpo predict` flags clusters outside of).
+        """
+        from hpo.tracking.pyfunc import EXPOSURE
+        from hpo.tracking.pyfunc import EXPOSURE_INPUTS
         from hpo.tracking.pyfunc import INPUTS
         from hpo.tracking.pyfunc import KERAS_ARTIFACT
 
+        names = list(keras_model.input)
         h, w, c = (int(d) for d in keras_model.input["images"].shape[1:])
         has_sigma = int(keras_model.output.shape[-1]) > 1
         columns: list[ColSpec | TensorSpec] = [ColSpec("double", "log_mass")]
@@ -306,8 +315,11 @@ class Tracker:
         package = Path(__file__).resolve().parents[1]
         # No input schema: MLflow would refuse integer counts before predict converts them.
         signature = ModelSignature(outputs=outputs)
-        metadata = {"inputs": INPUTS.replace("(N, H, W, C)", f"(N, {h}, {w}, {c})"),
-                    "image_shape": [h, w, c]}
+        inputs = EXPOSURE_INPUTS if EXPOSURE in names else INPUTS
+        metadata: dict[str, Any] = {"inputs": inputs.replace("(N, H, W, C)", f"(N, {h}, {w}, {c})"),
+                                    "image_shape": [h, w, c], "input_names": names}
+        if training_ranges:
+            metadata["training_ranges"] = training_ranges
 
         def log_once() -> Any:
             run = self.client.raw.get_run(run_id)

@@ -12,6 +12,7 @@ from hpo.data.lazy import H5Source
 from hpo.tracking import plots
 from hpo.tracking.runs import Tracker
 from hpo.training.evaluate import predict
+from hpo.training.evaluate import takes_exposure
 from hpo.training.loop import TrainResult
 
 LOSS_CURVES = "plots/loss_curves.png"  # a pruned trial logs this one too
@@ -34,7 +35,7 @@ def log_trial_artifacts(
     tracker.log_metrics(run_id, {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                                  "train_seconds": result.seconds})
     tracker.log_figure(run_id, plots.loss_curves(result.history), LOSS_CURVES)
-    mu, sigma = predict(result.model, val.images, val.redshift)
+    mu, sigma = predict(result.model, val.images, val.redshift, exposure=val.exposure_s)
     true = val.log_mass
     assert true is not None  # train() refuses a data set without labels
     tracker.log_figure(run_id, plots.predicted_vs_true(mu, true, sigma), "plots/predicted_vs_true.png")
@@ -48,4 +49,14 @@ def log_trial_artifacts(
         tracker.set_tags(run_id, {"hpo.model_logged": "false"})
         return None
     example = {"images": val.images[:2], "redshift": val.redshift[:2]}
-    return tracker.log_model(run_id, result.model, {k: np.asarray(v) for k, v in example.items()})
+    if takes_exposure(result.model):
+        example["exposure_s"] = val.exposure_s[:2]
+    return tracker.log_model(run_id, result.model, {k: np.asarray(v) for k, v in example.items()},
+                             training_ranges(ds, result.split.train))
+
+
+def training_ranges(ds: Dataset | H5Source, train: np.ndarray) -> dict[str, list[float]]:
+    """[min, max] of the training clusters' redshift, log_mass and (if the file has it) exposure_s."""
+    columns = {"redshift": ds.redshift, "log_mass": ds.log_mass, "exposure_s": ds.exposure_s}
+    return {k: [float(np.min(v[train])), float(np.max(v[train]))]
+            for k, v in columns.items() if v is not None and len(train)}

@@ -19,6 +19,9 @@ MONITOR = "val_residual_std"
 class EpochEvaluator(keras.callbacks.Callback):
     """Adds `val_*` residual metrics to each epoch's logs, before the other callbacks see them.
 
+    `val` is (images, redshift, log_mass) of the validation split; `exposure` its exposure_s,
+    for a model that takes it.
+
     Training-split metrics come from the streaming metrics compiled into the model (scored on the
     training batches as they pass, dropout and augmentation on); they are renamed `train_*`.
 
@@ -34,9 +37,10 @@ class EpochEvaluator(keras.callbacks.Callback):
         patience: int | None = None,
         batch_size: int = 512,
         monitor: str = MONITOR,
+        exposure: np.ndarray | None = None,
     ) -> None:
         super().__init__()
-        self.val, self.monitor = val, monitor
+        self.val, self.monitor, self.exposure = val, monitor, exposure
         self.patience, self.batch_size = patience, batch_size
         self.best_value = math.inf
         self.best_epoch = -1
@@ -52,7 +56,7 @@ class EpochEvaluator(keras.callbacks.Callback):
             if kind in logs:
                 logs["train_" + kind] = logs.pop(kind)
         x, z, y = self.val
-        mu, sigma = predict(self.model, x, z, batch_size=self.batch_size)
+        mu, sigma = predict(self.model, x, z, exposure=self.exposure, batch_size=self.batch_size)
         if not np.all(np.isfinite(mu)):
             raise TrialFailed(f"predictions became non-finite at epoch {epoch}")
         for name, value in residual_metrics(mu, y, sigma).items():

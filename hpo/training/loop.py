@@ -18,6 +18,7 @@ from hpo.data.contract import Dataset
 from hpo.data.lazy import H5Source
 from hpo.data.split import Split
 from hpo.data.split import split_indices
+from hpo.errors import DataContractError
 from hpo.errors import TrialFailed
 from hpo.errors import first_line
 from hpo.model.builder import InputStats
@@ -91,6 +92,11 @@ def train(
     """
     if ds.log_mass is None:
         raise TrialFailed(f"{ds.path}: no 'log_mass' to train on", kind="data")
+    exposure = cfg.model.use_exposure
+    if exposure and ds.exposure_s is None:
+        raise DataContractError(
+            f"{ds.path}: missing key 'exposure_s' (each cluster's exposure, s), which "
+            "model.use_exposure needs; hpo simulate writes it, or set model.use_exposure: false")
     # ---------------------------------------------------------------- setup
     keras.utils.set_random_seed(cfg.train.seed)
     policy = keras.mixed_precision.global_policy()
@@ -102,13 +108,15 @@ def train(
     sample = np.sort(np.random.default_rng(cfg.train.seed).permutation(split.train)[:STATS_SAMPLE])
     tr_sample = ds.subset(sample)
     assert ds.log_mass is not None and va.log_mass is not None
-    feed = fit_inputs(ds, split.train, cfg.train.batch_size, cfg.train.seed)
+    feed = fit_inputs(ds, split.train, cfg.train.batch_size, cfg.train.seed, exposure=exposure)
 
     # ---------------------------------------------------------------- model
     loss_cfg = cfg.train.loss
     sigma_head = loss_cfg.sigma_param if loss_cfg.type == "gaussian_nll" else None
     stats = InputStats.fit(tr_sample.images, ds.redshift[split.train], ds.log_mass[split.train],
-                           cfg.model.input.transform)
+                           cfg.model.input.transform,
+                           exposure=tr_sample.exposure_s if exposure else None,
+                           exposure_mode=cfg.model.exposure_mode)
     try:
         model = build_model(
             cfg.model,
@@ -134,7 +142,7 @@ def train(
 
     evaluator = EpochEvaluator(
         (va.images, va.redshift, va.log_mass), patience=cfg.train.early_stopping_patience,
-        monitor=monitor,
+        monitor=monitor, exposure=va.exposure_s if exposure else None,
     )
     all_callbacks = [evaluator, *callbacks]
 

@@ -74,3 +74,15 @@ def test_floors_of_a_mock_are_ordered(tmp_path: Path) -> None:
     assert out["oracle_floor"] < out["counts_baseline"] < float(np.std(ds.log_mass))
     assert 0.05 < out["oracle_floor"] < 0.15
     assert floors(ds) == out
+
+
+def test_count_rates_rescue_the_counts_baseline_on_mixed_depths(tmp_path: Path) -> None:
+    # On a file of mixed depths (150-2500 s) the classic estimator needs the exposure: on count
+    # rates (with_exposure) it beats the plain counts baseline; without with_exposure the floors
+    # are as before (no new key).
+    cfg = sim.load_sim_config(None, "mixed")
+    ds = load_dataset(sim.write_mock(tmp_path / "mixed.h5", 1000, 3, cfg))
+    plain = floors(ds)
+    out = floors(ds, with_exposure=True)
+    assert "counts_rate_baseline" not in plain and out["counts_baseline"] == plain["counts_baseline"]
+    assert out["counts_rate_baseline"] < 0.9 * out["counts_baseline"]

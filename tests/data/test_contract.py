@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import h5py
 import numpy as np
 import pytest
 
@@ -50,6 +51,10 @@ def test_prediction_files_need_no_labels(tmp_path):
         (lambda a: a.update(images=a["images"].astype(float)) or a["images"].__setitem__((2, 1, 1, 1), np.nan), "images", "NaN"),
         (lambda a: a["redshift"].__setitem__(5, 0.0), "redshift", "index 5"),
         (lambda a: a.update(log_mass=np.full(12, np.inf)), "log_mass", "NaN or infinite"),
+        (lambda a: a.update(exposure_s=np.r_[np.full(11, 1e3), 0.0]), "exposure_s", "index 11"),
+        (lambda a: a.update(exposure_s=np.full(12, np.nan)), "exposure_s", "NaN or infinite"),
+        (lambda a: a.update(exposure_s=np.ones(11)), "exposure_s", "11 values"),
+        (lambda a: a.update(cluster_id=np.linspace(0, 1, 12)), "cluster_id", "integers or strings"),
     ],
 )
 def test_broken_files_are_refused_naming_file_and_key(tmp_path, change, key, text):
@@ -60,6 +65,42 @@ def test_broken_files_are_refused_naming_file_and_key(tmp_path, change, key, tex
     with pytest.raises(DataContractError) as err:
         load_dataset(path)
     assert str(path) in str(err.value) and f"'{key}'" in str(err.value) and text in str(err.value)
+
+
+def test_exposure_ids_and_reference_mass_are_read_and_follow_a_subset(tmp_path):
+    # Rule: the optional keys exposure_s, cluster_id (HDF5 variable-length UTF-8 strings or
+    # integers) and reference/* are read, and a subset keeps them row for row.
+    arrays = {**_arrays(), "exposure_s": np.linspace(150.0, 2500.0, 12),
+              "reference/log_mass": np.r_[np.full(11, 14.0), np.nan]}
+    path = write_h5(tmp_path / "cat.h5", arrays)
+    with h5py.File(path, "a") as f:
+        f.create_dataset("cluster_id", data=[f"1eRASS J{i:04d}+ü" for i in range(12)],
+                         dtype=h5py.string_dtype("utf-8"))
+        f.attrs["reference_mass_source"] = "eRASS1 clusters (Bulbul+2024)"
+    ds = load_dataset(path)
+    assert ds.exposure_s.dtype == np.float32 and ds.exposure_s[-1] == 2500.0
+    assert ds.cluster_id[3] == "1eRASS J0003+ü" and np.isnan(ds.reference["log_mass"][-1])
+    assert ds.attrs["reference_mass_source"].startswith("eRASS1")
+    sub = ds.subset(np.array([5, 2]))
+    assert list(sub.cluster_id) == ["1eRASS J0005+ü", "1eRASS J0002+ü"]
+    assert np.allclose(sub.exposure_s, arrays["exposure_s"][[5, 2]])
+    ints = write_h5(tmp_path / "ints.h5", {**_arrays(), "cluster_id": np.arange(100, 112)})
+    assert load_dataset(ints).cluster_id.dtype == np.int64
+    np.savez(tmp_path / "cat.npz", **_arrays(), reference_log_mass=np.full(12, 14.0),
+             cluster_id=np.array([f"c{i}" for i in range(12)]))
+    ds = load_dataset(tmp_path / "cat.npz")
+    assert ds.cluster_id[0] == "c0" and ds.reference["log_mass"].shape == (12,)
+
+
+def test_a_catalogue_mass_is_never_a_training_label(tmp_path):
+    # Rule: a file with reference/log_mass but no log_mass loads for prediction and is refused
+    # for training, the message naming both keys.
+    arrays = _arrays()
+    arrays["reference/log_mass"] = arrays.pop("log_mass")
+    path = write_h5(tmp_path / "catalogue.h5", arrays)
+    assert load_dataset(path, require_labels=False).log_mass is None
+    with pytest.raises(DataContractError, match="missing key 'log_mass'.*'reference/log_mass'.*never a training label"):
+        load_dataset(path)
 
 
 def test_not_hdf5_is_refused(tmp_path):

@@ -34,6 +34,20 @@ def test_streamed_reads_match_in_memory_rows(signal_h5):
     assert np.array_equal(source.subset(idx).log_mass, full.log_mass[idx])
 
 
+def test_streamed_file_keeps_exposure_ids_and_reference(tmp_path):
+    # Rule: a streamed file carries the optional (N,) keys as the in-memory one does.
+    arrays = {**make_signal_data(40), "exposure_s": np.linspace(150, 2500, 40),
+              "cluster_id": np.arange(1000, 1040), "reference/log_mass": np.full(40, 14.25)}
+    source = open_dataset(write_h5(tmp_path / "cat.h5", arrays), max_in_memory_gb=TINY_GB)
+    sub = source.subset(np.array([39, 1]))
+    assert isinstance(source, H5Source) and sub.cluster_id.tolist() == [1039, 1001]
+    assert sub.exposure_s[0] == 2500 and sub.reference["log_mass"].tolist() == [14.25, 14.25]
+    # the stream feeds each batch's exposure (a model with model.use_exposure takes it)
+    x, y = BlockStream(source, np.arange(40), batch_size=8, seed=0, exposure=True)[0]
+    rows = [int(np.flatnonzero(np.isclose(arrays["log_mass"], m))[0]) for m in y]
+    assert np.allclose(x["exposure_s"][:, 0], arrays["exposure_s"][rows])
+
+
 def test_streamed_file_is_still_checked(tmp_path):
     # Rule: a streamed file gets the same contract checks, images included.
     arrays = make_signal_data(40)

@@ -241,7 +241,24 @@ def test_written_file_passes_the_contract(tmp_path: Path) -> None:
     assert ds.attrs["preset"] == "eFEDS" and ds.attrs["pixel_arcsec"] == 8.0
     assert len(ds.attrs["channel_edges_keV"]) == 11
     assert 1200 <= ds.truth["exposure_s"].min() and ds.truth["exposure_s"].max() <= 2200
+    # the exposure is data too (a real survey knows it from its exposure maps)
+    np.testing.assert_array_equal(ds.exposure_s, ds.truth["exposure_s"])
     assert not (tmp_path / "mock.h5.partial").exists()
+
+
+def test_mixed_preset_spans_every_depth_log_uniformly() -> None:
+    # The mixed preset draws 150-2500 s log-uniformly (as many clusters per factor of depth),
+    # and only the exposure differs from another preset's clusters of the same seed.
+    mixed = sim.draw_clusters(np.random.default_rng(5), 4000, load_sim_config(None, "mixed"))
+    deep = sim.draw_clusters(np.random.default_rng(5), 4000, load_sim_config(None, "eRASS:8"))
+    t = mixed["exposure_s"]
+    assert 150 <= t.min() and t.max() <= 2500
+    assert abs(np.median(t) / np.sqrt(150 * 2500) - 1) < 0.05  # log-uniform: geometric mid-point
+    np.testing.assert_array_equal(mixed["log_mass"], deep["log_mass"])
+    np.testing.assert_array_equal(mixed["log_lx"], deep["log_lx"])
+    uniform = apply_sim_overrides({"survey.preset": "mixed", "survey.exposure_distribution": "uniform"})
+    t = sim.draw_clusters(np.random.default_rng(5), 4000, uniform)["exposure_s"]
+    assert abs(np.median(t) / 1325 - 1) < 0.05
 
 
 # ---------------------------------------------------------------------------------------------

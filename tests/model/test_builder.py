@@ -68,6 +68,47 @@ def test_regularizers_add_losses_where_asked(target, layers, n_losses):
     assert len(model.losses) == n_losses
 
 
+def test_default_model_takes_images_and_redshift_only():
+    # Rule: model.use_exposure is off by default and then adds no input and no layer, so models
+    # built as before the exposure existed are unchanged.
+    model = _build({})
+    assert list(model.input) == ["images", "redshift"]
+    assert not [layer.name for layer in model.layers if "exposure" in layer.name]
+
+
+@pytest.mark.parametrize("mode", ["head", "rate", "both"])
+def test_exposure_input_changes_predictions_and_survives_saving(mode, tmp_path):
+    # Rule: with model.use_exposure the network takes exposure_s, and the same images at another
+    # exposure give another prediction; the saved model loads and predicts the same.
+    stats = InputStats(np.zeros(2), np.ones(2), 14.0, 0.5, 0.5, 0.25, 1000.0, 3.0, 0.3)
+    model = build_model(apply_overrides({"model.use_exposure": True, "model.exposure_mode": mode}).model,
+                        image_shape=SHAPE, stats=stats)
+    x = {"images": np.random.default_rng(0).poisson(3.0, (4, *SHAPE)).astype("f4"),
+         "redshift": np.full((4, 1), 0.3, "f4")}
+    short = model.predict({**x, "exposure_s": np.full((4, 1), 200.0, "f4")}, verbose=0)
+    deep = model.predict({**x, "exposure_s": np.full((4, 1), 2000.0, "f4")}, verbose=0)
+    assert list(model.input) == ["images", "redshift", "exposure_s"]
+    assert np.all(np.abs(short - deep) > 1e-4)
+    model.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(again.predict({**x, "exposure_s": np.full((4, 1), 200.0, "f4")}, verbose=0),
+                               short, rtol=1e-5)
+
+
+def test_rate_mode_sees_counts_at_the_reference_exposure():
+    # Rule: exposure_mode rate feeds counts x t_ref / t: twice the counts at twice the exposure
+    # is the same input, so the same prediction.
+    stats = InputStats(np.zeros(2), np.ones(2), 14.0, 0.5, 0.5, 0.25, 1000.0, 3.0, 0.3)
+    model = build_model(apply_overrides({"model.use_exposure": True, "model.exposure_mode": "rate"}).model,
+                        image_shape=SHAPE, stats=stats)
+    counts = np.random.default_rng(1).poisson(3.0, (3, *SHAPE)).astype("f4")
+    z = np.full((3, 1), 0.3, "f4")
+    once = model.predict({"images": counts, "redshift": z, "exposure_s": np.full((3, 1), 500.0, "f4")}, verbose=0)
+    twice = model.predict({"images": 2 * counts, "redshift": z, "exposure_s": np.full((3, 1), 1000.0, "f4")},
+                          verbose=0)
+    np.testing.assert_allclose(once, twice, rtol=1e-5)
+
+
 def test_no_redshift_ablation():
     # Rule: use_redshift off removes the redshift join.
     model = _build({"model.use_redshift": False})

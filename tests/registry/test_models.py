@@ -38,7 +38,7 @@ def test_every_reference_form_predicts_the_same_csv(registry, tmp_path):
         summary = predict_file(ref, data, tmp_path / f"p{i}.csv", registry.tracking_uri)
         rows = list(csv.DictReader((tmp_path / f"p{i}.csv").open()))
         assert summary["n"] == 12 and [r["index"] for r in rows] == [str(k) for k in range(12)]
-        assert list(rows[0]) == ["index", "log_mass", "sigma"]
+        assert list(rows[0]) == ["index", "cluster_id", "log_mass", "sigma", "flags", "flag_names"]
         columns.append([float(r["log_mass"]) for r in rows])
     np.testing.assert_allclose(columns, [columns[0]] * len(columns))
 

@@ -47,3 +47,67 @@ def test_the_champion_predicts_integer_counts_like_floats(registry):
     with pytest.raises(ValueError) as info:
         model.predict({"images": arrays["images"][:, :8], "redshift": arrays["redshift"]})
     assert "images must be (N, 16, 16, 2) for this model, got shape (8, 8, 16, 2)" in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def exposure_model(tmp_path_factory):
+    """(keras model, pyfunc model) of an untrained network that takes exposure_s, logged to MLflow."""
+    import mlflow.pyfunc
+
+    from hpo.config import apply_overrides
+    from hpo.model import InputStats
+    from hpo.model import build_model
+    from hpo.tracking.runs import Tracker
+
+    path = tmp_path_factory.mktemp("exposure-model")
+    stats = InputStats(np.zeros(2), np.ones(2), 14.0, 0.5, 0.5, 0.25, 1000.0, 3.0, 0.3)
+    net = build_model(apply_overrides({"model.use_exposure": True, "model.dense": [8]}).model,
+                      image_shape=(16, 16, 2), stats=stats, sigma_head="softplus")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(path)
+        mp.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+        tracker = Tracker(f"sqlite:///{path / 'mlflow.db'}", retry_window_s=0)
+        run_id = tracker.start_single_run("exposure", apply_overrides({}), "exposure")
+        arrays = make_signal_data(2, exposure=(150.0, 2500.0))
+        uri = tracker.log_model(run_id, net, {k: arrays[k] for k in ("images", "redshift", "exposure_s")},
+                                {"redshift": [0.05, 1.0], "log_mass": [13.0, 15.0], "exposure_s": [150.0, 2500.0]})
+        tracker.end_run(run_id)
+        return net, mlflow.pyfunc.load_model(uri)
+
+
+@pytest.mark.slow
+def test_a_model_with_the_exposure_round_trips_through_pyfunc(exposure_model):
+    # Rule: a logged model that takes exposure_s predicts through plain MLflow as the network
+    # does, says so in its metadata, and refuses input without exposure_s in one line naming it.
+    net, model = exposure_model
+    arrays = make_signal_data(6, seed=2, exposure=(150.0, 2500.0))
+    frame = model.predict({k: arrays[k] for k in ("images", "redshift", "exposure_s")})
+    direct = net.predict({"images": arrays["images"].astype("f4"), "redshift": arrays["redshift"][:, None],
+                          "exposure_s": arrays["exposure_s"][:, None]}, verbose=0)
+    np.testing.assert_allclose(frame["log_mass"], direct[:, 0], rtol=1e-5)
+    np.testing.assert_allclose(frame["sigma"], direct[:, 1], rtol=1e-5)
+    meta = model.metadata.metadata
+    assert meta["input_names"] == ["images", "redshift", "exposure_s"] and "exposure_s" in meta["inputs"]
+    assert models.takes_exposure(model) and models.training_ranges(model)["exposure_s"] == (150.0, 2500.0)
+    with pytest.raises(ValueError) as info:
+        model.predict({"images": arrays["images"], "redshift": arrays["redshift"]})
+    assert "missing key 'exposure_s'" in str(info.value) and "\n" not in str(info.value)
+    mu, sigma = models.predict_arrays(model, arrays["images"], arrays["redshift"], exposure=arrays["exposure_s"],
+                                      tta=True)
+    assert mu.shape == sigma.shape == (6,)
+
+
+@pytest.mark.slow
+def test_models_from_before_the_exposure_still_predict():
+    # Rule: the published champion (logged before model.use_exposure existed) loads and predicts,
+    # and an exposure_s it does not take changes nothing.
+    from pathlib import Path
+
+    published = models.load(str(Path(__file__).resolve().parents[2] / "models" / "xray-cluster-mass"))
+    rng = np.random.default_rng(0)
+    images = rng.poisson(0.3, (4, 50, 50, 10)).astype(np.float32)  # its input schema wants float32
+    z = rng.uniform(0.1, 0.9, 4).astype(np.float32)
+    assert not models.takes_exposure(published)
+    plain, _ = models.predict_arrays(published, images, z)
+    given, _ = models.predict_arrays(published, images, z, exposure=np.full(4, 200.0, np.float32))
+    np.testing.assert_allclose(plain, given)

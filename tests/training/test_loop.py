@@ -7,8 +7,11 @@ import pytest
 
 from hpo.config import apply_overrides
 from hpo.data import load_dataset
+from hpo.errors import DataContractError
 from hpo.errors import TrialFailed
 from hpo.training import train
+from tests.conftest import make_signal_data
+from tests.conftest import write_h5
 
 SMALL = {
     "model.conv_blocks": [[8], [8]],
@@ -76,3 +79,25 @@ def test_mixed_precision_and_xla_options_train_and_restore_the_policy(signal_h5)
     result = train(cfg, ds)
     assert np.isfinite(result.val_metrics["residual_std"])
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_a_model_that_takes_the_exposure_refuses_a_file_without_it(signal_h5):
+    # Rule: model.use_exposure on a file without exposure_s is one clear error naming the key,
+    # before any training.
+    cfg = apply_overrides({**SMALL, "train.epochs": 1, "model.use_exposure": True})
+    with pytest.raises(DataContractError, match=r"missing key 'exposure_s'.*model.use_exposure"):
+        train(cfg, load_dataset(signal_h5))
+
+
+@pytest.mark.slow
+def test_the_exposure_input_pays_off_on_mixed_depths(tmp_path):
+    # Rule: when counts scale with an exposure spanning a factor of 16, a model that takes the
+    # exposure (head or rate) beats the same model without it.
+    data = write_h5(tmp_path / "mixed.h5", make_signal_data(400, exposure=(150.0, 2500.0)))
+    ds = load_dataset(data)
+    base = {**SMALL, "train.epochs": 20, "data.test_fraction": 0.0, "data.val_fraction": 0.2}
+    without = train(apply_overrides(base), ds).val_metrics["residual_std"]
+    for mode in ("head", "rate"):
+        cfg = apply_overrides({**base, "model.use_exposure": True, "model.exposure_mode": mode})
+        with_it = train(cfg, ds).val_metrics["residual_std"]
+        assert with_it < 0.8 * without, (mode, with_it, without)
