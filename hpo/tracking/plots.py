@@ -45,32 +45,32 @@ def loss_curves(history: dict[str, list[float]], *, pruned_at: int | None = None
 
 def predicted_vs_true(mu: np.ndarray, true: np.ndarray, sigma: np.ndarray | None = None) -> Figure:
     """Scatter of predicted against true log10 M with the 1:1 line."""
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    if sigma is not None:
-        ax.errorbar(true, mu, yerr=sigma, fmt="none", alpha=0.2, lw=0.5)
-    ax.scatter(true, mu, s=6, alpha=0.6)
-    lo, hi = float(min(true.min(), mu.min())), float(max(true.max(), mu.max()))
-    ax.plot([lo, hi], [lo, hi], "r-", lw=1, label="1:1")
     std = float(np.std(mu - true))
-    ax.set(xlabel="true log10 M500", ylabel="predicted log10 M500",
-           title=f"Validation: residual std {std:.3f} dex")
-    ax.legend()
-    fig.tight_layout()
-    return fig
+    return _against_one_to_one(
+        true, mu, sigma, size=4.5, alpha=(0.2, 0.6), dot=6, xlabel="true log10 M500",
+        ylabel="predicted log10 M500", title=f"Validation: residual std {std:.3f} dex")
 
 
 def ours_vs_reference(mu: np.ndarray, reference: np.ndarray, sigma: np.ndarray | None,
                       source: str) -> Figure:
     """`hpo predict`'s comparison: our log10 M500 against a catalogue's, with the 1:1 line."""
-    fig, ax = plt.subplots(figsize=(4.8, 4.8))
-    if sigma is not None:
-        ax.errorbar(reference, mu, yerr=sigma, fmt="none", alpha=0.25, lw=0.5)
-    ax.scatter(reference, mu, s=8, alpha=0.7)
-    lo, hi = float(min(reference.min(), mu.min())), float(max(reference.max(), mu.max()))
-    ax.plot([lo, hi], [lo, hi], "r-", lw=1, label="1:1")
     diff = mu - reference
-    ax.set(xlabel=f"catalogue log10 M500 ({source})"[:70], ylabel="hpo predict log10 M500",
-           title=f"{len(diff)} clusters: scatter {np.std(diff):.3f} dex, bias {np.mean(diff):+.3f} dex")
+    return _against_one_to_one(
+        reference, mu, sigma, size=4.8, alpha=(0.25, 0.7), dot=8,
+        xlabel=f"catalogue log10 M500 ({source})"[:70], ylabel="hpo predict log10 M500",
+        title=f"{len(diff)} clusters: scatter {np.std(diff):.3f} dex, bias {np.mean(diff):+.3f} dex")
+
+
+def _against_one_to_one(x: np.ndarray, y: np.ndarray, sigma: np.ndarray | None, *, size: float,
+                        alpha: tuple[float, float], dot: float, xlabel: str, ylabel: str,
+                        title: str) -> Figure:
+    fig, ax = plt.subplots(figsize=(size, size))
+    if sigma is not None:
+        ax.errorbar(x, y, yerr=sigma, fmt="none", alpha=alpha[0], lw=0.5)
+    ax.scatter(x, y, s=dot, alpha=alpha[1])
+    lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    ax.plot([lo, hi], [lo, hi], "r-", lw=1, label="1:1")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.legend()
     fig.tight_layout()
     return fig

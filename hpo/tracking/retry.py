@@ -180,11 +180,7 @@ class RetryingClient:
             try:
                 self._client.search_experiments(max_results=1)
             except Exception as exc:
-                refused = auth_error(exc, self._uri)
-                if refused is not None:
-                    raise refused from None
-                if not is_transient(exc):
-                    raise
+                self._unless_transient(exc)
                 self._down = first_line(exc)
             else:
                 waited = clock() - start
@@ -208,6 +204,14 @@ class RetryingClient:
             sleep(min(delay, left))
             delay = min(delay * 2, WAIT_MAX_DELAY_S)
 
+    def _unless_transient(self, exc: Exception) -> None:
+        """Re-raises `exc` unless it is worth retrying: a refused login as TrackingError."""
+        refused = auth_error(exc, self._uri)
+        if refused is not None:
+            raise refused from None
+        if not is_transient(exc):
+            raise exc
+
     def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """fn(*args, **kwargs), retried on transient errors.
 
@@ -222,11 +226,7 @@ class RetryingClient:
             try:
                 result = fn(*args, **kwargs)
             except Exception as exc:
-                refused = auth_error(exc, self._uri)
-                if refused is not None:
-                    raise refused from None
-                if not is_transient(exc):
-                    raise
+                self._unless_transient(exc)
                 attempt += 1
                 if time.monotonic() + delay > deadline:
                     self._down = first_line(exc)
