@@ -118,7 +118,8 @@ def test_promote_pull_predict_and_plain_mlflow_round_trip(workdir):
     write_h5(workdir / "unlabelled.h5", arrays)
     hpo(workdir, "predict", "xray-cluster-mass@champion", "unlabelled.h5", "-o", "pred.csv")
     lines = (workdir / "pred.csv").read_text().splitlines()
-    assert lines[0] == "index,log_mass,sigma" and len(lines) == 21
+    assert lines[0] == "index,cluster_id,log_mass,sigma,flags,flag_names" and len(lines) == 21
+    assert (workdir / "pred.fits").exists()  # the same table as FITS, beside the CSV
 
     import mlflow
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -31,8 +32,11 @@ def test_pull_shows_no_download_bar(registry, tmp_path):
 
 
 def test_predict_loads_tensorflow_and_the_model_quietly(registry, tmp_path):
-    # Rule: `hpo predict` (TensorFlow, Keras and our pyfunc class load) writes only its JSON summary.
+    # Rule: `hpo predict` (TensorFlow, Keras and our pyfunc class load) writes only its own two lines: what it
+    # wrote, then the JSON summary; stderr stays empty.
     write_h5(tmp_path / "d.h5", make_signal_data(10, seed=4))
     proc = _hpo(registry, "predict", f"{MODEL}@champion", str(tmp_path / "d.h5"), "-o", str(tmp_path / "p.csv"))
-    assert proc.stdout.startswith('{"n": 10')
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"wrote 10 clusters to {tmp_path / 'p.fits'} and {tmp_path / 'p.csv'}")
+    assert json.loads(lines[1])["n"] == 10 and len(lines) == 2
     assert proc.stderr == ""

@@ -76,10 +76,29 @@ def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
     name = f"hpo_{request.module.__name__.rsplit('.', 1)[-1]}_{os.getpid()}".lower()
     admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin_execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}"
     try:
-        yield f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}"
+        yield url
     finally:
+        if url in _POLLING:
+            _POLLING.pop(url).engine.dispose()
         admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+_POLLING: dict[str, Any] = {}
+
+
+def polling_storage(url: str) -> Any:
+    """The tests' one storage per URL for looking at trials. Without a pool: each look opens and
+    closes its own connection, so polling holds no connection between looks (a storage per look
+    left one open until garbage collection, and a long wait ran the server out of its 100) and
+    survives terminated backends and a restarted server."""
+    import optuna
+    from sqlalchemy.pool import NullPool
+
+    if url not in _POLLING:
+        _POLLING[url] = optuna.storages.RDBStorage(url, engine_kwargs={"poolclass": NullPool})
+    return _POLLING[url]
 
 
 def db_name(url: str) -> str:
@@ -214,7 +233,7 @@ def running_trial_of(
     `need_epoch`, finished an epoch: it is training), else None."""
     import optuna
 
-    s = optuna.load_study(study_name=study, storage=storage_url)
+    s = optuna.load_study(study_name=study, storage=polling_storage(storage_url))
     for t in s.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if (
             str(t.user_attrs.get("worker", "")).endswith(f":{pid}")
@@ -240,7 +259,7 @@ def finish(proc: subprocess.Popen, timeout: float, log: Path) -> int:
 def trials_of(storage_url: str, study: str) -> list:
     import optuna
 
-    return optuna.load_study(study_name=study, storage=storage_url).get_trials()
+    return optuna.load_study(study_name=study, storage=polling_storage(storage_url)).get_trials()
 
 
 def mlflow_client(cwd: Path) -> Any:
