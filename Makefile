@@ -32,6 +32,7 @@ JAX_CORE := tests/model tests/training tests/data/test_lazy.py tests/registry/te
 
 test: $(BIN)/python
 	$(PIP) -e ".[test]"
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 	KERAS_BACKEND=jax $(BIN)/python -m pytest $(JAX_CORE)
 

@@ -28,7 +28,8 @@ import json, sys, time
 import keras
 from hpo.config import apply_overrides
 from hpo.data.contract import load_dataset
-from hpo.training.loop import train
+from hpo.trial.recorder import NullRecorder
+from hpo.trial.runner import run_trial
 
 class Timer(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None): self.t0 = time.perf_counter()
@@ -37,7 +38,7 @@ class Timer(keras.callbacks.Callback):
 seconds = []
 ds = load_dataset(sys.argv[1])
 cfg = apply_overrides({"train.epochs": int(sys.argv[2]), "data.val_fraction": 0.1, "data.test_fraction": 0.1})
-result = train(cfg, ds, callbacks=[Timer()])
+result = run_trial(cfg, ds, NullRecorder(), callbacks=[Timer()]).result
 print(json.dumps({"backend": keras.backend.backend(), "train": len(result.split.train), "seconds": seconds,
                   "val_residual_std": result.val_metrics["residual_std"]}))
 """

@@ -50,18 +50,19 @@ import yaml
 
 from emit import emit
 
+from hpo.config.space import parse_space
+from hpo.config.space import SearchSpace
+from hpo.config.space import TunerSpec
 from hpo.data.lazy import open_dataset
 from hpo.data.sim_config import SimConfig
 from hpo.data.simulator import write_mock
+from hpo.engines.objective import Objective
 from hpo.errors import TrialFailed
-from hpo.objective.keys import EPOCHS_RUN_KEY
-from hpo.objective.objective import Objective
-from hpo.objective.space import SearchSpace
-from hpo.objective.space import TunerSpec
-from hpo.objective.space import parse_space
-from hpo.study.keras_tuner import run_search
+from hpo.keys import EPOCHS_RUN_KEY
+from hpo.launch.keras_tuner import run_search
 from hpo.study.pruners import make_pruner
 from hpo.study.samplers import make_sampler
+from hpo.tracking.recorder import trial_recorders
 from hpo.tracking.runs import Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +118,8 @@ def run_optuna(space: SearchSpace, ds: Any, tracker: Tracker, budget: int) -> Cu
     study = optuna.create_study(direction="minimize", sampler=make_sampler(space),
                                 pruner=make_pruner(space.study.pruner))
     experiment = tracker.experiment_id(space.study.name)
-    objective = Objective(space, ds, tracker, experiment_id=experiment, parent_run_id=None)
+    objective = Objective(space, ds, trial_recorders(tracker, experiment_id=experiment, parent_run_id=None,
+                                                     study=space.study.name))
     study.optimize(objective, catch=(TrialFailed,), callbacks=[stop_at_budget],
                    gc_after_trial=True)
     done = optuna.trial.TrialState.COMPLETE
@@ -218,11 +220,11 @@ def main() -> str:
         write_mock(data, args.clusters, 0, SimConfig())
     os.chdir(work)  # MLflow's artifact root (./mlartifacts) and keras-tuner's state go here
     if not args.with_artifacts:
-        import hpo.objective.objective
-        import hpo.study.keras_tuner
+        import hpo.engines.objective
+        import hpo.engines.keras_tuner
 
-        hpo.objective.objective.log_trial_artifacts = _light_artifacts
-        hpo.study.keras_tuner.log_trial_artifacts = _light_artifacts
+        hpo.engines.objective.log_trial_artifacts = _light_artifacts
+        hpo.engines.keras_tuner.log_trial_artifacts = _light_artifacts
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tracker = Tracker(f"sqlite:///{work / 'mlflow.db'}")
     ds = open_dataset(data)

@@ -46,12 +46,12 @@ SPACE = {
 def _worker(url: str, study_name: str, n_trials: int, barrier: Any, out: Any) -> None:
     import optuna
 
-    from hpo.objective.keys import WORKER_KEY
+    from hpo.keys import WORKER_KEY
     from hpo.study.budget import progress
     from hpo.study.create import load_study
-    from hpo.study.heartbeat import enable_heartbeat
-    from hpo.study.heartbeat import reap
-    from hpo.study.storage import make_storage
+    from hpo.store.heartbeat import enable_heartbeat
+    from hpo.store.heartbeat import reap
+    from hpo.store.storage import make_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = make_storage(url)
@@ -73,9 +73,9 @@ def _worker(url: str, study_name: str, n_trials: int, barrier: Any, out: Any) ->
 
 def run_config(url: str, study_name: str, workers: int, n_trials: int) -> tuple[int, float]:
     """(trials, wall seconds) of `workers` processes running n_trials no-op trials each."""
-    from hpo.objective.space import parse_space
+    from hpo.config.space import parse_space
     from hpo.study.create import create_or_join
-    from hpo.study.storage import make_storage
+    from hpo.store.storage import make_storage
 
     space = parse_space({**SPACE, "study": {**SPACE["study"], "name": study_name}}, source="bench")
     create_or_join(make_storage(url), space)
@@ -139,15 +139,16 @@ def real_trial_seconds(folder: Path) -> float:
     from hpo.config.overrides import apply_overrides
     from hpo.data.contract import load_dataset
     from hpo.data.simulator import write_mock
-    from hpo.objective.space import load_space
-    from hpo.training.loop import train
+    from hpo.config.space import load_space
+    from hpo.trial.recorder import NullRecorder
+    from hpo.trial.runner import run_trial
 
     path = write_mock(folder / "quickstart.h5", 600, 0)
     space = load_space(Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml")
     cfg = apply_overrides({"data.path": str(path)}, base=space.resolved_base(), where="bench")
     dataset = load_dataset(path)
     start = time.perf_counter()
-    train(cfg, dataset)
+    run_trial(cfg, dataset, NullRecorder())
     return time.perf_counter() - start
 
 

@@ -20,23 +20,22 @@ import time
 from pathlib import Path
 
 import keras
-import numpy as np
 import optuna
 
 from emit import emit
 
 from hpo.config import apply_overrides
 from hpo.data.contract import load_dataset
-from hpo.data.simulator import write_mock
 from hpo.data.sim_config import SimConfig
-from hpo.model.builder import InputStats
+from hpo.data.simulator import write_mock
+from hpo.engines.pruning import PruningCallback
 from hpo.model.builder import build_model
+from hpo.model.builder import InputStats
 from hpo.model.losses import LOSSES
-from hpo.objective.pruning import PruningCallback
-from hpo.tracking.callback import MlflowEpochLogger
+from hpo.tracking.recorder import MlflowRecorder
 from hpo.tracking.runs import Tracker
 from hpo.training.loop import prepare
-from hpo.training.loop import train
+from hpo.trial.runner import run_trial
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -72,11 +71,10 @@ def bare_fit(cfg, ds, tr, epochs: int) -> EpochTimer:  # noqa: ANN001
 
 def our_fit(cfg, ds, tracker: Tracker) -> EpochTimer:  # noqa: ANN001
     """hpo's loop with the callbacks a trial has: pruning and per-epoch MLflow logging."""
-    run_id = tracker.start_single_run("bench", cfg, "bench")
     trial = optuna.create_study(pruner=optuna.pruners.MedianPruner()).ask()
     timer = EpochTimer()  # last, so its epoch includes the other callbacks' work
-    train(cfg, ds, callbacks=[PruningCallback(trial), MlflowEpochLogger(tracker, run_id), timer])
-    tracker.end_run(run_id)
+    run_trial(cfg, ds, MlflowRecorder.standalone(tracker, "bench", "bench"),
+              callbacks=[PruningCallback(trial), timer], log_model=False)
     return timer
 
 

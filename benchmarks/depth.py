@@ -33,11 +33,11 @@ import keras
 from hpo.config.overrides import apply_overrides
 from hpo.data.baseline import floors
 from hpo.data.contract import load_dataset
-from hpo.data.sim_config import PRESETS
 from hpo.data.sim_config import apply_sim_overrides
 from hpo.data.simulator import write_mock
 from hpo.training.evaluate import score
-from hpo.training.loop import train
+from hpo.trial.recorder import NullRecorder
+from hpo.trial.runner import run_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -153,7 +153,7 @@ def run_model(name: str, run: tuple[str, dict[str, Any]], tests: dict[str, Path]
     progress = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: print(
         f"  {name} epoch {epoch + 1}: val rmse {logs.get('val_rmse', float('nan')):.3f} "
         f"({time.perf_counter() - t0:.0f} s)", flush=True))
-    result = train(cfg, load_dataset(path), monitor="val_rmse", callbacks=[progress])
+    result = run_trial(cfg, load_dataset(path), NullRecorder(), monitor="val_rmse", callbacks=[progress]).result
     seconds = time.perf_counter() - t0
     scores = {p: score(result.model, load_dataset(f), tta=True) for p, f in tests.items()}
     print(f"{name}: {seconds:.0f} s, best epoch {result.best_epoch + 1}, "

@@ -42,16 +42,18 @@ from studies import finished
 from studies import run_study
 
 from hpo.config.overrides import apply_overrides
+from hpo.config.space import decode_choice
+from hpo.config.space import load_space
 from hpo.data.baseline import floors
 from hpo.data.contract import load_dataset
 from hpo.data.sim_config import load_sim_config
 from hpo.data.simulator import write_mock
-from hpo.objective.keys import CONFIG_KEY
-from hpo.objective.space import load_space
+from hpo.keys import CONFIG_KEY
 from hpo.tracking.scan_plot import scan
 from hpo.tracking.scan_plot import scanned_param
 from hpo.training.evaluate import score
-from hpo.training.loop import train
+from hpo.trial.recorder import NullRecorder
+from hpo.trial.runner import run_trial
 
 EXPERIMENTS = ["filters", "kernel_size", "optimizer", "loss", "dropout", "regularizers",
                "batch_size", "augmentation"]
@@ -226,9 +228,9 @@ def from_store(store: Path, work: Path) -> tuple[dict, dict, list[dict]]:
     import optuna
     from mlflow import MlflowClient
 
-    from hpo.objective.keys import EPOCHS_RUN_KEY
+    from hpo.keys import EPOCHS_RUN_KEY
     from hpo.model.metrics import residual_metrics
-    from hpo.objective.keys import MLFLOW_RUN_ID_KEY
+    from hpo.keys import MLFLOW_RUN_ID_KEY
     from hpo.registry import models
 
     storage = f"sqlite:///{store / 'hpo.db'}"
@@ -296,7 +298,7 @@ def final_model(combined: dict, ds: Any, floor: dict, args: argparse.Namespace) 
     cfg = apply_overrides({"train.epochs": args.final_epochs},
                           base=apply_overrides(combined["best"].user_attrs[CONFIG_KEY]))
     t0 = time.perf_counter()
-    result = train(cfg, ds)
+    result = run_trial(cfg, ds, NullRecorder()).result
     metrics = score(result.model, ds.subset(result.split.test), tta=cfg.train.augment.tta)
     print(f"final: test {metrics} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return {"model": result.model, "tta": cfg.train.augment.tta, "val": result.val_metrics,
@@ -363,7 +365,7 @@ def page(args: argparse.Namespace, floor: dict, rows: list[dict], sections: list
         f"**{combined['best'].value:.3f} dex** (trial {combined['best'].number}):",
         "",
         "```yaml",
-        yaml.safe_dump({k: _plain(v) for k, v in combined["best"].params.items()}, sort_keys=False).rstrip(),
+        yaml.safe_dump({k: decode_choice(v) for k, v in combined["best"].params.items()}, sort_keys=False).rstrip(),
         "```",
         "",
         *([f"The study, its refits and the champion live in the product's own stores, beside this page "
@@ -440,7 +442,7 @@ def _finals(finals: list[dict], of: float) -> list[str]:
         f"(trial {champion['trial']}'s configuration, train.seed {champion['seed']}):",
         "",
         "```yaml",
-        yaml.safe_dump({k: _plain(v) for k, v in champion["params"].items()}, sort_keys=False).rstrip(),
+        yaml.safe_dump({k: decode_choice(v) for k, v in champion["params"].items()}, sort_keys=False).rstrip(),
         "```",
         "",
         f"scored once on the {champion['n_test']} test clusters with test-time augmentation:",
@@ -457,12 +459,6 @@ def _relative(path: Path) -> Path:
 def _short(value: Any) -> str:
     text = json.dumps(value) if not isinstance(value, str) else value
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, str) and value[:1] in "[{":
-        return json.loads(value)
-    return value
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ import yaml
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
-from hpo.objective.keys import EPOCHS_RUN_KEY
-from hpo.study.launcher import launch
+from hpo.keys import EPOCHS_RUN_KEY
+from hpo.launch.launcher import launch
 
 ROOT = Path(__file__).resolve().parents[1]
 

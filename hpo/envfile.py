@@ -5,7 +5,7 @@
 The file holds `NAME=VALUE` lines (blank lines, `#` comments and an `export ` prefix allowed,
 one pair of matching quotes around a value removed). A variable already set in the environment
 keeps its value. `hpo launch --launcher docker` hands each worker container its secrets this
-way (hpo/study/docker.py): `docker inspect` shows a mount, not the values.
+way (hpo/launch/docker.py): `docker inspect` shows a mount, not the values.
 """
 
 from __future__ import annotations

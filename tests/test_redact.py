@@ -7,7 +7,7 @@ import pytest
 from hpo.errors import first_line
 from hpo.redact import redact
 from hpo.redact import redact_text
-from hpo.study.storage import redact as storage_redact
+from hpo.store.storage import redact as storage_redact
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: studies, emit
 from studies import derive_space  # noqa: E402
 
-from hpo.objective.keys import EPOCHS_RUN_KEY  # noqa: E402
+from hpo.keys import EPOCHS_RUN_KEY  # noqa: E402
 
 
 def main() -> None:

@@ -30,22 +30,14 @@ def train(
     dataset = open_dataset(cfg.data.path, max_in_memory_gb=cfg.data.max_in_memory_gb)
 
     from hpo.tracking import Tracker
-    from hpo.tracking.callback import MlflowEpochLogger
-    from hpo.tracking.datasets import log_data_inputs
-    from hpo.tracking.trial_artifacts import log_trial_artifacts
-    from hpo.training import train as train_run
+    from hpo.tracking.recorder import MlflowRecorder
+    from hpo.trial.runner import run_trial
 
     tracker = Tracker(tracking_uri)
     tracker.check()
-    run_id = tracker.start_single_run(experiment, cfg, run_name or config.stem)
-    try:
-        log_data_inputs(tracker, run_id, cfg, dataset)
-        result = train_run(cfg, dataset, callbacks=[MlflowEpochLogger(tracker, run_id)], verbose=min(verbose, 2))
-        log_trial_artifacts(tracker, run_id, result, dataset)
-    except BaseException:
-        tracker.end_run(run_id, "FAILED")
-        raise
-    tracker.end_run(run_id, "FINISHED")
+    recorder = MlflowRecorder.standalone(tracker, experiment, run_name or config.stem)
+    result = run_trial(cfg, dataset, recorder, verbose=min(verbose, 2)).result
+    run_id = recorder.run_id
     out = {f"val_{k}": v for k, v in result.val_metrics.items()}
     out.update(epochs_run=result.epochs_run, best_epoch=result.best_epoch,
                seconds=round(result.seconds, 2), mlflow_run_id=run_id)

@@ -11,12 +11,12 @@ import typer
 
 from hpo.cli import app
 from hpo.cli._table import table
-from hpo.study.docker import DEFAULT_IMAGE
-from hpo.study.docker import DEFAULT_NETWORK
+from hpo.launch.docker import DEFAULT_IMAGE
+from hpo.launch.docker import DEFAULT_NETWORK
 
 STORAGE_HELP = "Optuna storage URL (default: HPO_STORAGE or sqlite:///hpo.db)."
 if TYPE_CHECKING:
-    from hpo.objective.space import SearchSpace
+    from hpo.config.space import SearchSpace
 
 TRACKING_HELP = "MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."
 
@@ -67,7 +67,7 @@ def launch(
 ) -> None:
     """Create or resume a study, start its workers, show progress until the budget is spent."""
     from hpo.data.recipe import require_data_file
-    from hpo.objective.space import load_space
+    from hpo.config.space import load_space
 
     space = load_space(spec)
     if dry_run:  # no database, no MLflow, no training
@@ -75,7 +75,7 @@ def launch(
         return
     space.budget()  # a space without a budget says so before its data is looked for
     require_data_file(space.resolved_base().data.path, spec)
-    from hpo.study.launcher import launch as run_launch
+    from hpo.launch.launcher import launch as run_launch
 
     result = run_launch(
         spec,
@@ -109,8 +109,8 @@ def _dry_run(space: SearchSpace, spec: Path) -> None:
     from hpo.data.lazy import open_dataset
     from hpo.data.recipe import require_data_file
     from hpo.errors import DataContractError
-    from hpo.objective.corners import build_networks
-    from hpo.objective.corners import check_space
+    from hpo.trial.corners import build_networks
+    from hpo.trial.corners import check_space
 
     space.budget()
     data = space.resolved_base().data
@@ -149,7 +149,7 @@ def refit(
     from hpo.study.create import load_study
     from hpo.study.refit import refit_comment
     from hpo.study.refit import refit_space
-    from hpo.study.storage import make_storage
+    from hpo.store.storage import make_storage
 
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
@@ -164,7 +164,7 @@ def refit(
     out.write_text(refit_comment(study, top, seed_list) + space.to_yaml())
     typer.echo(f"wrote {out}: {space.budget()} trials ({len(space.study.enqueue) // len(seed_list)} "
                f"configurations x {len(seed_list)} seeds) as study '{space.study.name}'")
-    from hpo.study.storage import redact
+    from hpo.store.storage import redact
 
     typer.echo(f"next: hpo launch {out}" + (f" --storage {redact(storage)}" if storage else ""))
 
@@ -202,20 +202,20 @@ def worker(
     import socket
     import zlib
 
-    from hpo.study.storage import make_storage
+    from hpo.store.storage import make_storage
 
     # A bad storage is one line on stderr, before TensorFlow's import writes its own lines there.
     make_storage(storage)
 
-    from hpo.study.interrupt import StopRequest
-    from hpo.study.worker import run_worker
+    from hpo.training.stop import StopRequest
+    from hpo.launch.worker import run_worker
 
     stop = StopRequest().install()  # Ctrl-C, docker stop, pod deletion: end the trial cleanly
     if worker_index is None:
         # Replicas started alike (docker compose --scale) must still draw different trials.
         worker_index = zlib.crc32(f"{socket.gethostname()}-{os.getpid()}".encode()) % 100_000
     if workers_per_gpu > 1:
-        from hpo.study.launcher import worker_group
+        from hpo.launch.launcher import worker_group
 
         p = worker_group(study, storage, tracking_uri, workers_per_gpu=workers_per_gpu,
                          worker_index=worker_index, echo=typer.echo)
@@ -248,8 +248,8 @@ def status(
     from hpo.errors import ConfigError
     from hpo.study.create import load_study
     from hpo.study.status import study_rows
-    from hpo.study.status import trial_rows
-    from hpo.study.storage import make_storage
+    from hpo.study.status import status_rows
+    from hpo.store.storage import make_storage
 
     store = make_storage(storage)
     if name is None:
@@ -260,15 +260,15 @@ def status(
     study, space = load_study(store, name)
     if repair:
         from hpo.study.create import stored_tracking_uri
-        from hpo.study.preflight import checked_tracker
-        from hpo.study.reconcile import repair as repair_study
+        from hpo.tracking.preflight import checked_tracker
+        from hpo.tracking.reconcile import repair as repair_study
 
         tracker = checked_tracker(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
                                   or stored_tracking_uri(study))
         lines = repair_study(store, study, space, tracker)
         for line in lines or [f"study '{name}': nothing to repair"]:
             typer.echo(line)
-    typer.echo(table(trial_rows(study)))
+    typer.echo(table(status_rows(study)))
 
 
 @app.command()
@@ -280,7 +280,7 @@ def dashboard(
 ) -> None:
     """optuna-dashboard on the same storage."""
     from hpo.errors import HpoError
-    from hpo.study.storage import make_storage
+    from hpo.store.storage import make_storage
 
     try:
         from optuna_dashboard import run_server
@@ -310,7 +310,9 @@ def storage_proxy(
     ),
 ) -> None:
     """Optuna's gRPC storage proxy: workers use grpc://host:port, the database sees one pool."""
-    from hpo.study.proxy import serve
-    from hpo.study.storage import default_storage_url
+    from hpo.store.proxy import serve
+    from hpo.store.storage import default_storage_url
+    from hpo.tracking.reconcile import KillLostRuns
 
-    serve(storage or default_storage_url(), host, port, reap_every_s=reap_every, echo=typer.echo)
+    serve(storage or default_storage_url(), host, port, reap_every_s=reap_every, echo=typer.echo,
+          end_runs_for=KillLostRuns)

@@ -85,14 +85,6 @@ def apply_overrides(
     return override_model(RunConfig, overrides, base=base, where=where)
 
 
-def load_run_config(path: str | Path) -> RunConfig:
-    """Reads a YAML file of overrides (nested or dotted keys, optional `preset:`) into a RunConfig."""
-    from hpo.config.presets import resolve
-
-    path = Path(path)
-    return resolve(read_yaml(path), where=str(path))
-
-
 def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML mapping from `path`, or ConfigError naming the file."""
     if not path.exists():

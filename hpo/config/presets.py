@@ -37,3 +37,9 @@ def resolve(data: dict[str, Any], where: str) -> RunConfig:
     data = dict(data)
     preset = data.pop("preset", None)
     return apply_overrides(data, base=preset_config(preset, where), where=where)
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Reads a YAML file of overrides (nested or dotted keys, optional `preset:`) into a RunConfig."""
+    path = Path(path)
+    return resolve(read_yaml(path), where=str(path))

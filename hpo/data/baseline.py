@@ -24,6 +24,7 @@ import numpy as np
 from hpo.data.contract import Dataset
 from hpo.data.cosmology import CosmologyConfig
 from hpo.data.cosmology import FlatLCDM
+from hpo.data.lazy import H5Source
 from hpo.errors import DataContractError
 
 FIT_FRACTION = 0.8
@@ -116,3 +117,17 @@ def _cosmology(attrs: dict[str, Any]) -> CosmologyConfig:
         except (ValueError, TypeError, AttributeError):
             pass  # a foreign or older config: the default cosmology is the documented fallback
     return CosmologyConfig()
+
+
+FLOORS_MAX_CLUSTERS = 20_000  # enough for floors to 3 digits; a streamed file is not read whole
+
+
+def data_summary(dataset: Dataset | H5Source) -> dict:
+    """What a study's parent run records about its data: fingerprint, path and (labelled) floors."""
+    info: dict = {"fingerprint": dataset.fingerprint(), "path": str(dataset.path)}
+    if dataset.log_mass is not None:
+        sample = dataset
+        if isinstance(dataset, H5Source):
+            sample = dataset.subset(np.arange(min(len(dataset), FLOORS_MAX_CLUSTERS)))
+        info["floors"] = {k: v for k, v in floors(sample).items() if v is not None}
+    return info

@@ -37,10 +37,10 @@ from hpo import __version__
 from hpo.data.catalog import Catalog
 from hpo.data.catalog import CatalogColumns
 from hpo.data.catalog import read_catalog
-from hpo.data.esass import EventCuts
-from hpo.data.esass import EventList
 from hpo.data.esass import apply_cuts
 from hpo.data.esass import cutout_wcs
+from hpo.data.esass import EventCuts
+from hpo.data.esass import EventList
 from hpo.data.esass import merge_events
 from hpo.data.esass import read_events
 from hpo.data.sim_config import SimConfig

@@ -32,8 +32,8 @@ from astropy.wcs import WCS
 from scipy.spatial import cKDTree
 
 from hpo import __version__
-from hpo.data.esass import FLAG_BITS
 from hpo.data.esass import cutout_wcs
+from hpo.data.esass import FLAG_BITS
 from hpo.data.response import background_spectrum
 from hpo.data.sim_config import SimConfig
 from hpo.errors import ConfigError

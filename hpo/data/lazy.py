@@ -16,9 +16,9 @@ import numpy as np
 
 from hpo.data.contract import Dataset
 from hpo.data.contract import fingerprint
-from hpo.data.contract import take_rows
 from hpo.data.contract import load_dataset
 from hpo.data.contract import read_h5
+from hpo.data.contract import take_rows
 from hpo.data.contract import validate_arrays
 from hpo.data.recipe import missing
 from hpo.errors import DataContractError

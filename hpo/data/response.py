@@ -13,8 +13,8 @@ import numpy as np
 from scipy.special import gamma
 from scipy.special import gammainc
 
-from hpo.data.cosmology import MPC_CM
 from hpo.data.cosmology import FlatLCDM
+from hpo.data.cosmology import MPC_CM
 from hpo.data.sim_config import SimConfig
 
 KEV_ERG = 1.602_176_634e-9  # one keV in erg

@@ -26,15 +26,15 @@ import numpy as np
 from tqdm import tqdm
 
 from hpo.data.cosmology import ARCSEC_PER_RAD
-from hpo.data.cosmology import MPC_CM
 from hpo.data.cosmology import FlatLCDM
-from hpo.data.imaging import PointSources
+from hpo.data.cosmology import MPC_CM
 from hpo.data.imaging import expected_parts
 from hpo.data.imaging import grid_pixels
+from hpo.data.imaging import PointSources
 from hpo.data.response import band_integral
+from hpo.data.sim_config import load_sim_config
 from hpo.data.sim_config import PopulationConfig
 from hpo.data.sim_config import SimConfig
-from hpo.data.sim_config import load_sim_config
 from hpo.errors import ConfigError
 
 __all__ = [

@@ -20,11 +20,11 @@ from mlflow.exceptions import MlflowException
 
 from hpo.data.contract import EXPOSURE_KEY
 from hpo.errors import DataContractError
+from hpo.errors import first_line
 from hpo.errors import HpoError
 from hpo.errors import TrackingError
-from hpo.tracking.retry import auth_error
-from hpo.errors import first_line
 from hpo.redact import redact
+from hpo.tracking.retry import auth_error
 from hpo.tracking.runs import default_tracking_uri
 
 MANIFEST = ".hpo-pull.json"  # what `hpo pull` wrote into its folder, so that a later pull replaces only that
@@ -160,6 +160,8 @@ def predict_arrays(
     if exposure is None and takes_exposure(model):
         raise DataContractError(f"missing key '{EXPOSURE_KEY}': this model was trained with "
                                 "model.use_exposure and needs each cluster's exposure")
+    from hpo.training.evaluate import combine_views  # Keras: loaded with the model anyway
+
     views = _dihedral_views if tta else (lambda x: [x])
     mus, sigmas = [], []
     for i in range(0, len(images), chunk):
@@ -167,10 +169,11 @@ def predict_arrays(
         if exposure is not None:
             feed[EXPOSURE_KEY] = np.asarray(exposure[i : i + chunk], np.float32)
         frames = [model.predict({"images": v, **feed}) for v in views(images[i : i + chunk])]
-        mus.append(np.mean([f["log_mass"].to_numpy(np.float64) for f in frames], axis=0))
-        if "sigma" in frames[0]:
-            squares = [np.square(f["sigma"].to_numpy(np.float64)) for f in frames]
-            sigmas.append(np.sqrt(np.mean(squares, axis=0)))
+        mu, sigma = combine_views([f["log_mass"].to_numpy() for f in frames],
+                                  [f["sigma"].to_numpy() for f in frames] if "sigma" in frames[0] else None)
+        mus.append(mu)
+        if sigma is not None:
+            sigmas.append(sigma)
     if not mus:
         return np.zeros(0), None
     return np.concatenate(mus), (np.concatenate(sigmas) if sigmas else None)

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from hpo.data.contract import EXPOSURE_KEY
 from hpo.data.contract import Dataset
+from hpo.data.contract import EXPOSURE_KEY
 from hpo.data.contract import load_dataset
 from hpo.errors import DataContractError
 from hpo.errors import HpoError

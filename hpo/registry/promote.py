@@ -39,26 +39,27 @@ from hpo.data.contract import Dataset
 from hpo.data.lazy import H5Source
 from hpo.data.lazy import open_dataset
 from hpo.errors import HpoError
+from hpo.keys import CONFIG_KEY
+from hpo.keys import DATA_FINGERPRINT_KEY
+from hpo.keys import METRIC
+from hpo.keys import METRICS
+from hpo.keys import MLFLOW_PARENT_RUN_KEY
+from hpo.keys import MLFLOW_RUN_ID_KEY
+from hpo.keys import MODEL_URI_KEY
+from hpo.keys import VAL_METRICS_KEY
 from hpo.model.metrics import residual_metrics
-from hpo.objective.keys import CONFIG_KEY
-from hpo.objective.keys import MLFLOW_RUN_ID_KEY
-from hpo.objective.keys import MODEL_URI_KEY
-from hpo.objective.keys import VAL_METRICS_KEY
-from hpo.objective.space import METRICS
 from hpo.registry import models
-from hpo.registry.gate import DEFAULT_MIN_GAIN
-from hpo.registry.gate import Comparison
 from hpo.registry.gate import compare
-from hpo.registry.lock import SUFFIX as LOCK_SUFFIX
+from hpo.registry.gate import Comparison
+from hpo.registry.gate import DEFAULT_MIN_GAIN
 from hpo.registry.lock import registry_lock
-from hpo.study.create import DATA_FINGERPRINT_KEY
+from hpo.registry.lock import SUFFIX as LOCK_SUFFIX
+from hpo.store.storage import make_storage
 from hpo.study.create import load_study
 from hpo.study.create import stored_tracking_uri
-from hpo.study.storage import make_storage
 from hpo.tracking.datasets import log_data_inputs
 from hpo.tracking.datasets import version_tags
 from hpo.tracking.runs import FLOOR_METRICS
-from hpo.tracking.runs import MLFLOW_PARENT_RUN_KEY
 from hpo.tracking.runs import Tracker
 from hpo.training.loop import prepare
 
@@ -77,7 +78,7 @@ class PromoteResult:
     test_metrics: dict[str, float]
     champion_moved: bool
     message: str
-    selected_by: str = "val_residual_std"
+    selected_by: str = METRIC
     val_value: float = float("nan")
     test_clusters: int = 0
     floors: dict[str, float] | None = None

@@ -1,2 +1,1 @@
-"""Study: storages (with retries and heartbeats), samplers and pruners by name, the worker loop,
-the launchers (local processes, docker containers), the storage proxy and status."""
+"""Study: what an Optuna study is made of: creation from a space, samplers and pruners by name, budget, status."""

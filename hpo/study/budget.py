@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
-from hpo.objective.space import SearchSpace
+from hpo.config.space import SearchSpace
 
 
 @dataclass(frozen=True)

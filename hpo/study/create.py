@@ -11,20 +11,18 @@ from typing import Any
 import optuna
 
 from hpo.config.overrides import flatten
+from hpo.config.space import enqueue_params
+from hpo.config.space import parse_space
+from hpo.config.space import SearchSpace
 from hpo.errors import ConfigError
 from hpo.errors import HpoError
-from hpo.objective.space import SearchSpace
-from hpo.objective.space import enqueue_params
-from hpo.objective.space import parse_space
+from hpo.keys import SPACE_KEY
+from hpo.keys import TRACKING_URI_KEY
 from hpo.redact import MASK
 from hpo.redact import redact
 from hpo.study.pruners import make_pruner
 from hpo.study.samplers import make_sampler
 
-SPACE_KEY = "hpo_space"  # study user attr: the search space, as validated JSON
-# Study user attr: the MLflow tracking URI of the launch, redacted (see stored_tracking_uri).
-TRACKING_URI_KEY = "mlflow_tracking_uri"
-DATA_FINGERPRINT_KEY = "data_sha256"  # study user attr: the data file's fingerprint at launch
 # How workers keep the study alive, not which trials it runs: a relaunch may change them.
 OPERATIONAL_KEYS = {"study.heartbeat_s", "study.grace_s", "study.max_retry"}
 

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import optuna
 
+from hpo.config.space import PrunerSpec
 from hpo.errors import ConfigError
-from hpo.objective.space import PrunerSpec
 
 
 def _none(spec: PrunerSpec) -> optuna.pruners.BasePruner:

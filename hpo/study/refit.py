@@ -20,9 +20,9 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo.config.overrides import flatten
+from hpo.config.space import parse_space
+from hpo.config.space import SearchSpace
 from hpo.errors import HpoError
-from hpo.objective.space import SearchSpace
-from hpo.objective.space import parse_space
 from hpo.study.create import stored_space
 
 

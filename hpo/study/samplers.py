@@ -7,8 +7,8 @@ from typing import Any
 
 import optuna
 
+from hpo.config.space import SearchSpace
 from hpo.errors import ConfigError
-from hpo.objective.space import SearchSpace
 
 
 def _grid(space: SearchSpace, seed: int | None, options: dict[str, Any]) -> optuna.samplers.BaseSampler:

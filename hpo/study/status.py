@@ -6,9 +6,10 @@ from typing import Any
 
 import optuna
 
-from hpo.objective.keys import EPOCHS_RUN_KEY
-from hpo.objective.keys import FAIL_REASON_KEY
-from hpo.objective.keys import MLFLOW_RUN_ID_KEY
+from hpo.keys import EPOCHS_RUN_KEY
+from hpo.keys import FAIL_REASON_KEY
+from hpo.keys import LOST_WORKER_REASON
+from hpo.keys import MLFLOW_RUN_ID_KEY
 
 
 def study_rows(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
@@ -31,7 +32,7 @@ def study_rows(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
     return rows
 
 
-def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+def status_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One row per trial: number, state, value, epochs run, duration, MLflow run, reason if failed.
 
     A FAIL trial without a reason lost its worker (no heartbeat); the note of a FAIL trial whose
@@ -44,7 +45,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     for t in trials:
         note = t.user_attrs.get(FAIL_REASON_KEY, "")
         if t.state.name == "FAIL":
-            note = note or "worker lost (no heartbeat)"
+            note = note or LOST_WORKER_REASON
             if t.number in rerun:
                 note += f"; rerun as trial {rerun[t.number]}"
         duration = None

@@ -25,16 +25,16 @@ from matplotlib.figure import Figure
 from optuna.trial import TrialState
 
 from hpo.errors import TrackingError
+from hpo.keys import MLFLOW_PARENT_RUN_KEY
+from hpo.store.storage import make_storage
 from hpo.study.create import load_study
 from hpo.study.create import stored_tracking_uri
-from hpo.study.storage import make_storage
 from hpo.tracking import scan_plot
 from hpo.tracking.runs import FLOOR_METRICS
-from hpo.tracking.runs import MLFLOW_PARENT_RUN_KEY
 from hpo.tracking.runs import Tracker
+from hpo.tracking.trials_table import report_rows
 from hpo.tracking.trials_table import to_csv
 from hpo.tracking.trials_table import to_markdown
-from hpo.tracking.trials_table import trial_rows
 
 REPORT_DIR = "report"
 
@@ -126,7 +126,7 @@ def report(
                 title=f"{study_name}: {metric} against {x}",
             ), none)
 
-    rows = trial_rows(trials, metric)
+    rows = report_rows(trials, metric)
     title = f"Study {study_name}: {len(trials)} trials, best first"
     for name, text in (("trials.csv", to_csv(rows)), ("trials.md", to_markdown(rows, title))):
         tracker.log_text(parent, text, f"{REPORT_DIR}/{name}")

@@ -32,8 +32,9 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.exceptions import RestException
 
-from hpo.errors import TrackingError
+from hpo.backoff import Backoff
 from hpo.errors import first_line
+from hpo.errors import TrackingError
 from hpo.errors import TrialFailed
 from hpo.redact import redact
 
@@ -135,10 +136,20 @@ class RetryingClient:
         client: the MlflowClient to wrap.
         uri: its tracking URI, for messages.
         window_s: seconds a call keeps retrying (0: one attempt).
+        clock, sleep: time.monotonic and time.sleep, replaced by a test's fake clock.
     """
 
-    def __init__(self, client: Any, uri: str, window_s: float) -> None:
+    def __init__(
+        self,
+        client: Any,
+        uri: str,
+        window_s: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._client, self._uri, self.window_s = client, redact(uri), window_s
+        self._clock, self._sleep = clock, sleep
         self._down: str | None = None  # why the last window ran out; cleared by any success
 
     @property
@@ -156,8 +167,8 @@ class RetryingClient:
         limit_s: float,
         *,
         check: Callable[[], None] = lambda: None,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], None] | None = None,
     ) -> float:
         """Blocks until the server answers a one-experiment search, trying with backoff (1 s
         doubling to 15 s) for at most `limit_s` seconds; says so in the log.
@@ -165,7 +176,7 @@ class RetryingClient:
         Args:
             limit_s: the longest wait (HPO_TRACKING_WAIT_S for a worker); 0: one attempt.
             check: called before each attempt (a worker's stop check, which may raise).
-            clock, sleep: time.monotonic and time.sleep, replaced by a test's fake clock.
+            clock, sleep: the client's (time.monotonic and time.sleep unless it was given others).
 
         Returns:
             The seconds waited.
@@ -173,8 +184,9 @@ class RetryingClient:
         Raises:
             TrackingError: the server did not answer within `limit_s`.
         """
-        start = clock()
-        delay, told = WAIT_FIRST_DELAY_S, False
+        backoff = Backoff(limit_s, WAIT_FIRST_DELAY_S, WAIT_MAX_DELAY_S, clip=True,
+                          clock=clock or self._clock, sleep=sleep or self._sleep)
+        told = False
         while True:
             check()
             try:
@@ -183,14 +195,14 @@ class RetryingClient:
                 self._unless_transient(exc)
                 self._down = first_line(exc)
             else:
-                waited = clock() - start
+                waited = backoff.elapsed()
                 if told:
                     _logger.warning("MLflow tracking at %s answers again after %.0f s; going on",
                                     self._uri, waited)
                 self._down = None
                 return waited
-            left = start + limit_s - clock()
-            if left <= 0:
+            delay = backoff.next_delay()
+            if delay is None:
                 raise TrackingError(
                     f"MLflow tracking at {self._uri} did not answer for {limit_s:.0f} s "
                     f"(HPO_TRACKING_WAIT_S): {self._down}; this worker stops; bring the server "
@@ -201,8 +213,7 @@ class RetryingClient:
                     "MLflow tracking at %s is away (%s); waiting for it up to %.0f s "
                     "(HPO_TRACKING_WAIT_S) before the next trial", self._uri, self._down, limit_s)
                 told = True
-            sleep(min(delay, left))
-            delay = min(delay * 2, WAIT_MAX_DELAY_S)
+            backoff.sleep(delay)
 
     def _unless_transient(self, exc: Exception) -> None:
         """Re-raises `exc` unless it is worth retrying: a refused login as TrackingError."""
@@ -220,15 +231,16 @@ class RetryingClient:
             TrackingError: the server refused the login or a permission.
         """
         window = 0.0 if self._down else self.window_s
-        deadline = time.monotonic() + window
-        delay, attempt = FIRST_DELAY_S, 0
+        backoff = Backoff(window, FIRST_DELAY_S, MAX_DELAY_S, clock=self._clock, sleep=self._sleep)
+        attempt = 0
         while True:
             try:
                 result = fn(*args, **kwargs)
             except Exception as exc:
                 self._unless_transient(exc)
                 attempt += 1
-                if time.monotonic() + delay > deadline:
+                delay = backoff.next_delay()
+                if delay is None:
                     self._down = first_line(exc)
                     raise TrackingUnavailable(
                         f"MLflow tracking at {self._uri} did not answer {what} for "
@@ -238,8 +250,7 @@ class RetryingClient:
                     ) from exc
                 _logger.warning("MLflow %s failed (%s); retry %d in %.1f s",
                                 what, first_line(exc), attempt, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, MAX_DELAY_S)
+                backoff.sleep(delay)
             else:
                 if self._down:
                     _logger.warning("MLflow tracking at %s answers again", self._uri)

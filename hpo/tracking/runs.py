@@ -34,19 +34,16 @@ from mlflow.types import TensorSpec
 
 from hpo.config.overrides import flatten
 from hpo.config.tree import RunConfig
+from hpo.errors import first_line
 from hpo.errors import TrackingError
-from hpo.objective.keys import MLFLOW_RUN_ID_KEY  # noqa: F401  (re-exported)
 from hpo.redact import redact
 from hpo.tracking import system_metrics
-from hpo.tracking.retry import RetryingClient
 from hpo.tracking.retry import auth_error
 from hpo.tracking.retry import default_window_s
-from hpo.errors import first_line
+from hpo.tracking.retry import RetryingClient
 
 _logger = logging.getLogger(__name__)
 
-MLFLOW_PARENT_RUN_KEY = "mlflow_parent_run_id"  # study user attr: the study's parent run
-MLFLOW_EXPERIMENT_KEY = "mlflow_experiment_id"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_ARTIFACT_DIR = "mlartifacts"
 MODEL_REQUIREMENTS = ["keras>=3.15", "numpy", "pandas", "mlflow>=3.17"]

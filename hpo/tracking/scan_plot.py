@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
+from hpo.keys import METRIC
 from hpo.tracking import plots  # noqa: F401  (selects the Agg backend before pyplot)
 
 SEED_PARAM = "train.seed"
@@ -41,7 +42,7 @@ def scan(
     x_param: str,
     *,
     x_order: Sequence[Any] = (),
-    metric: str = "val_residual_std",
+    metric: str = METRIC,
     floors: dict[str, float] | None = None,
     title: str = "",
 ) -> Figure:

@@ -15,12 +15,13 @@ from typing import Any
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
-from hpo.objective.keys import EPOCHS_RUN_KEY
-from hpo.objective.keys import FAIL_REASON_KEY
-from hpo.objective.keys import MLFLOW_RUN_ID_KEY
+from hpo.keys import EPOCHS_RUN_KEY
+from hpo.keys import FAIL_REASON_KEY
+from hpo.keys import METRIC
+from hpo.keys import MLFLOW_RUN_ID_KEY
 
 
-def trial_rows(trials: Sequence[FrozenTrial], metric: str = "val_residual_std") -> list[dict[str, Any]]:
+def report_rows(trials: Sequence[FrozenTrial], metric: str = METRIC) -> list[dict[str, Any]]:
     """Rows of number, state, metric, every parameter, epochs, duration, MLflow run and fail reason."""
     params = sorted({p for t in trials for p in t.params})
     ordered = sorted(trials, key=lambda t: (t.state != TrialState.COMPLETE,

@@ -9,11 +9,12 @@ import keras
 import numpy as np
 
 from hpo.errors import TrialFailed
-from hpo.model.metrics import STREAMING_KINDS
+from hpo.keys import METRIC
 from hpo.model.metrics import residual_metrics
+from hpo.model.metrics import STREAMING_KINDS
 from hpo.training.evaluate import predict
 
-MONITOR = "val_residual_std"
+MONITOR = METRIC
 
 
 class EpochEvaluator(keras.callbacks.Callback):

@@ -8,8 +8,8 @@ import logging
 import keras
 import numpy as np
 
-from hpo.data.contract import EXPOSURE_KEY
 from hpo.data.contract import Dataset
+from hpo.data.contract import EXPOSURE_KEY
 from hpo.errors import DataContractError
 from hpo.model.metrics import residual_metrics
 
@@ -62,12 +62,16 @@ def predict(
     z = np.asarray(redshift, np.float32).reshape(-1, 1)
     views = dihedral_views(images) if tta else [images]
     outs = [_forward(model, v, z, extra, batch_size) for v in views]
-    out = np.mean(outs, axis=0, dtype=np.float64)
-    mu = out[:, 0]
-    if out.shape[1] < 2:
+    return combine_views([o[:, 0] for o in outs], [o[:, 1] for o in outs] if outs[0].shape[1] > 1 else None)
+
+
+def combine_views(mus: list[np.ndarray], sigmas: list[np.ndarray] | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """One prediction from several views of the same clusters (test-time augmentation): log_mass
+    the mean of the views', sigma the root mean square of theirs (float64)."""
+    mu = np.mean(np.asarray(mus, np.float64), axis=0)
+    if sigmas is None:
         return mu, None
-    sigma = np.sqrt(np.mean([np.square(o[:, 1].astype(np.float64)) for o in outs], axis=0))
-    return mu, sigma
+    return mu, np.sqrt(np.mean(np.square(np.asarray(sigmas, np.float64)), axis=0))
 
 
 def score(model: keras.Model, dataset: Dataset, *, tta: bool = False) -> dict[str, float]:

@@ -19,15 +19,15 @@ from hpo.data.lazy import H5Source
 from hpo.data.split import Split
 from hpo.data.split import split_indices
 from hpo.errors import DataContractError
-from hpo.errors import TrialFailed
 from hpo.errors import first_line
-from hpo.model.builder import InputStats
+from hpo.errors import TrialFailed
 from hpo.model.builder import build_model
+from hpo.model.builder import InputStats
 from hpo.model.losses import LOSSES
 from hpo.model.metrics import streaming_metrics
 from hpo.pipeline import fit_inputs
-from hpo.training.callbacks import MONITOR
 from hpo.training.callbacks import EpochEvaluator
+from hpo.training.callbacks import MONITOR
 from hpo.training.evaluate import score
 from hpo.training.optimizers import build_optimizer
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from hpo.config.space import load_space
 from hpo.errors import ConfigError
-from hpo.objective.space import load_space
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -119,7 +119,7 @@ def test_a_mass_column_needs_a_unit(good, tmp_path):
 
 def test_bad_input_is_one_line_on_stderr(tmp_path):
     # Rule: through the installed command, bad survey input is one line on stderr and exit 1.
-    ev = write_esass_events(tmp_path / "kev.fits", *_field(), pi=1.2, pi_unit="keV")
+    write_esass_events(tmp_path / "kev.fits", *_field(), pi=1.2, pi_unit="keV")
     cat = write_fits_table(tmp_path / "cat.fits", ID=[1], RA=[RA0], DEC=[DEC0], Z=[0.2])
     proc = hpo(tmp_path, "cutouts", "kev.fits", "--catalog", "cat.fits", "-o", "o.h5", check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from hpo.config import RunConfig
 from hpo.config import apply_overrides
 from hpo.config import load_run_config
+from hpo.config import RunConfig
 from hpo.errors import ConfigError
 
 

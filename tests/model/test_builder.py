@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from hpo.config import apply_overrides
-from hpo.model import InputStats
 from hpo.model import build_model
+from hpo.model import InputStats
 from hpo.model.layers import RandomDihedral
 from hpo.model.losses import gaussian_nll
 

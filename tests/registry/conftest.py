@@ -29,8 +29,8 @@ class Registry:
 def run_study(reg: Registry, name: str, *, data: dict | None = None, base: dict | None = None,
               n_trials: int = 1) -> str:
     """Another study in `reg`'s stores (default: its data file and split), run in this process."""
-    from hpo.study.launcher import launch
-    from hpo.study.worker import run_worker
+    from hpo.launch.launcher import launch
+    from hpo.launch.worker import run_worker
 
     space = {
         "study": {"name": name, "n_trials": n_trials, "sampler": {"type": "random", "seed": 0},
@@ -66,8 +66,8 @@ def registry(tmp_path_factory) -> Registry:
     from mlflow import MlflowClient
 
     from hpo.registry.promote import promote
-    from hpo.study.launcher import launch
-    from hpo.study.worker import run_worker
+    from hpo.launch.launcher import launch
+    from hpo.launch.worker import run_worker
 
     cwd = tmp_path_factory.mktemp("registry")
     write_h5(cwd / "signal.h5", make_signal_data(300))

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from hpo.errors import DataContractError
-from hpo.registry.flags import FLAGS
 from hpo.registry.flags import aperture_significance
+from hpo.registry.flags import FLAGS
 from hpo.registry.predict import predict_file
 from tests.conftest import make_signal_data
 from tests.conftest import write_h5

@@ -9,9 +9,9 @@ from mlflow import MlflowClient
 
 from hpo.config.tree import RunConfig
 from hpo.errors import HpoError
+from hpo.keys import CONFIG_KEY
+from hpo.keys import MODEL_URI_KEY
 from hpo.model.metrics import residual_metrics
-from hpo.objective.keys import CONFIG_KEY
-from hpo.objective.keys import MODEL_URI_KEY
 from hpo.registry import models
 from hpo.registry.promote import promote
 from hpo.training.evaluate import dihedral_views

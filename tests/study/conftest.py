@@ -272,7 +272,7 @@ def create_study(cwd: Path, storage_url: str) -> None:
     """`hpo launch space.yaml --workers 0` in this process (TensorFlow imported once a session)."""
     import contextlib
 
-    from hpo.study.launcher import launch
+    from hpo.launch.launcher import launch
 
     with contextlib.chdir(cwd):
         launch(
@@ -289,8 +289,8 @@ def store_space(cwd: Path, storage_url: str, study: str, **changes: Any) -> None
     `hpo launch`'s checks: a study created by a version that did not refuse such a space."""
     import optuna
 
-    from hpo.objective.space import parse_space
-    from hpo.study.create import SPACE_KEY
+    from hpo.config.space import parse_space
+    from hpo.keys import SPACE_KEY
     from hpo.study.create import stored_space
 
     raw = {**yaml.safe_load((cwd / "space.yaml").read_text()), **changes}

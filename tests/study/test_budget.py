@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import optuna
 import pytest
 
-from hpo.objective.space import parse_space
-from hpo.study.claim import trial_start_lock
+from hpo.config.space import parse_space
+from hpo.store.claim import trial_start_lock
+from hpo.store.storage import make_storage
 from hpo.study.create import create_or_join
-from hpo.study.storage import make_storage
 from tests.study.conftest import TINY
 from tests.study.conftest import admin_conninfo_or_skip
 from tests.study.conftest import create_study

@@ -26,7 +26,7 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from hpo.study.docker import SECRETS_MOUNT
+from hpo.launch.docker import SECRETS_MOUNT
 from tests.conftest import make_signal_data
 from tests.conftest import write_h5
 from tests.study.conftest import TINY

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from hpo.config.space import parse_space
 from hpo.errors import ConfigError
-from hpo.objective.space import parse_space
-from hpo.study.create import SPACE_KEY
+from hpo.keys import SPACE_KEY
+from hpo.store.storage import make_storage
 from hpo.study.create import create_or_join
 from hpo.study.create import load_study
-from hpo.study.storage import make_storage
 
 
 def _space(**study):

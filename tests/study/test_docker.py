@@ -12,13 +12,13 @@ from hpo.envfile import load_secrets_file
 from hpo.envfile import parse_env_file
 from hpo.envfile import write_env_file
 from hpo.errors import ConfigError
-from hpo.study.docker import CONTAINER_WORKDIR
-from hpo.study.docker import DEFAULT_IMAGE
-from hpo.study.docker import SECRETS_MOUNT
-from hpo.study.docker import data_mount
-from hpo.study.docker import docker_workers
-from hpo.study.launcher import LAUNCHERS
-from hpo.study.launcher import Plan
+from hpo.launch.docker import CONTAINER_WORKDIR
+from hpo.launch.docker import data_mount
+from hpo.launch.docker import DEFAULT_IMAGE
+from hpo.launch.docker import docker_workers
+from hpo.launch.docker import SECRETS_MOUNT
+from hpo.launch.launcher import LAUNCHERS
+from hpo.launch.launcher import Plan
 
 ROOT = Path(__file__).resolve().parents[2]
 PG = "postgresql+psycopg://hpo:s3cret@127.0.0.1:5432/optuna"

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from hpo.errors import TrackingError
-from hpo.study.preflight import probe_tracking
+from hpo.tracking.preflight import probe_tracking
 from tests.conftest import make_signal_data
 from tests.conftest import write_h5
 from tests.study.conftest import create_study

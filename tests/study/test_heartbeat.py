@@ -9,18 +9,29 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.objective.space import parse_space
+from hpo.config.space import parse_space
+from hpo.keys import BEAT_KEY
+from hpo.launch.launcher import fail_trials_of
+from hpo.store.heartbeat import enable_heartbeat
+from hpo.store.heartbeat import reap
+from hpo.store.heartbeat import SilenceWatch
+from hpo.store.proxy import ProxyReaper
+from hpo.store.storage import make_storage
 from hpo.study.create import create_or_join
-from hpo.study.heartbeat import BEAT_KEY
-from hpo.study.heartbeat import SilenceWatch
-from hpo.study.heartbeat import enable_heartbeat
-from hpo.study.heartbeat import reap
-from hpo.study.launcher import fail_trials_of
-from hpo.study.proxy import ProxyReaper
-from hpo.study.status import trial_rows
-from hpo.study.storage import make_storage
+from hpo.study.status import status_rows
+from hpo.tracking.reconcile import KillLostRuns
 
 GRACE_S = 2
+
+
+class FakeClock:
+    """time.monotonic of a test, moved by hand: a SilenceWatch's grace passes without a wait."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +54,7 @@ def setup(tmp_path: Path, tracker):
     )
     storage = make_storage(f"sqlite:///{tmp_path / 'hpo.db'}")
     study, _ = create_or_join(storage, space)
-    enable_heartbeat(storage, space, tracker)
+    enable_heartbeat(storage, space, KillLostRuns(tracker))
     return study, storage, tracker
 
 
@@ -75,7 +86,7 @@ def test_silent_trial_is_failed_its_run_killed_and_its_params_requeued(setup):
     run = tracker.client.get_run(run_id)
     assert run.info.status == "KILLED"
     assert run.data.tags["hpo.fail_reason"] == f"worker lost: no heartbeat for {GRACE_S} s"
-    assert trial_rows(study)[0]["note"] == "worker lost (no heartbeat); rerun as trial 1"
+    assert status_rows(study)[0]["note"] == "worker lost (no heartbeat); rerun as trial 1"
 
 
 def test_beating_trial_is_left_alone(setup):
@@ -103,13 +114,17 @@ def test_no_copy_once_the_budget_is_spent(setup):
 
 def test_unclaimed_trial_is_an_orphan_after_a_grace_period(setup):
     # Rule: a RUNNING trial no worker claimed (died between creating and starting it, before any
-    # heartbeat) is failed once it has been seen unclaimed for grace_s.
-    study, _, tracker = setup
+    # heartbeat) is failed once it has been seen unclaimed for longer than grace_s.
+    study, storage, tracker = setup
+    clock = FakeClock()
+    storage._watch = SilenceWatch(clock)  # the one enable_heartbeat made, on a clock of ours
     with pytest.warns(UserWarning, match="Heartbeat"):
         study.ask()
     reap(study)  # first sight
+    clock.now += GRACE_S
+    reap(study)
     assert study.get_trials()[0].state == TrialState.RUNNING
-    time.sleep(GRACE_S + 0.5)
+    clock.now += 0.5
     reap(study)
     assert study.get_trials()[0].state == TrialState.FAIL
 
@@ -122,9 +137,14 @@ def test_proxy_fails_trials_whose_grpc_beat_stopped(setup):
     beating, run_id = _start_trial(study, tracker, beat=False)
     storage.set_trial_system_attr(beating._trial_id, BEAT_KEY, time.time())
     _start_trial(study, tracker, beat=False)  # no beat attr
-    reaper = ProxyReaper(storage, every_s=0.2)
+    clock = FakeClock()
+    reaper = ProxyReaper(
+        storage, every_s=0.2, end_runs_for=lambda: KillLostRuns(tracker), clock=clock
+    )
     assert reaper.reap_once() == []
-    time.sleep(GRACE_S + 0.5)
+    clock.now += GRACE_S
+    assert reaper.reap_once() == []  # silent for the grace period, not yet longer
+    clock.now += 0.5
     assert reaper.reap_once() == [("hb", beating.number)]
     states = [t.state for t in study.get_trials()]
     assert states == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
@@ -151,16 +171,21 @@ def test_launcher_fails_the_trials_of_workers_it_killed(setup):
     assert copy.state == TrialState.WAITING and copy.params == first.params
     assert copy.system_attrs["failed_trial"] == first.number
     assert "fail_reason" not in copy.user_attrs
-    note = trial_rows(study)[0]["note"]
+    note = status_rows(study)[0]["note"]
     assert note == "interrupted: worker killed by the launcher; rerun as trial 2"
 
 
 def test_silence_watch_times_unchanged_beats_on_its_own_clock():
     # Rule: a beat unchanged between two looks more than grace apart is stale; a changed one is
     # not.
-    watch = SilenceWatch()
-    assert watch.silent(1, {10: 1.0, 11: 5.0}, 0.05) == []
-    time.sleep(0.1)
-    assert watch.silent(1, {10: 1.0, 11: 6.0}, 0.05) == [10]
-    assert watch.silent(1, {}, 0.05) == []  # finished trials are forgotten
-    assert watch.silent(1, {10: 1.0}, 0.05) == []  # ... and timed afresh if seen again
+    clock = FakeClock()
+    watch = SilenceWatch(clock)
+    assert watch.silent(1, {10: 1.0, 11: 5.0}, 2) == []
+    clock.now += 2
+    assert watch.silent(1, {10: 1.0, 11: 6.0}, 2) == []  # silent for grace, not longer
+    clock.now += 0.5
+    assert watch.silent(1, {10: 1.0, 11: 6.0}, 2) == [10]
+    assert watch.silent(2, {10: 1.0}, 2) == []  # each study is timed on its own
+    assert watch.silent(1, {}, 2) == []  # finished trials are forgotten
+    clock.now += 10
+    assert watch.silent(1, {10: 1.0}, 2) == []  # ... and timed afresh if seen again

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from hpo.config.space import load_space
+from hpo.config.space import parse_space
 from hpo.errors import ConfigError
-from hpo.objective.space import load_space
-from hpo.objective.space import parse_space
 from tests.study.conftest import TINY
 from tests.study.conftest import mlflow_client
 from tests.study.conftest import write_study_files
@@ -30,7 +30,7 @@ def test_hyperband_trials_are_nested_mlflow_runs_and_a_relaunch_resumes(tmp_path
     # Rule: every keras-tuner trial is one nested MLflow run, ended FINISHED, with per-epoch
     # metrics and the tuner's values in its config; a promoted trial resumes its parent's weights
     # for the extra epochs only; launching again runs nothing new.
-    from hpo.study.launcher import launch
+    from hpo.launch.launcher import launch
 
     write_study_files(
         tmp_path, "hb", n_trials=None, base=TWO_EPOCHS, engine="keras_tuner",
@@ -82,7 +82,7 @@ def test_a_nan_trial_fails_alone_and_its_run_ends_failed(tmp_path, monkeypatch):
     # Rule: a trial whose loss turns NaN is FAIL with its reason, its MLflow run FAILED; the
     # search goes on and the other trial completes.
     from hpo.data.lazy import open_dataset
-    from hpo.study.keras_tuner import run_search
+    from hpo.launch.keras_tuner import run_search
     from hpo.tracking.runs import Tracker
 
     # Two trials over two choices: keras-tuner never repeats a point, so each lr runs once.
@@ -93,8 +93,8 @@ def test_a_nan_trial_fails_alone_and_its_run_ends_failed(tmp_path, monkeypatch):
     )
     monkeypatch.chdir(tmp_path)
     logged = []  # artifacts (plots, model) only for a trial that completes; stubbed here for time
-    monkeypatch.setattr("hpo.study.keras_tuner.log_trial_artifacts",
-                        lambda tracker, run_id, result, ds: logged.append(run_id) or "")
+    monkeypatch.setattr("hpo.tracking.recorder.log_trial_artifacts",
+                        lambda tracker, run_id, result, ds, log_model: logged.append(run_id) or "")
     space = load_space(path)
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     records = run_search(space, open_dataset(tmp_path / "signal.h5"), tracker,
@@ -143,7 +143,7 @@ def test_tuner_needs_the_keras_tuner_engine_and_random_needs_a_trial_count():
 
 def test_more_than_one_worker_is_refused_clearly(tmp_path):
     # Rule: keras_tuner runs in the launching process; --workers 2 is a ConfigError, first thing.
-    from hpo.study.launcher import launch
+    from hpo.launch.launcher import launch
 
     write_study_files(tmp_path, "w", n_trials=None, engine="keras_tuner")
     with contextlib.chdir(tmp_path), pytest.raises(ConfigError) as err:
@@ -167,8 +167,8 @@ def test_every_distribution_maps_to_a_hyperparameter_and_back():
     # Rule: keras-tuner draws the same values the space names: a stepped float keeps its top
     # value, log ranges sample on a log scale, list choices come back as lists, mixed ints and
     # floats as they were written, repeats as train.seed.
-    from hpo.study.keras_tuner import config_values
-    from hpo.study.keras_tuner import hyperparameters
+    from hpo.engines.keras_tuner import config_values
+    from hpo.engines.keras_tuner import hyperparameters
 
     raw = {"study": {"name": "m", "engine": "keras_tuner", "repeats": 2},
            "params": {"model.dropout.rate": {"float": [0.0, 0.5], "step": 0.05},

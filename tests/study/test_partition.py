@@ -135,7 +135,7 @@ def test_a_partitioned_worker_writes_nothing_into_its_lost_trial(tmp_path, pg_ur
     # traceback; exactly n_trials trials end COMPLETE.
     from mlflow import MlflowClient
 
-    from hpo.study.launcher import launch
+    from hpo.launch.launcher import launch
 
     study = "partition"
     base = {**TINY, "train": {**TINY["train"], "epochs": EPOCHS}}
@@ -206,8 +206,8 @@ def _kill(proc: subprocess.Popen) -> None:
 # whether its error is one the worker retries and then stops on.
 STORAGE_CALL = """
 import sys, time
-from hpo.study.retry import is_transient
-from hpo.study.storage import make_storage
+from hpo.store.retry import is_transient
+from hpo.store.storage import make_storage
 storage = make_storage(sys.argv[1], retry_window_s=0)
 storage.get_all_studies()
 print("ready", flush=True)

@@ -9,12 +9,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.objective.space import parse_space
+from hpo.config.space import parse_space
+from hpo.keys import MLFLOW_EXPERIMENT_KEY
+from hpo.store.heartbeat import enable_heartbeat
+from hpo.store.heartbeat import reap
+from hpo.store.storage import make_storage
 from hpo.study.create import create_or_join
-from hpo.study.heartbeat import enable_heartbeat
-from hpo.study.heartbeat import reap
-from hpo.study.storage import make_storage
-from hpo.tracking.runs import MLFLOW_EXPERIMENT_KEY
+from hpo.tracking.reconcile import KillLostRuns
 from hpo.tracking.runs import Tracker
 
 GRACE_S = 2
@@ -33,7 +34,7 @@ def setup(tmp_path: Path):
     study, _ = create_or_join(storage, space)
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     study.set_user_attr(MLFLOW_EXPERIMENT_KEY, tracker.experiment_id("rec"))
-    enable_heartbeat(storage, space, tracker)
+    enable_heartbeat(storage, space, KillLostRuns(tracker))
     return study, tracker
 
 
@@ -64,7 +65,7 @@ def test_a_lost_trials_runs_are_killed_by_their_tags(setup):
 def test_runs_of_finished_trials_end_as_their_trials_ended(setup):
     # Rule: end_orphan_runs ends a RUNNING run of a COMPLETE trial FINISHED, of a failed one
     # FAILED with its reason, of one that lost its worker KILLED; a running trial's run goes on.
-    from hpo.study.reconcile import end_orphan_runs
+    from hpo.tracking.reconcile import end_orphan_runs
 
     study, tracker = setup
     study.add_trial(optuna.create_trial(value=0.3))

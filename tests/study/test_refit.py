@@ -21,8 +21,8 @@ def test_refit_trains_the_best_configurations_once_per_seed(tmp_path):
     # Rule: `hpo refit STUDY --top 2 --seeds 1,2` writes a space whose 4 trials are the 2 best
     # COMPLETE trials' params x the seeds (nothing sampled, nothing pruned, every model logged);
     # launched, each trial is a nested MLflow run with a model, trained for --epochs.
-    from hpo.study.launcher import launch
-    from hpo.study.worker import run_worker
+    from hpo.launch.launcher import launch
+    from hpo.launch.worker import run_worker
 
     write_study_files(tmp_path, "base", n_trials=3,
                       params={"model.dropout.rate": {"float": [0.0, 0.3]},

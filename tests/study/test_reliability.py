@@ -16,7 +16,7 @@ import time
 import pytest
 from optuna.trial import TrialState
 
-from hpo.study.heartbeat import BEAT_KEY
+from hpo.keys import BEAT_KEY
 from tests.study.conftest import TINY
 from tests.study.conftest import assert_interrupted_and_requeued
 from tests.study.conftest import create_study
@@ -32,7 +32,8 @@ from tests.study.conftest import trials_of
 from tests.study.conftest import wait_for
 from tests.study.conftest import write_study_files
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+# Long fault runs (workers killed, connections cut, the database restarted): make test-e2e.
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.e2e]
 
 FINISHED = ("COMPLETE", "PRUNED")
 # What `docker stop` (and docker compose) gives a container before SIGKILL; Kubernetes and Slurm

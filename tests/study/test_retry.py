@@ -7,9 +7,9 @@ import pytest
 import sqlalchemy.exc
 from optuna.trial import TrialState
 
-from hpo.study.retry import is_transient
-from hpo.study.retry import retrying
-from hpo.study.storage import make_storage
+from hpo.store.retry import is_transient
+from hpo.store.retry import retrying
+from hpo.store.storage import make_storage
 from tests.study.conftest import terminate_backends
 
 
@@ -43,6 +43,26 @@ def test_connection_errors_are_transient_data_errors_are_not():
     assert not is_transient(ValueError("x"))
 
 
+class _FakeClock:
+    """time.monotonic and time.sleep of a test: sleeping moves the clock, nothing waits."""
+
+    def __init__(self) -> None:
+        self.now, self.sleeps = 0.0, []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def _retrying(method, window_s, settle=None, *, clock=None):
+    """`retrying` on a fake clock (a fresh one unless given): no test waits for a real delay."""
+    clock = clock or _FakeClock()
+    return retrying(method, window_s, settle, clock=clock, sleep=clock.sleep)
+
+
 class _Flaky:
     retry_window_s = 5.0
 
@@ -57,22 +77,41 @@ class _Flaky:
 
 
 def test_transient_errors_are_retried_until_the_call_succeeds():
-    # Rule: a call that fails on a dropped connection is retried and its result returned.
+    # Rule: a call that fails on a dropped connection is retried after 0.25 s, then 0.5 s, ...
+    # and its result returned.
+    clock = _FakeClock()
     flaky = _Flaky(2, _wrapped(_operational()))
-    assert retrying(_Flaky.call, lambda s: s.retry_window_s)(flaky, 21) == 42
-    assert flaky.calls == 3
+    assert _retrying(_Flaky.call, lambda s: s.retry_window_s, clock=clock)(flaky, 21) == 42
+    assert flaky.calls == 3 and clock.sleeps == [0.25, 0.5]
 
 
-def test_other_errors_and_an_exhausted_window_reach_the_caller():
-    # Rule: a non-transient error is raised at once; a transient one once the retry window is over.
+def test_other_errors_reach_the_caller_at_once():
+    # Rule: a non-transient error is raised on the first attempt, without a wait.
+    clock = _FakeClock()
     flaky = _Flaky(1, ValueError("bad"))
     with pytest.raises(ValueError):
-        retrying(_Flaky.call, lambda s: 5.0)(flaky, 1)
-    assert flaky.calls == 1
-    flaky = _Flaky(100, _operational())
+        _retrying(_Flaky.call, lambda s: 5.0, clock=clock)(flaky, 1)
+    assert flaky.calls == 1 and clock.sleeps == []
+
+
+def test_a_transient_error_reaches_the_caller_when_the_next_delay_would_pass_the_window():
+    # Rule: delays double from 0.25 s up to 8 s; the error is raised instead of a delay that would
+    # end past the window, so a call never waits longer than its window.
+    clock = _FakeClock()
+    flaky = _Flaky(10**6, _operational())
     with pytest.raises(sqlalchemy.exc.OperationalError):
-        retrying(_Flaky.call, lambda s: 0.5)(flaky, 1)
-    assert 1 < flaky.calls < 10
+        _retrying(_Flaky.call, lambda s: 30.0, clock=clock)(flaky, 1)
+    assert clock.sleeps == [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 8.0]
+    assert clock.now == 23.75 and flaky.calls == 8  # a further 8 s would end at 31.75 > 30
+
+
+def test_a_zero_window_is_one_attempt():
+    # Rule: a storage made with retry_window_s=0 raises the first transient error as it is.
+    clock = _FakeClock()
+    flaky = _Flaky(1, _operational())
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        _retrying(_Flaky.call, lambda s: 0.0, clock=clock)(flaky, 1)
+    assert flaky.calls == 1 and clock.sleeps == []
 
 
 def test_a_retried_state_change_that_had_landed_counts_as_done():
@@ -89,9 +128,9 @@ def test_a_retried_state_change_that_had_landed_counts_as_done():
         self.calls += 1
         raise self.error if self.calls == 1 else self.error_after
 
-    assert retrying(call, lambda s: 5.0, settle)(flaky, 1) == "settled"
+    assert _retrying(call, lambda s: 5.0, settle)(flaky, 1) == "settled"
     with pytest.raises(KeyError):  # on the first attempt there is nothing to settle
-        retrying(lambda self, x: (_ for _ in ()).throw(KeyError("k")), lambda s: 5.0, settle)(
+        _retrying(lambda self, x: (_ for _ in ()).throw(KeyError("k")), lambda s: 5.0, settle)(
             flaky, 1
         )
 

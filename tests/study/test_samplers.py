@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import optuna
 
-from hpo.objective.space import parse_space
-from hpo.objective.suggest import suggest_overrides
+from hpo.config.space import parse_space
+from hpo.engines.suggest import suggest_overrides
 from hpo.study.samplers import make_sampler
 
 

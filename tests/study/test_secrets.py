@@ -12,8 +12,8 @@ import optuna
 import pytest
 
 from hpo.errors import HpoError
+from hpo.keys import TRACKING_URI_KEY
 from hpo.redact import redact
-from hpo.study.create import TRACKING_URI_KEY
 from hpo.study.create import store_tracking_uri
 from hpo.study.create import stored_tracking_uri
 from tests.study.conftest import PG_HOST
@@ -72,7 +72,7 @@ def test_the_probe_reaches_a_server_whose_uri_holds_credentials():
     import http.server
     import threading
 
-    from hpo.study.preflight import probe_tracking
+    from hpo.tracking.preflight import probe_tracking
 
     seen = []
 

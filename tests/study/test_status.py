@@ -10,7 +10,7 @@ import pytest
 
 from hpo.cli._table import table
 from hpo.study.status import human_duration
-from hpo.study.status import trial_rows
+from hpo.study.status import status_rows
 
 
 @pytest.mark.parametrize(("seconds", "text"), [
@@ -31,7 +31,7 @@ def test_status_table_prints_trial_durations_in_minutes_and_seconds():
         datetime_complete=start + timedelta(seconds=65), params={}, distributions={}, user_attrs={},
         system_attrs={}, intermediate_values={}, trial_id=0))
     study.ask()
-    lines = table(trial_rows(study)).splitlines()
+    lines = table(status_rows(study)).splitlines()
     assert "duration" in lines[0].split()
     assert "1 m 05 s" in lines[1] and "65.0" not in lines[1]
     assert lines[2].split()[:4] == ["1", "RUNNING", "-", "-"]

@@ -57,7 +57,7 @@ def proxy(server: MlflowServer) -> Iterator[TcpProxy]:
 
 def _create_study(cwd: Path, storage: str, tracking_uri: str, monkeypatch) -> None:
     """`hpo launch space.yaml --workers 0` in this process, against the tracking server."""
-    from hpo.study.launcher import launch
+    from hpo.launch.launcher import launch
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # what Tracker sets; restored after
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -23,7 +23,7 @@ def test_nan_loss_fails_its_trial_with_the_reason_and_the_worker_goes_on(tmp_pat
     # Rule: a trial whose loss turns NaN ends FAIL with the reason (trial attr and MLflow tag), its
     # run
     # FAILED; the worker runs the next trial and spends the budget.
-    from hpo.study.worker import run_worker
+    from hpo.launch.worker import run_worker
 
     write_study_files(
         tmp_path,
@@ -53,7 +53,7 @@ def test_enqueued_points_run_first_and_improving_trials_alone_keep_their_model(t
     # Rule: study.enqueue's points are the study's first trials; with tracking.log_models
     # improving, a COMPLETE trial logs its model only if it beats every trial finished before it
     # (the worse one is tagged hpo.model_logged false and has no model URI).
-    from hpo.study.worker import run_worker
+    from hpo.launch.worker import run_worker
 
     space = write_study_files(
         tmp_path, "improving", n_trials=2,
@@ -79,7 +79,7 @@ def test_enqueued_points_run_first_and_improving_trials_alone_keep_their_model(t
 def test_study_metric_val_rmse_is_the_trial_value_and_what_the_pruner_sees(tmp_path):
     # Rule: with study.metric val_rmse a trial's value is its final validation rmse, and the values
     # reported to the pruner each epoch are the val_rmse logged to MLflow for that epoch.
-    from hpo.study.worker import run_worker
+    from hpo.launch.worker import run_worker
 
     write_study_files(tmp_path, "rmse", n_trials=1, metric="val_rmse")
     storage = f"sqlite:///{tmp_path / 'hpo.db'}"
@@ -97,7 +97,7 @@ def test_a_streamed_file_replaced_while_the_study_runs_fails_its_trials_with_the
     # Rule: a worker whose streamed data file is no longer the one the study began on trains
     # nothing: each trial fails naming the file and both fingerprints, and the worker stops.
     from hpo.errors import HpoError
-    from hpo.study.worker import run_worker
+    from hpo.launch.worker import run_worker
     from tests.conftest import make_signal_data
     from tests.conftest import write_h5
     from tests.study.conftest import TINY
@@ -119,7 +119,7 @@ def test_a_trial_that_keras_refuses_fails_alone_and_the_worker_goes_on(tmp_path)
     # 16-pixel images, a config failure), not only the product's own, ends that trial FAIL with
     # the reason (trial attr, MLflow run FAILED); the worker runs the next trial and spends the
     # budget.
-    from hpo.study.worker import run_worker
+    from hpo.launch.worker import run_worker
 
     write_study_files(
         tmp_path, "refused", n_trials=None, sampler={"type": "grid"},
@@ -183,9 +183,10 @@ def test_a_trial_a_peer_fails_as_it_completes_keeps_its_run_killed(tmp_path, mon
     # reason: the worker ends it KILLED again; the re-queued copy completes.
     import optuna
 
-    from hpo.objective.space import load_space
-    from hpo.study.heartbeat import StaleTrialHandler
-    from hpo.study.worker import run_worker
+    from hpo.config.space import load_space
+    from hpo.store.heartbeat import StaleTrialHandler
+    from hpo.tracking.reconcile import KillLostRuns
+    from hpo.launch.worker import run_worker
     from hpo.tracking.runs import Tracker
 
     space_path = write_study_files(tmp_path, "race", n_trials=1)
@@ -200,7 +201,7 @@ def test_a_trial_a_peer_fails_as_it_completes_keeps_its_run_killed(tmp_path, mon
             study = optuna.load_study(study_name="race", storage=storage)
             trial = next(t for t in study.get_trials() if t.user_attrs.get("mlflow_run_id") == run_id)
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            StaleTrialHandler(space, self)(study, trial)  # what the reaper does
+            StaleTrialHandler(space, KillLostRuns(self))(study, trial)  # what the reaper does
             lost.append(trial)
         return finish_run(self, run_id, state, **kwargs)
 

@@ -20,14 +20,14 @@ import yaml
 from mlflow import MlflowClient
 
 from hpo.config.overrides import apply_overrides
+from hpo.config.space import parse_space
 from hpo.data.contract import load_dataset
+from hpo.engines.objective import Objective
 from hpo.errors import TrialFailed
-from hpo.objective.objective import Objective
-from hpo.objective.space import parse_space
 from hpo.tracking import Tracker
-from hpo.tracking.callback import MlflowEpochLogger
-from hpo.tracking.trial_artifacts import log_trial_artifacts
-from hpo.training import train
+from hpo.tracking.recorder import MlflowRecorder
+from hpo.tracking.recorder import trial_recorders
+from hpo.trial.runner import run_trial
 from tests.cli.test_end_to_end import TINY
 from tests.conftest import make_signal_data
 from tests.conftest import write_h5
@@ -66,12 +66,11 @@ def test_a_server_away_for_seconds_mid_trial_costs_the_trial_nothing(tracking_se
     try:
         tracker = Tracker(proxy.url, retry_window_s=60)
         cfg = apply_overrides({**TINY, "data": {"path": str(data)}, "train.epochs": EPOCHS}, where="test")
-        run_id = tracker.start_single_run("outage", cfg, "outage")
+        recorder = MlflowRecorder(tracker, experiment_id=tracker.experiment_id("outage"), study="outage",
+                                  trial=0)
         with caplog.at_level(logging.WARNING, logger="hpo.tracking.retry"):
-            result = train(cfg, load_dataset(data),
-                           callbacks=[OutageAt(proxy, 1, 3.0), MlflowEpochLogger(tracker, run_id)])
-            log_trial_artifacts(tracker, run_id, result, load_dataset(data))
-            tracker.finish_trial_run(run_id, "COMPLETE")
+            run_trial(cfg, load_dataset(data), recorder, callbacks=[OutageAt(proxy, 1, 3.0)])
+        run_id = recorder.run_id
     finally:
         proxy.down()
     assert any("retry" in r.getMessage() for r in caplog.records), "the outage hit no call"
@@ -94,7 +93,8 @@ def test_a_server_gone_for_good_fails_the_trial_with_the_reason(tracking_server,
     exp = tracker.experiment_id("gone")
     parent = tracker.start_study_run(exp, "gone", space.to_yaml(), {"path": str(data)})
     study = optuna.create_study()
-    objective = Objective(space, load_dataset(data), tracker, experiment_id=exp, parent_run_id=parent)
+    objective = Objective(space, load_dataset(data),
+                          trial_recorders(tracker, experiment_id=exp, parent_run_id=parent, study="gone"))
     cut = threading.Thread(target=_down_when_a_trial_run_exists, args=(proxy, tracking_server, exp), daemon=True)
     cut.start()
     t0 = time.monotonic()

@@ -11,13 +11,13 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from optuna.trial import create_trial
 
-from hpo.objective.space import parse_space
-from hpo.study.create import TRACKING_URI_KEY
+from hpo.config.space import parse_space
+from hpo.keys import MLFLOW_PARENT_RUN_KEY
+from hpo.keys import TRACKING_URI_KEY
+from hpo.store.storage import make_storage
 from hpo.study.create import create_or_join
-from hpo.study.storage import make_storage
 from hpo.tracking import Tracker
 from hpo.tracking.report import report
-from hpo.tracking.runs import MLFLOW_PARENT_RUN_KEY
 
 ALL_PLOTS = {"optimization_history", "param_importances", "parallel_coordinate", "slice", "scan"}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import pytest
 import requests
@@ -15,9 +14,9 @@ from mlflow.protos.databricks_pb2 import UNAUTHENTICATED
 from hpo.errors import TrackingError
 from hpo.errors import TrialFailed
 from hpo.tracking import retry
+from hpo.tracking.retry import is_transient
 from hpo.tracking.retry import RetryingClient
 from hpo.tracking.retry import TrackingUnavailable
-from hpo.tracking.retry import is_transient
 
 URI = "http://127.0.0.1:1"
 
@@ -46,47 +45,77 @@ def _refused() -> MlflowException:
             return wrapped
 
 
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch):
-    monkeypatch.setattr(retry, "FIRST_DELAY_S", 0.05)
-    monkeypatch.setattr(retry, "MAX_DELAY_S", 0.2)
+class FakeClock:
+    """time.monotonic and time.sleep of a test: sleeping moves the clock, nothing waits."""
+
+    def __init__(self) -> None:
+        self.now, self.sleeps = 0.0, []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def _client(target, window_s: float, clock: FakeClock) -> RetryingClient:
+    return RetryingClient(target, URI, window_s=window_s, clock=clock, sleep=clock.sleep)
 
 
 def test_transient_errors_are_retried_until_the_call_succeeds(caplog):
-    # Rule: a server away for less than the window costs nothing but a logged warning per retry.
+    # Rule: a server away for less than the window costs nothing but a logged warning per retry,
+    # after delays of 0.5 s doubling.
+    clock = FakeClock()
     flaky = Flaky(3, _refused())
     with caplog.at_level(logging.WARNING, logger="hpo.tracking.retry"):
-        assert RetryingClient(flaky, URI, window_s=5).log_batch("r1") == "logged r1"
-    assert flaky.calls == 4
-    assert sum("retry" in r.getMessage() for r in caplog.records) == 3
+        assert _client(flaky, 5, clock).log_batch("r1") == "logged r1"
+    assert flaky.calls == 4 and clock.sleeps == [0.5, 1.0, 2.0]
+    retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+    assert len(retries) == 3 and "retry 3 in 2.0 s" in retries[-1]
 
 
 def test_a_server_gone_for_good_fails_the_trial_within_the_window():
-    # Rule: after the window, TrackingUnavailable (a TrialFailed) names the URI, the call and the fix.
-    client = RetryingClient(Flaky(10**6, _refused()), URI, window_s=0.5)
-    t0 = time.monotonic()
+    # Rule: delays double from 0.5 s up to 15 s; TrackingUnavailable (a TrialFailed) comes instead
+    # of a delay that would end past the window, naming the URI, the call, the attempts, the fix.
+    clock = FakeClock()
+    flaky = Flaky(10**6, _refused())
     with pytest.raises(TrackingUnavailable) as info:
-        client.log_batch("r1")
-    assert time.monotonic() - t0 < 2.0
+        _client(flaky, 60, clock).log_batch("r1")
+    assert clock.sleeps == [0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0]
+    assert clock.now == 45.5 and flaky.calls == 8  # a further 15 s would end at 60.5 > 60
     assert isinstance(info.value, TrialFailed) and isinstance(info.value, TrackingError)
     message = str(info.value)
     assert URI in message and "log_batch" in message and "HPO_TRACKING_RETRY_S" in message
+    assert "for 60 s (8 attempts)" in message
+
+
+def test_a_zero_window_is_one_attempt():
+    # Rule: a client with window_s=0 (a local store) raises TrackingUnavailable on the first
+    # transient error, without a wait.
+    clock = FakeClock()
+    flaky = Flaky(1, _refused())
+    with pytest.raises(TrackingUnavailable, match="log_batch for 0 s"):
+        _client(flaky, 0, clock).log_batch("r1")
+    assert flaky.calls == 1 and clock.sleeps == []
 
 
 def test_after_a_window_ran_out_calls_try_once_until_one_succeeds():
     # Rule: a failed trial's clean-up does not wait a second window; a success restores retries.
+    clock = FakeClock()
     flaky = Flaky(10**6, _refused())
-    client = RetryingClient(flaky, URI, window_s=0.3)
+    client = _client(flaky, 10, clock)
     with pytest.raises(TrackingUnavailable):
         client.log_batch("r1")
-    before = flaky.calls
+    before, slept = flaky.calls, len(clock.sleeps)
     with pytest.raises(TrackingUnavailable):
         client.log_batch("r1")
-    assert flaky.calls == before + 1
+    assert flaky.calls == before + 1 and len(clock.sleeps) == slept
     flaky.failures = 0
     assert client.log_batch("r1") == "logged r1"
-    flaky.failures, flaky.calls = 2, 0
+    flaky.failures, flaky.calls, clock.sleeps = 2, 0, []
     assert client.log_batch("r1") == "logged r1" and flaky.calls == 3
+    assert clock.sleeps == [0.5, 1.0]
 
 
 def test_other_errors_are_not_retried():
@@ -135,20 +164,6 @@ def test_the_window_comes_from_the_environment(monkeypatch):
         retry.default_window_s()
 
 
-class FakeClock:
-    """time.monotonic and time.sleep of a test: sleeping moves the clock, nothing waits."""
-
-    def __init__(self) -> None:
-        self.now, self.sleeps = 0.0, []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 class Searches:
     """Stands in for MlflowClient.search_experiments: refused `failures` times, then answers."""
 
@@ -181,10 +196,10 @@ def test_a_server_away_past_the_wait_limit_stops_the_worker_with_one_line():
     # Rule: past HPO_TRACKING_WAIT_S the wait ends in a TrackingError (not a TrialFailed: the
     # worker stops) naming the server and the variable; it never sleeps past the limit.
     clock = FakeClock()
-    client = RetryingClient(Searches(10**6), URI, window_s=1)
+    client = _client(Searches(10**6), 1, clock)  # the client's clock serves its waits too
     with pytest.raises(TrackingError) as info:
-        client.wait_until_up(20, clock=clock, sleep=clock.sleep)
-    assert clock.now == 20 and not isinstance(info.value, TrialFailed)
+        client.wait_until_up(20)
+    assert clock.sleeps == [1.0, 2.0, 4.0, 8.0, 5.0] and not isinstance(info.value, TrialFailed)
     message = str(info.value)
     assert URI in message and "20 s (HPO_TRACKING_WAIT_S)" in message and "\n" not in message
 

@@ -9,9 +9,9 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from optuna.trial import create_trial
 
+from hpo.tracking.trials_table import report_rows
 from hpo.tracking.trials_table import to_csv
 from hpo.tracking.trials_table import to_markdown
-from hpo.tracking.trials_table import trial_rows
 
 
 def _trials():
@@ -30,14 +30,14 @@ def _trials():
 
 def test_rows_are_best_first_then_by_number():
     # Rule: COMPLETE trials by value (best first), then the others by trial number.
-    rows = trial_rows(_trials())
+    rows = report_rows(_trials())
     assert [r["number"] for r in rows] == [2, 0, 1, 3]
     assert rows[0]["val_residual_std"] == "0.200000" and rows[0]["mlflow_run_id"] == "run2"
 
 
 def test_csv_and_markdown_hold_every_trial():
     # Rule: the CSV parses back with one row per trial; markdown escapes pipes in cells.
-    rows = trial_rows(_trials())
+    rows = report_rows(_trials())
     back = list(csv.DictReader(io.StringIO(to_csv(rows))))
     assert len(back) == 4 and back[0]["model.dropout.rate"] == "0.2"
     md = to_markdown(rows, "Study s")

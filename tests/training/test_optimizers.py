@@ -8,9 +8,9 @@ import pytest
 
 from hpo.config.tree import OptimizerConfig
 from hpo.config.tree import ScheduleConfig
-from hpo.training.optimizers import OPTIMIZERS
 from hpo.training.optimizers import build_optimizer
 from hpo.training.optimizers import learning_rate
+from hpo.training.optimizers import OPTIMIZERS
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))

@@ -20,15 +20,16 @@ from collections.abc import Callable
 import optuna
 from optuna.trial import TrialState
 
+from hpo.config.space import parse_space
 from hpo.errors import HpoError
-from hpo.objective.space import parse_space
-from hpo.study.create import SPACE_KEY
-from hpo.study.heartbeat import BEAT_KEY
-from hpo.study.heartbeat import SilenceWatch
-from hpo.study.heartbeat import StaleTrialHandler
-from hpo.study.heartbeat import grace_s
-from hpo.study.storage import make_storage
-from hpo.study.storage import redact
+from hpo.keys import BEAT_KEY
+from hpo.keys import SPACE_KEY
+from hpo.store.heartbeat import EndRuns
+from hpo.store.heartbeat import grace_s
+from hpo.store.heartbeat import SilenceWatch
+from hpo.store.heartbeat import StaleTrialHandler
+from hpo.store.storage import make_storage
+from hpo.store.storage import redact
 
 _logger = logging.getLogger(__name__)
 
@@ -42,8 +43,12 @@ def serve(
     *,
     reap_every_s: float = REAP_EVERY_S,
     echo: Callable[[str], None] = print,
+    end_runs_for: Callable[[], EndRuns] | None = None,
 ) -> None:
     """Runs the proxy until interrupted, with a ProxyReaper thread beside it.
+
+    `end_runs_for` makes, per study, what ends a lost trial's runs (the CLI gives
+    tracking.reconcile.KillLostRuns; None leaves the runs for the workers to end).
 
     Raises:
         HpoError: the storage is a proxy itself, or cannot be opened.
@@ -54,7 +59,7 @@ def serve(
         )
     # Cached, as optuna.storages.get_storage wraps an RDB storage for the proxy.
     storage = optuna.storages._CachedStorage(make_storage(storage_url))
-    reaper = ProxyReaper(storage, reap_every_s)
+    reaper = ProxyReaper(storage, reap_every_s, end_runs_for)
     reaper.start()
     echo(
         f"storage proxy for {redact(storage_url)} on grpc://{host}:{port}; "
@@ -74,13 +79,18 @@ class ProxyReaper:
     Args:
         storage: the storage the proxy serves.
         every_s: seconds between passes.
+        end_runs_for: makes the `end_runs` of each study's StaleTrialHandler.
+        clock: times the silence of beats (None: time.monotonic), replaced by a test's fake clock.
     """
 
     def __init__(
-        self, storage: optuna.storages.BaseStorage, every_s: float = REAP_EVERY_S
+        self, storage: optuna.storages.BaseStorage, every_s: float = REAP_EVERY_S,
+        end_runs_for: Callable[[], EndRuns] | None = None,
+        *,
+        clock: Callable[[], float] | None = None,
     ) -> None:
-        self.storage, self.every_s = storage, every_s
-        self._watch = SilenceWatch()
+        self.storage, self.every_s, self.end_runs_for = storage, every_s, end_runs_for
+        self._watch = SilenceWatch() if clock is None else SilenceWatch(clock)
         self._handlers: dict[tuple[int, str], StaleTrialHandler] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="hpo-proxy-reaper", daemon=True)
@@ -126,7 +136,8 @@ class ProxyReaper:
         key = (study_id, json.dumps(attrs[SPACE_KEY], sort_keys=True))
         if key not in self._handlers:
             self._handlers[key] = StaleTrialHandler(
-                parse_space(attrs[SPACE_KEY], source=f"study {study_id}")
+                parse_space(attrs[SPACE_KEY], source=f"study {study_id}"),
+                None if self.end_runs_for is None else self.end_runs_for(),
             )
         return self._handlers[key]
 

@@ -26,50 +26,54 @@ from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 
-import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from hpo.config.space import load_space
+from hpo.config.space import SearchSpace
+from hpo.data.baseline import data_summary
 from hpo.data.contract import Dataset
-from hpo.data.lazy import H5Source
 from hpo.data.lazy import data_header
+from hpo.data.lazy import H5Source
 from hpo.data.lazy import open_dataset
 from hpo.errors import ConfigError
 from hpo.errors import DataContractError
-from hpo.errors import HpoError
 from hpo.errors import first_line
-from hpo.objective.keys import FAIL_REASON_KEY
-from hpo.objective.keys import WORKER_KEY
-from hpo.objective.corners import check_space
-from hpo.objective.space import SearchSpace
-from hpo.objective.space import load_space
-from hpo.study.budget import Progress
+from hpo.errors import HpoError
+from hpo.keys import DATA_FINGERPRINT_KEY
+from hpo.keys import FAIL_REASON_KEY
+from hpo.keys import LOST_WORKER_REASON
+from hpo.keys import METRIC
+from hpo.keys import MLFLOW_EXPERIMENT_KEY
+from hpo.keys import MLFLOW_PARENT_RUN_KEY
+from hpo.keys import TRACKING_URI_KEY
+from hpo.keys import WORKER_KEY
+from hpo.launch.docker import DEFAULT_IMAGE
+from hpo.launch.docker import DEFAULT_NETWORK
+from hpo.launch.docker import docker_workers
+from hpo.launch.docker import write_secrets_file
+from hpo.launch.gpus import gpu_env
+from hpo.launch.gpus import gpu_memory_mb
+from hpo.launch.gpus import round_robin
+from hpo.launch.gpus import sharing
+from hpo.launch.gpus import visible_gpus
+from hpo.launch.keras_tuner import launch_keras_tuner
+from hpo.launch.worker import finish_parent_run
+from hpo.store.heartbeat import fail_lost
+from hpo.store.storage import default_storage_url
+from hpo.store.storage import make_storage
+from hpo.store.storage import redact
 from hpo.study.budget import grid_exhausted
+from hpo.study.budget import Progress
 from hpo.study.budget import progress
-from hpo.study.create import DATA_FINGERPRINT_KEY
-from hpo.study.create import TRACKING_URI_KEY
 from hpo.study.create import create_or_join
 from hpo.study.create import store_tracking_uri
 from hpo.study.create import stored_tracking_uri
-from hpo.study.docker import DEFAULT_IMAGE
-from hpo.study.docker import DEFAULT_NETWORK
-from hpo.study.docker import docker_workers
-from hpo.study.docker import write_secrets_file
-from hpo.study.gpus import gpu_env
-from hpo.study.gpus import gpu_memory_mb
-from hpo.study.gpus import round_robin
-from hpo.study.gpus import sharing
-from hpo.study.gpus import visible_gpus
-from hpo.study.heartbeat import fail_lost
-from hpo.study.preflight import checked_tracker
-from hpo.study.storage import default_storage_url
-from hpo.study.storage import make_storage
-from hpo.study.storage import redact
-from hpo.study.worker import finish_parent_run
 from hpo.tracking.datasets import log_data_inputs
-from hpo.tracking.runs import MLFLOW_EXPERIMENT_KEY
-from hpo.tracking.runs import MLFLOW_PARENT_RUN_KEY
+from hpo.tracking.preflight import checked_tracker
+from hpo.tracking.reconcile import KillLostRuns
 from hpo.tracking.runs import Tracker
+from hpo.trial.corners import check_space
 
 POLL_S = 2.0
 STOP_TIMEOUT_S = 60.0  # how long stopped workers get to end their trial and MLflow run
@@ -84,7 +88,7 @@ class LaunchResult:
     study_name: str
     created: bool
     progress: Progress | None
-    metric: str = "val_residual_std"
+    metric: str = METRIC
 
 
 @dataclass(frozen=True)
@@ -160,7 +164,7 @@ def _threads_per_worker(workers: int) -> int:
 
 
 def container_workers(plan: Plan) -> list[WorkerProcess]:
-    """One worker container per GPU (or plan.workers containers), see hpo/study/docker.py; with
+    """One worker container per GPU (or plan.workers containers), see hpo/launch/docker.py; with
     workers_per_gpu K each container runs K worker processes on its GPU."""
     containers = docker_workers(
         plan.study,
@@ -228,9 +232,10 @@ def launch(
     # dropout after a dense layer that is not there) is refused before a study or run exists.
     check_space(space, data_header(space.resolved_base().data.path))
     if space.study.engine == "keras_tuner":
-        return launch_keras_tuner(
+        created, final = launch_keras_tuner(
             space, workers=workers, tracking_uri=tracking_uri, launcher=launcher, echo=echo
         )
+        return LaunchResult(space.study.name, created, final)
     name = space.study.name
     storage_url = storage_url or default_storage_url()
     # A dead tracking server is an error now, not in every trial.
@@ -256,7 +261,7 @@ def launch(
         study.set_user_attr(DATA_FINGERPRINT_KEY, dataset.fingerprint()["sha256"])
     if MLFLOW_PARENT_RUN_KEY not in study.user_attrs:
         experiment_id = tracker.experiment_id(name)
-        parent = tracker.start_study_run(experiment_id, name, space.to_yaml(), _data_info(dataset))
+        parent = tracker.start_study_run(experiment_id, name, space.to_yaml(), data_summary(dataset))
         log_data_inputs(tracker, parent, space.resolved_base(), dataset)  # the runs table's Dataset
         study.set_user_attr(MLFLOW_EXPERIMENT_KEY, experiment_id)
         study.set_user_attr(MLFLOW_PARENT_RUN_KEY, parent)
@@ -305,7 +310,7 @@ def _some_trial_finished(study: optuna.Study, final: Progress) -> None:
     if final.done or not final.failed:
         return
     last = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))[-1]
-    reason = last.user_attrs.get(FAIL_REASON_KEY, "worker lost (no heartbeat)")
+    reason = last.user_attrs.get(FAIL_REASON_KEY, LOST_WORKER_REASON)
     raise HpoError(
         f"study '{study.study_name}': no trial finished, {final.failed} failed; last, trial "
         f"{last.number}: {reason}"
@@ -351,48 +356,6 @@ def worker_group(
         env = {**w.env, "HPO_WORKERS_PER_GPU": "1"}  # each child is one worker
         processes.append(WorkerProcess(w.label, argv, env, w.kill_argv))
     return supervise(study, space, processes, echo, Tracker(uri) if uri else None)
-
-
-def launch_keras_tuner(
-    space: SearchSpace, *, workers: int | None, tracking_uri: str | None, launcher: str, echo: Echo
-) -> LaunchResult:
-    """study.engine keras_tuner: the search runs here, in this process (hpo/study/keras_tuner.py).
-
-    Raises:
-        ConfigError: more than one worker or a launcher other than local were asked for.
-    """
-    name = space.study.name
-    if (workers is not None and workers > 1) or launcher != "local":
-        raise ConfigError(
-            f"{space.source}: study.engine keras_tuner runs its trials one at a time in the "
-            f"launching process; got --workers {workers} --launcher {launcher}, use --workers 1 "
-            "--launcher local (keras-tuner's distributed mode needs a chief oracle and worker "
-            "processes, which hpo does not run; engine optuna runs parallel workers)"
-        )
-    tracker = checked_tracker(tracking_uri)
-    data_cfg = space.resolved_base().data
-    dataset = open_dataset(data_cfg.path, max_in_memory_gb=data_cfg.max_in_memory_gb)
-    from hpo.study.keras_tuner import kt_directory
-    from hpo.study.keras_tuner import run_search
-
-    project = kt_directory() / name
-    created = not project.exists()
-    if workers == 0:
-        echo(f"study '{name}' (engine keras_tuner) runs in `hpo launch` itself: "
-             "--workers 0 starts nothing")
-        return LaunchResult(name, created, None)
-    tuner = space.study.tuner
-    assert tuner is not None
-    echo(
-        f"study '{name}' {'created' if created else 'resumed'} in {project} "
-        f"(keras-tuner {tuner.type}); MLflow: {redact(tracker.uri)}, experiment '{name}'"
-    )
-    records = run_search(space, dataset, tracker, echo=echo)
-    values = [r.value for r in records if r.state == "COMPLETE" and r.value is not None]
-    done = len(values)
-    final = Progress(complete=done, pruned=0, failed=len(records) - done, running=0, waiting=0,
-                     budget=space.budget(), best=min(values) if values else None)
-    return LaunchResult(name, created, final)
 
 
 def supervise(
@@ -506,7 +469,7 @@ def fail_trials_of(
     """
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     mine = [t for t in running if t.user_attrs.get(WORKER_KEY) in workers]
-    return fail_lost(study, space, mine, reason, tracker)
+    return fail_lost(study, space, mine, reason, KillLostRuns(tracker))
 
 
 def _fail_exited(
@@ -549,16 +512,3 @@ def _report(
     return p
 
 
-FLOORS_MAX_CLUSTERS = 20_000  # enough for floors to 3 digits; a streamed file is not read whole
-
-
-def _data_info(dataset: Dataset | H5Source) -> dict:
-    from hpo.data.baseline import floors
-
-    info: dict = {"fingerprint": dataset.fingerprint(), "path": str(dataset.path)}
-    if dataset.log_mass is not None:
-        sample = dataset
-        if isinstance(dataset, H5Source):
-            sample = dataset.subset(np.arange(min(len(dataset), FLOORS_MAX_CLUSTERS)))
-        info["floors"] = {k: v for k, v in floors(sample).items() if v is not None}
-    return info

@@ -13,23 +13,48 @@ whose trial is finished (`end_orphan_runs`).
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import FrozenTrial
 
-from hpo.objective.keys import FAIL_REASON_KEY
-from hpo.tracking.runs import MLFLOW_EXPERIMENT_KEY
-from hpo.tracking.runs import MLFLOW_PARENT_RUN_KEY
+from hpo.keys import FAIL_REASON_KEY
+from hpo.keys import LOST_WORKER_REASON
+from hpo.keys import MLFLOW_EXPERIMENT_KEY
+from hpo.keys import MLFLOW_PARENT_RUN_KEY
+from hpo.keys import MLFLOW_RUN_ID_KEY
+
+from hpo.study.create import stored_tracking_uri
+from hpo.tracking.runs import Tracker
 
 if TYPE_CHECKING:
-    from hpo.objective.space import SearchSpace
-    from hpo.study.interrupt import StopRequest
-    from hpo.tracking.runs import Tracker
+    from hpo.config.space import SearchSpace
+    from hpo.training.stop import StopRequest
 
 _logger = logging.getLogger(__name__)
 
-LOST_RUN_REASON = "worker lost (no heartbeat)"
+
+class KillLostRuns:
+    """Ends the MLflow runs of a trial failed as lost KILLED, with the reason as tag
+    hpo.fail_reason: the one recorded on the trial and any other tagged with it (a worker may
+    have died between creating its run and recording the id). store/heartbeat.py calls it.
+
+    Args:
+        tracker: where the runs live; default: MLFLOW_TRACKING_URI, else the URI stored with
+            the study (opened at the first lost trial).
+    """
+
+    def __init__(self, tracker: Tracker | None = None) -> None:
+        self.tracker = tracker
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
+        if self.tracker is None:
+            self.tracker = Tracker(
+                os.environ.get("MLFLOW_TRACKING_URI") or stored_tracking_uri(study)
+            )
+        end_trial_runs(study, self.tracker, trial.number, "KILLED", reason,
+                       known=trial.user_attrs.get(MLFLOW_RUN_ID_KEY))
 
 
 def run_end_of(trial: FrozenTrial) -> tuple[str, str | None]:
@@ -41,7 +66,7 @@ def run_end_of(trial: FrozenTrial) -> tuple[str, str | None]:
         return trial.state.name, None
     reason = trial.user_attrs.get(FAIL_REASON_KEY)
     if not reason:
-        return "KILLED", LOST_RUN_REASON
+        return "KILLED", LOST_WORKER_REASON
     return ("KILLED" if str(reason).startswith("interrupted") else "FAIL"), str(reason)
 
 
@@ -120,14 +145,14 @@ def repair(
     Returns:
         One line per trial failed and per run ended.
     """
-    from hpo.study.heartbeat import enable_heartbeat
-    from hpo.study.heartbeat import grace_s
-    from hpo.study.heartbeat import reap
+    from hpo.store.heartbeat import enable_heartbeat
+    from hpo.store.heartbeat import grace_s
+    from hpo.store.heartbeat import reap
     from hpo.tracking.runs import FINAL_STATES
 
     running = {t.number for t in study.get_trials(deepcopy=False,
                                                    states=(optuna.trial.TrialState.RUNNING,))}
-    enable_heartbeat(storage, space, tracker)
+    enable_heartbeat(storage, space, KillLostRuns(tracker))
     reap(study)
     failed = [t.number for t in study.get_trials(deepcopy=False,
                                                  states=(optuna.trial.TrialState.FAIL,))

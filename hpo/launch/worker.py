@@ -21,41 +21,43 @@ import optuna
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
+from hpo.config.space import SearchSpace
 from hpo.data.lazy import open_dataset
-from hpo.errors import HpoError
+from hpo.engines.objective import Objective
 from hpo.errors import first_line
+from hpo.errors import HpoError
 from hpo.errors import TrialFailed
-from hpo.objective.keys import FAIL_REASON_KEY
-from hpo.objective.keys import MLFLOW_RUN_ID_KEY
-from hpo.objective.objective import Objective
-from hpo.objective.space import SearchSpace
+from hpo.keys import DATA_FINGERPRINT_KEY
+from hpo.keys import FAIL_REASON_KEY
+from hpo.keys import METRIC
+from hpo.keys import MLFLOW_EXPERIMENT_KEY
+from hpo.keys import MLFLOW_PARENT_RUN_KEY
+from hpo.keys import MLFLOW_RUN_ID_KEY
+from hpo.store.claim import trial_start_lock
+from hpo.store.heartbeat import enable_heartbeat
+from hpo.store.heartbeat import fail_lost
+from hpo.store.heartbeat import grace_s
+from hpo.store.heartbeat import reap
+from hpo.store.heartbeat import StaleTrialHandler
+from hpo.store.retry import is_transient
+from hpo.store.retry import RETRY_WINDOW_S
+from hpo.store.storage import default_storage_url
+from hpo.store.storage import make_storage
+from hpo.store.storage import redact
 from hpo.study.budget import grid_exhausted
 from hpo.study.budget import progress
-from hpo.study.create import DATA_FINGERPRINT_KEY
 from hpo.study.create import load_study
 from hpo.study.create import stored_tracking_uri
-from hpo.study.claim import trial_start_lock
-from hpo.study.heartbeat import StaleTrialHandler
-from hpo.study.heartbeat import enable_heartbeat
-from hpo.study.heartbeat import fail_lost
-from hpo.study.heartbeat import grace_s
-from hpo.study.heartbeat import reap
-from hpo.study.interrupt import StopRequest
-from hpo.study.preflight import checked_tracker
-from hpo.study.reconcile import settle_tracking
-from hpo.study.retry import RETRY_WINDOW_S
-from hpo.study.retry import is_transient
-from hpo.study.storage import default_storage_url
-from hpo.study.storage import make_storage
-from hpo.study.storage import redact
-from hpo.training import device
-from hpo.tracking.runs import MLFLOW_EXPERIMENT_KEY
-from hpo.tracking.runs import MLFLOW_PARENT_RUN_KEY
+from hpo.tracking.preflight import checked_tracker
+from hpo.tracking.reconcile import KillLostRuns
+from hpo.tracking.reconcile import settle_tracking
+from hpo.tracking.recorder import trial_recorders
 from hpo.tracking.runs import Tracker
+from hpo.training import device
+from hpo.training.stop import StopRequest
+from hpo.trial.runner import MAX_CONSECUTIVE_FAILURES
 
 _logger = logging.getLogger(__name__)
-
-MAX_CONSECUTIVE_FAILURES = 5  # a worker whose every trial fails is misconfigured: stop it
 
 
 def run_worker(
@@ -90,29 +92,26 @@ def run_worker(
     data_cfg = space.resolved_base().data
     dataset = open_dataset(data_cfg.path, max_in_memory_gb=data_cfg.max_in_memory_gb)
     stop = stop or StopRequest()
+    experiment_id = study.user_attrs.get(MLFLOW_EXPERIMENT_KEY) or tracker.experiment_id(study_name)
+    parent_run_id = study.user_attrs.get(MLFLOW_PARENT_RUN_KEY)
+    recorder_for = trial_recorders(tracker, experiment_id=experiment_id,
+                                   parent_run_id=parent_run_id, study=study_name)
     objective = Objective(
-        space,
-        dataset,
-        tracker,
-        experiment_id=(
-            study.user_attrs.get(MLFLOW_EXPERIMENT_KEY) or tracker.experiment_id(study_name)
-        ),
-        parent_run_id=study.user_attrs.get(MLFLOW_PARENT_RUN_KEY),
-        stop=stop,
-        data_sha256=study.user_attrs.get(DATA_FINGERPRINT_KEY),
+        space, dataset, recorder_for, stop=stop, data_sha256=study.user_attrs.get(DATA_FINGERPRINT_KEY)
     )
-    enable_heartbeat(storage, space, tracker)
+    enable_heartbeat(storage, space, KillLostRuns(tracker))
     if not os.environ.get("HPO_DEBUG"):
         logging.getLogger("optuna.study._optimize").addFilter(_no_traceback_of_a_lost_trial)
     try:
-        ran = _run_until_spent(study, space, objective, stop)
+        ran = _run_until_spent(study, space, objective, tracker, stop)
     except Exception as exc:
         if not is_transient(exc):
             raise
         cause = first_line(exc.__cause__ or exc, None)
         url = redact(storage_url or default_storage_url())
+        window_s = getattr(storage, "retry_window_s", RETRY_WINDOW_S)
         raise HpoError(
-            f"study storage {url} did not answer for {RETRY_WINDOW_S:.0f} s ({cause}); the "
+            f"study storage {url} did not answer for {window_s:.0f} s ({cause}); the "
             "running trial is failed and rerun by other workers once its heartbeat stops; "
             "restart this worker when the database is back"
         ) from None
@@ -122,7 +121,8 @@ def run_worker(
 
 
 def _run_until_spent(
-    study: optuna.Study, space: SearchSpace, objective: Objective, stop: StopRequest
+    study: optuna.Study, space: SearchSpace, objective: Objective, tracker: Tracker,
+    stop: StopRequest,
 ) -> int:
     """The worker loop (see the module docstring); returns the number of trials it ran."""
     poll_s = float(min(5, space.study.heartbeat_s))
@@ -131,7 +131,7 @@ def _run_until_spent(
     while True:
         stop.check()
         reap(study)
-        settle_tracking(study, objective.tracker, stop)  # waits for a tracking server gone away
+        settle_tracking(study, tracker, stop)  # waits for a tracking server gone away
         # The check and the new trial's start are one step for all workers (see claim.py).
         with trial_start_lock(study, grace_s(space)) as started:
             p = progress(study, space)
@@ -146,9 +146,9 @@ def _run_until_spent(
             if not busy:
                 try:
                     with stop.in_trial():
-                        last = _run_one(study, objective, started)
+                        last = _run_one(study, objective, tracker, started)
                 except KeyboardInterrupt:
-                    _requeue_interrupted(study, space, objective)
+                    _requeue_interrupted(study, space, objective, tracker)
                     raise
         if busy:
             # The rest of the budget runs elsewhere: stay, to run it again if its worker is lost.
@@ -164,12 +164,12 @@ def _run_until_spent(
                 f"study '{study.study_name}': {failures} trials in a row failed; last: {reason}"
             )
     _reap_before_exit(study, space, poll_s)
-    settle_tracking(study, objective.tracker, stop)
+    settle_tracking(study, tracker, stop)
     return ran
 
 
 def _run_one(
-    study: optuna.Study, objective: Objective, started: Callable[[], None]
+    study: optuna.Study, objective: Objective, tracker: Tracker, started: Callable[[], None]
 ) -> FrozenTrial | None:
     """Runs one trial, calling `started` once it is RUNNING; None when a peer failed it as lost
     meanwhile (its copy runs again)."""
@@ -198,7 +198,7 @@ def _run_one(
                 "trial %s was failed by another worker (no heartbeat seen); going on",
                 objective.trial_number,
             )
-            _rekill_lost_run(study, objective)
+            _rekill_lost_run(study, objective, tracker)
             return None
         # A trial's own error (Keras refusing a layer, a GPU out of memory, a library bug) ends
         # that trial FAIL with its reason, recorded by the objective; the worker goes on. Storage
@@ -214,7 +214,9 @@ def _run_one(
     return finished[-1] if finished else None
 
 
-def _requeue_interrupted(study: optuna.Study, space: SearchSpace, objective: Objective) -> None:
+def _requeue_interrupted(
+    study: optuna.Study, space: SearchSpace, objective: Objective, tracker: Tracker
+) -> None:
     """A trial stopped by a signal is not at fault: its parameters are queued again, as a lost
     trial's are, and one still RUNNING (a second signal cut its own ending short) is failed."""
     mine = [t for t in study.get_trials(deepcopy=False) if t.number == objective.trial_number]
@@ -222,10 +224,10 @@ def _requeue_interrupted(study: optuna.Study, space: SearchSpace, objective: Obj
         return
     trial = mine[0]
     if trial.state == TrialState.RUNNING:
-        fail_lost(study, space, [trial], "interrupted", objective.tracker)
+        fail_lost(study, space, [trial], "interrupted", KillLostRuns(tracker))
     elif trial.state == TrialState.FAIL and FAIL_REASON_KEY in trial.user_attrs:
         # (without a reason a peer failed it as lost, and queued its copy)
-        StaleTrialHandler(space, objective.tracker).requeue(study, trial)
+        StaleTrialHandler(space, KillLostRuns(tracker)).requeue(study, trial)
 
 
 def _lost_to_peer(study: optuna.Study, objective: Objective) -> bool:
@@ -236,14 +238,14 @@ def _lost_to_peer(study: optuna.Study, objective: Objective) -> bool:
     )
 
 
-def _rekill_lost_run(study: optuna.Study, objective: Objective) -> None:
+def _rekill_lost_run(study: optuna.Study, objective: Objective, tracker: Tracker) -> None:
     # The peer failed the trial and ended its run KILLED; if that fell between this worker's last
     # write to the trial and its end of the run, the run ended FINISHED after the peer's KILLED.
     mine = [t for t in study.get_trials(deepcopy=False) if t.number == objective.trial_number]
     run_id = mine[0].user_attrs.get(MLFLOW_RUN_ID_KEY) if mine else None
     try:
-        if run_id and objective.tracker.run_status(run_id) != "KILLED":
-            objective.tracker.finish_trial_run(run_id, "KILLED")  # the peer's reason stays
+        if run_id and tracker.run_status(run_id) != "KILLED":
+            tracker.finish_trial_run(run_id, "KILLED")  # the peer's reason stays
     except Exception as exc:  # noqa: BLE001  the next settle_tracking pass leaves it as it is
         _logger.warning("could not end MLflow run %s of lost trial %s KILLED: %s", run_id,
                         objective.trial_number, first_line(exc))
@@ -266,7 +268,7 @@ def _reap_before_exit(study: optuna.Study, space: SearchSpace, poll_s: float) ->
         time.sleep(poll_s)
 
 
-def finish_parent_run(study: optuna.Study, tracker: Tracker, metric: str = "val_residual_std") -> None:
+def finish_parent_run(study: optuna.Study, tracker: Tracker, metric: str = METRIC) -> None:
     """Ends the study's parent run with its best value, as best_<metric> (idempotent: any worker
     may call it)."""
     parent = study.user_attrs.get(MLFLOW_PARENT_RUN_KEY)

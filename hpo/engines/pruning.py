@@ -8,6 +8,7 @@ import keras
 import optuna
 
 from hpo.errors import ConfigError
+from hpo.keys import METRIC
 
 
 class PruningCallback(keras.callbacks.Callback):
@@ -16,7 +17,7 @@ class PruningCallback(keras.callbacks.Callback):
     A missing metric is an error, not a warning: a misspelt name must not train unpruned.
     """
 
-    def __init__(self, trial: optuna.Trial, monitor: str = "val_residual_std") -> None:
+    def __init__(self, trial: optuna.Trial, monitor: str = METRIC) -> None:
         super().__init__()
         self.trial, self.monitor = trial, monitor
         self.last_epoch = -1

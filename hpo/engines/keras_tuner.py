@@ -5,8 +5,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -19,35 +17,28 @@ import keras_tuner as kt
 import numpy as np
 
 from hpo.config.overrides import apply_overrides
+from hpo.config.space import decode_choice
+from hpo.config.space import Distribution
+from hpo.config.space import SearchSpace
 from hpo.config.tree import RunConfig
 from hpo.data.contract import Dataset
 from hpo.data.lazy import H5Source
 from hpo.errors import ConfigError
-from hpo.errors import HpoError
 from hpo.errors import TrialFailed
-from hpo.errors import first_line
-from hpo.objective.space import Distribution
-from hpo.objective.space import SearchSpace
-from hpo.objective.space import decode_choice
-from hpo.redact import redact
-from hpo.study.create import space_changes
-from hpo.study.create import stored_space
-from hpo.study.worker import MAX_CONSECUTIVE_FAILURES
-from hpo.tracking.callback import MlflowEpochLogger
-from hpo.tracking.datasets import log_data_inputs
-from hpo.tracking.runs import Tracker
-from hpo.tracking.trial_artifacts import log_trial_artifacts
-from hpo.training.loop import train
+from hpo.keys import METRIC
+from hpo.training.loop import TrainResult
+from hpo.trial.recorder import no_recorder
+from hpo.trial.recorder import Recorder
+from hpo.trial.recorder import RecorderFactory
+from hpo.trial.runner import end_failed
+from hpo.trial.runner import fail_reason
+from hpo.trial.runner import MAX_CONSECUTIVE_FAILURES
+from hpo.trial.runner import run_trial
 
 _logger = logging.getLogger(__name__)
 
-OBJECTIVE = "val_residual_std"
-DIRECTORY_ENV = "HPO_KT_DIR"  # where keras-tuner keeps its state, default ./kt
-DEFAULT_DIRECTORY = "kt"
-STATE_FILE = "hpo_study.json"  # project dir: the space, the MLflow experiment and parent run
 RECORD_FILE = "hpo_record.json"  # in each trial dir: what run_search returns for it
 WEIGHTS_FILE = "hpo_weights.npz"  # each trial dir (hyperband + warm_start): its final weights
-RELAUNCH_MAY_CHANGE = {"study.n_trials", "study.timeout_s", "study.tuner.max_trials"}
 
 Echo = Callable[[str], None]
 
@@ -146,7 +137,7 @@ def make_oracle(space: SearchSpace) -> kt.Oracle:
     if tuner is None:
         raise ConfigError(f"{space.source}: a keras-tuner search needs study.engine keras_tuner")
     common: dict[str, Any] = {
-        "objective": kt.Objective(OBJECTIVE, "min"),
+        "objective": kt.Objective(METRIC, "min"),
         "hyperparameters": hyperparameters(space),
         "seed": tuner.seed + 1,  # keras-tuner reads seed 0 as "none" and draws a random one
         "max_retries_per_trial": 0,  # run_trial raises FailedTrialError: FAILED, never retried
@@ -174,8 +165,8 @@ class HpoTuner(kt.Tuner):
     (kt.Hyperband, kt.RandomSearch and kt.BayesianOptimization are kt.Tuner with that oracle and
     a run_trial that fits a hypermodel; this run_trial replaces it).
 
-    run_trial builds the trial's RunConfig by apply_overrides on `space.resolved_base()` (a
-    refused combination fails that trial only) and trains it with hpo.training.loop.train, so the
+    run_trial builds the trial's RunConfig with `space.config_for`, as an Optuna trial's (a
+    refused combination fails that trial only) and runs it with hpo.trial.runner.run_trial, so the
     metric, the network, the data split and the NaN guard are an Optuna trial's.
 
     Hyperband: a trial trains for the epochs keras-tuner assigns. A trial promoted to a later
@@ -197,17 +188,14 @@ class HpoTuner(kt.Tuner):
         *,
         space: SearchSpace,
         dataset: Dataset | H5Source,
-        tracker: Tracker,
-        experiment_id: str,
-        parent_run_id: str | None,
+        recorder_for: RecorderFactory = no_recorder,
         directory: Path,
         echo: Echo | None = None,
         epoch_budget: int | None = None,
     ) -> None:
         super().__init__(oracle=oracle, directory=str(directory), project_name=space.study.name,
                          overwrite=False)
-        self.space, self.dataset, self.tracker = space, dataset, tracker
-        self.experiment_id, self.parent_run_id = experiment_id, parent_run_id
+        self.space, self.dataset, self.recorder_for = space, dataset, recorder_for
         self.echo = echo or (lambda line: None)
         self.base = space.resolved_base()
         tuner = space.study.tuner
@@ -236,45 +224,35 @@ class HpoTuner(kt.Tuner):
         keras.backend.clear_session()  # as keras-tuner does before each build: no graph piles up
         gc.collect()
         counter = _EpochCounter()
+        callbacks: list[keras.callbacks.Callback] = [counter]
+        if weights is not None:
+            callbacks.insert(0, _WarmStart(weights))
+        recorder = self.recorder_for(record.number)
         try:
             cfg = self._config(trial.trial_id, params, total - initial, initial)
-            record.run_id = self.tracker.start_trial_run(
-                self.experiment_id, self.parent_run_id, self.space.study.name, record.number, cfg
+            outcome = run_trial(
+                cfg, self.dataset, _Tagged(recorder, {
+                    "hpo.engine": "keras_tuner", "kt.trial_id": trial.trial_id, "kt.epochs": total,
+                    "kt.initial_epoch": initial, "kt.warm_from": parent or "",
+                    **{f"kt.{k}": values[k] for k in ("tuner/bracket", "tuner/round") if k in values},
+                }),
+                callbacks=callbacks, step_offset=initial,
+                on_trained=self._save_weights(trial.trial_id) if self.warm_start else None,
             )
-            log_data_inputs(self.tracker, record.run_id, cfg, self.dataset)
-            self.tracker.set_tags(record.run_id, {
-                "hpo.engine": "keras_tuner", "kt.trial_id": trial.trial_id, "kt.epochs": total,
-                "kt.initial_epoch": initial, "kt.warm_from": parent or "",
-                **{f"kt.{k}": values[k] for k in ("tuner/bracket", "tuner/round") if k in values},
-            })
-            logger = MlflowEpochLogger(self.tracker, record.run_id, step_offset=initial)
-            callbacks: list[keras.callbacks.Callback] = [counter, logger]
-            if weights is not None:
-                callbacks.insert(0, _WarmStart(weights))
-            result = train(cfg, self.dataset, callbacks=callbacks)
-            value = float(result.val_metrics["residual_std"])
-            if not math.isfinite(value):
-                raise TrialFailed(f"val_residual_std is {value}")
-            if self.warm_start:
-                path = Path(self.get_trial_dir(trial.trial_id)) / WEIGHTS_FILE
-                np.savez(path, *result.model.get_weights())
-            log_trial_artifacts(self.tracker, record.run_id, result, self.dataset)
-            self.tracker.finish_trial_run(record.run_id, "COMPLETE", epochs_run=result.epochs_run)
         except KeyboardInterrupt:
-            self._end_failed(record.run_id, "KILLED", "interrupted")
-            raise
-        except Exception as exc:
-            reason = str(exc)
-            if not isinstance(exc, TrialFailed):
-                reason = f"{type(exc).__name__}: {first_line(exc, None)}"
+            raise  # the run ended KILLED; a relaunch reruns this trial
+        except Exception as exc:  # the run, if any, was ended FAILED by run_trial
+            reason = fail_reason(exc)
             _logger.warning("trial %s failed: %s", trial.trial_id, reason)
+            record.run_id = recorder.run_id
             record.reason, record.epochs_run = reason[:2000], counter.epochs
-            self._end_failed(record.run_id, "FAIL", reason)
             self._save_record(record)
             raise kt.errors.FailedTrialError(reason) from exc
-        record.state, record.value, record.epochs_run = "COMPLETE", value, result.epochs_run
+        record.run_id = recorder.run_id
+        record.state, record.value = "COMPLETE", outcome.value
+        record.epochs_run = outcome.result.epochs_run
         self._save_record(record)
-        return value
+        return outcome.value
 
     def _config(
         self, trial_id: str, params: dict[str, Any], epochs: int, initial: int
@@ -284,22 +262,23 @@ class HpoTuner(kt.Tuner):
             overrides["train.epochs"] = epochs
         where = f"trial {trial_id}"
         try:
-            cfg = apply_overrides(overrides, base=self.base, where=where)
+            cfg = self.space.config_for(overrides, where, base=self.base)
             warm = cfg.train.loss.warm_start_epochs
             if initial and warm:  # the MSE warm-up counts the parent's epochs
                 left = {"train.loss.warm_start_epochs": max(0, warm - initial)}
                 cfg = apply_overrides(left, base=cfg, where=where)
         except ConfigError as exc:
-            raise TrialFailed(str(exc)) from None
+            raise TrialFailed(str(exc), kind="config") from None
         return cfg
 
-    def _end_failed(self, run_id: str | None, state: str, reason: str) -> None:
-        if run_id is None:
-            return
-        try:
-            self.tracker.finish_trial_run(run_id, state, reason=reason)
-        except Exception as exc:  # the tracking server may be why the trial failed
-            _logger.warning("could not end MLflow run %s: %s", run_id, first_line(exc))
+    def _save_weights(self, trial_id: str) -> Callable[[TrainResult], None]:
+        """Keeps a trial's final weights for the trials Hyperband promotes from it."""
+        path = Path(self.get_trial_dir(trial_id)) / WEIGHTS_FILE
+
+        def save(result: TrainResult) -> None:
+            np.savez(path, *result.model.get_weights())
+
+        return save
 
     # -------------------------------------------------------------------- between trials
     def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
@@ -317,9 +296,9 @@ class HpoTuner(kt.Tuner):
                 f"{'-' if best is None else f'{best:.4f}'} | {spent} epochs in all"
             )
         if self.epoch_budget is not None and spent >= self.epoch_budget:
-            raise _StopSearch(f"epoch budget of {self.epoch_budget} spent")
+            raise StopSearch(f"epoch budget of {self.epoch_budget} spent")
         if self.deadline is not None and time.monotonic() > self.deadline:
-            raise _StopSearch(f"timeout of {self.space.study.timeout_s} s reached")
+            raise StopSearch(f"timeout of {self.space.study.timeout_s} s reached")
 
     def records(self) -> list[TrialRecord]:
         """Every trial that ended (in this or an earlier launch), in keras-tuner's start order."""
@@ -335,7 +314,7 @@ class HpoTuner(kt.Tuner):
         path.write_text(json.dumps(asdict(record)))
 
 
-class _StopSearch(Exception):
+class StopSearch(Exception):
     """Raised between trials when the epoch budget or the study's timeout is spent."""
 
 
@@ -364,106 +343,19 @@ class _WarmStart(keras.callbacks.Callback):
             self.loaded = True
 
 
-# ------------------------------------------------------------------------------ the search
-def kt_directory(directory: str | Path | None = None) -> Path:
-    """Where keras-tuner keeps studies: `directory`, else HPO_KT_DIR, else ./kt."""
-    return Path(directory or os.environ.get(DIRECTORY_ENV) or DEFAULT_DIRECTORY).resolve()
+class _Tagged:
+    """A recorder that tags its run with `tags` as soon as the run exists."""
 
+    def __init__(self, recorder: Recorder, tags: dict[str, Any]) -> None:
+        self.recorder, self.tags = recorder, tags
 
-def run_search(
-    space: SearchSpace,
-    dataset: Dataset | H5Source,
-    tracker: Tracker,
-    *,
-    directory: str | Path | None = None,
-    echo: Echo | None = None,
-    epoch_budget: int | None = None,
-    data_info: dict[str, Any] | None = None,
-) -> list[TrialRecord]:
-    """Runs (or resumes) the keras-tuner search of `space` in this process.
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.recorder, name)
 
-    Args:
-        space: a space with study.engine keras_tuner (sampler and pruner are not used).
-        dataset: the data every trial trains on.
-        tracker: MLflow: experiment `study.name`, one parent run per study, a nested run per trial.
-        directory: keras-tuner's state lives in <directory>/<study.name> (default kt_directory());
-            a relaunch with the same directory resumes the search, a finished one runs nothing.
-        echo: gets one progress line per trial.
-        epoch_budget: stop starting trials once the trials have trained this many epochs
-            (benchmarks); study.timeout_s likewise stops it after that many seconds.
-        data_info: the parent run's data params (default: the launcher's, with floors).
-
-    Returns:
-        Every ended trial of the study, this launch's and earlier ones', in start order.
-
-    Raises:
-        ConfigError: the directory holds this study with a different search space.
-        HpoError: MAX_CONSECUTIVE_FAILURES trials in a row failed.
-    """
-    if space.study.tuner is None:
-        raise ConfigError(f"{space.source}: a keras-tuner search needs study.engine keras_tuner")
-    name = space.study.name
-    root = kt_directory(directory)
-    project = root / name
-    state = _check_state(project, space)
-    experiment_id = tracker.experiment_id(name)
-    same_store = state.get("tracking_uri") == redact(tracker.uri)
-    parent = state.get("parent_run_id") if same_store else None
-    if parent is not None and tracker.run_status(parent) != "RUNNING":
-        tracker.client.update_run(parent, status="RUNNING")
-    if parent is None:
-        if data_info is None:
-            from hpo.study.launcher import _data_info  # the Optuna engine's parent-run data params
-
-            data_info = _data_info(dataset)
-        parent = tracker.start_study_run(experiment_id, name, space.to_yaml(), data_info)
-        log_data_inputs(tracker, parent, space.resolved_base(), dataset)
-    project.mkdir(parents=True, exist_ok=True)
-    (project / STATE_FILE).write_text(json.dumps({
-        "space": stored_space(space), "tracking_uri": redact(tracker.uri),
-        "experiment_id": experiment_id, "parent_run_id": parent,
-    }))
-
-    tuner = HpoTuner(make_oracle(space), space=space, dataset=dataset, tracker=tracker,
-                     experiment_id=experiment_id, parent_run_id=parent, directory=root, echo=echo,
-                     epoch_budget=epoch_budget)
-    try:
-        tuner.search(verbose=0)
-    except _StopSearch as stop:
-        _logger.info("study %s: %s", name, stop)
-    except KeyboardInterrupt:
-        tracker.end_run(parent, "KILLED")  # a relaunch resumes it
-        raise
-    except RuntimeError as exc:
-        if "consecutive failures" not in str(exc):
+    def start(self, cfg: RunConfig) -> None:
+        self.recorder.start(cfg)
+        try:
+            self.recorder.set_tags(self.tags)
+        except Exception as exc:  # as a recorder's start does: a run it cannot label is ended
+            end_failed(self.recorder, "FAIL", fail_reason(exc))
             raise
-        tracker.end_run(parent, "FAILED")
-        last = next((r.reason for r in reversed(tuner.records()) if r.reason), "see the log")
-        raise HpoError(
-            f"study '{name}': {MAX_CONSECUTIVE_FAILURES} trials in a row failed; last: {last}"
-        ) from None
-    records = tuner.records()
-    values = {r.number: r.value for r in records if r.state == "COMPLETE" and r.value is not None}
-    if values:
-        best = min(values, key=values.__getitem__)
-        tracker.log_metrics(parent, {"best_val_residual_std": values[best]})
-        tracker.set_tags(parent, {"hpo.best_trial": best})
-    tracker.end_run(parent, "FINISHED")
-    return records
-
-
-def _check_state(project: Path, space: SearchSpace) -> dict[str, Any]:
-    """The study's stored state, after checking that its space is `space` (or {} if none)."""
-    path = project / STATE_FILE
-    if not path.exists():
-        return {}
-    state = json.loads(path.read_text())
-    changes = space_changes(state["space"], space, str(path))
-    changed = [k for k in changes if k not in RELAUNCH_MAY_CHANGE]
-    if changed:
-        raise ConfigError(
-            f"{space.source}: study '{space.study.name}' already exists in {project} with a "
-            f"different search space ({', '.join(changed)}); use another study.name or delete "
-            f"{project}"
-        )
-    return state

@@ -1,4 +1,4 @@
-"""The one place that turns an Optuna trial into a run config: suggest_* per dotted path."""
+"""An Optuna trial's point of the space: suggest_* per dotted path; SearchSpace.config_for makes it a config."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ from typing import Any
 
 import optuna
 
-from hpo.config.overrides import apply_overrides
+from hpo.config.space import decode_choice
+from hpo.config.space import SearchSpace
 from hpo.config.tree import RunConfig
 from hpo.errors import ConfigError
 from hpo.errors import TrialFailed
-from hpo.objective.space import SearchSpace
-from hpo.objective.space import decode_choice
 
 
 def suggest_overrides(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
@@ -42,6 +41,6 @@ def config_for_trial(trial: optuna.Trial, space: SearchSpace) -> RunConfig:
     """The resolved config of `trial`; an impossible combination fails only this trial."""
     overrides = suggest_overrides(trial, space)
     try:
-        return apply_overrides(overrides, base=space.resolved_base(), where=f"trial {trial.number}")
+        return space.config_for(overrides, where=f"trial {trial.number}")
     except ConfigError as exc:
         raise TrialFailed(str(exc), kind="config") from None

@@ -6,9 +6,9 @@ Each running trial beats every `study.heartbeat_s` seconds (Optuna's heartbeat t
 runs under study.optimize). A RUNNING trial silent for `study.grace_s` seconds is stale, and
 whoever notices first fails it: a worker about to start a trial, a worker waiting for the
 study's last trials, a worker about to exit, or `hpo storage-proxy` on its timer.
-`StaleTrialHandler` then ends the trial's MLflow runs as KILLED (found by id and by their tags
-hpo.study and hpo.trial, see reconcile.py) and, while the budget is not
-spent, re-queues its parameters with Optuna's RetryHeartbeatStaleTrialCallback (up to
+`StaleTrialHandler` then ends the trial's runs through the `end_runs` it was given (the MLflow
+runs KILLED, found by id and by their tags: tracking/reconcile.py's KillLostRuns) and, while
+the budget is not spent, re-queues its parameters with Optuna's RetryHeartbeatStaleTrialCallback (up to
 `study.max_retry` times), so the next free worker runs them again. A trial whose worker is known
 gone without waiting for silence (a launcher saw its process exit; a signal stopped it) takes
 the same path through `fail_lost` and `StaleTrialHandler.requeue`.
@@ -18,30 +18,27 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import time
 import warnings
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
+from hpo.config.space import SearchSpace
 from hpo.errors import HpoError
-from hpo.objective.keys import FAIL_REASON_KEY
-from hpo.objective.keys import MLFLOW_RUN_ID_KEY
-from hpo.objective.space import SearchSpace
+from hpo.keys import BEAT_KEY
+from hpo.keys import FAIL_REASON_KEY
 from hpo.study.budget import progress
-from hpo.study.create import stored_tracking_uri
-
-if TYPE_CHECKING:
-    from hpo.tracking.runs import Tracker
 
 _logger = logging.getLogger(__name__)
 
-BEAT_KEY = "hpo:heartbeat"  # trial system attr: the wall time of a gRPC worker's last beat
 LOST_REASON = "worker lost: no heartbeat for {grace} s"
+
+# Ends the runs of a trial failed as lost, given the study, the trial and the reason.
+EndRuns = Callable[[optuna.Study, FrozenTrial, str], None]
 
 
 def grace_s(space: SearchSpace) -> int:
@@ -50,7 +47,7 @@ def grace_s(space: SearchSpace) -> int:
 
 
 def enable_heartbeat(
-    storage: optuna.storages.BaseStorage, space: SearchSpace, tracker: Tracker | None = None
+    storage: optuna.storages.BaseStorage, space: SearchSpace, end_runs: EndRuns | None = None
 ) -> StaleTrialHandler:
     """Turns on heartbeats with the study's settings; stale trials go to a StaleTrialHandler.
 
@@ -61,7 +58,7 @@ def enable_heartbeat(
         raise HpoError(
             f"storage {type(storage).__name__} has no heartbeats; open it with make_storage(url)"
         )
-    handler = StaleTrialHandler(space, tracker)
+    handler = StaleTrialHandler(space, end_runs)
     storage.enable_heartbeat(space.study.heartbeat_s, grace_s(space), handler)
     return handler
 
@@ -74,16 +71,15 @@ def reap(study: optuna.Study) -> None:
 
 
 class StaleTrialHandler:
-    """Optuna's heartbeat_stale_trial_callback: ends the lost trial's MLflow run, re-queues it.
+    """Optuna's heartbeat_stale_trial_callback: ends the lost trial's runs, re-queues it.
 
     Args:
         space: the study's search space (budget, max_retry, grace).
-        tracker: where the trial runs live; default: MLFLOW_TRACKING_URI, else the URI stored
-            with the study.
+        end_runs: ends the trial's runs (None: the trial has none to end).
     """
 
-    def __init__(self, space: SearchSpace, tracker: Tracker | None = None) -> None:
-        self.space, self.tracker = space, tracker
+    def __init__(self, space: SearchSpace, end_runs: EndRuns | None = None) -> None:
+        self.space, self.end_runs = space, end_runs
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(
@@ -109,31 +105,17 @@ class StaleTrialHandler:
             self._retry(study, retry)
 
     def end_run(self, study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
-        """Ends the trial's MLflow runs as KILLED, with the reason as tag hpo.fail_reason: the
-        one recorded on the trial and any other tagged with it (a worker may have died between
-        creating its run and recording the id)."""
-        from hpo.study.reconcile import end_trial_runs
-
-        run_id = trial.user_attrs.get(MLFLOW_RUN_ID_KEY)
+        """Ends the trial's runs with `reason`; the trial is failed already, so a tracking store
+        that cannot be reached (its errors come as many types) is said, not raised: a worker
+        ends the runs once it answers (tracking/reconcile.py)."""
+        if self.end_runs is None:
+            return
         try:
-            tracker = self._tracker(study)
-            end_trial_runs(study, tracker, trial.number, "KILLED", reason, known=run_id)
-        # The trial is failed already: an unreachable tracker must not undo that (MLflow's
-        # errors come as many types), so say it and go on; a worker ends the runs once it
-        # answers (reconcile.py).
+            self.end_runs(study, trial, reason)
         except Exception as exc:  # noqa: BLE001
             _logger.warning(
                 "could not end the MLflow runs of trial %d: %s", trial.number, exc
             )
-
-    def _tracker(self, study: optuna.Study) -> Tracker:
-        if self.tracker is None:
-            from hpo.tracking.runs import Tracker
-
-            self.tracker = Tracker(
-                os.environ.get("MLFLOW_TRACKING_URI") or stored_tracking_uri(study)
-            )
-        return self.tracker
 
 
 def fail_lost(
@@ -141,17 +123,17 @@ def fail_lost(
     space: SearchSpace,
     trials: list[FrozenTrial],
     reason: str,
-    tracker: Tracker | None = None,
+    end_runs: EndRuns | None = None,
 ) -> list[int]:
     """Fails RUNNING `trials` whose worker is known gone, as the reaper does a silent one: FAIL
-    with `reason` (trial attr fail_reason), MLflow run KILLED, a copy re-queued.
+    with `reason` (trial attr fail_reason), its runs ended by `end_runs`, a copy re-queued.
 
     A trial finished meanwhile (by its worker, or failed by a reaper) is left alone.
 
     Returns:
         The numbers of the trials failed.
     """
-    handler = StaleTrialHandler(space, tracker)
+    handler = StaleTrialHandler(space, end_runs)
     failed = []
     for t in trials:
         try:
@@ -171,14 +153,18 @@ class SilenceWatch:
 
     Looking twice more than a grace period apart and finding the same beat is proof enough:
     a live worker would have beaten in between. No clock of another machine is read.
+
+    Args:
+        clock: this process's clock (time.monotonic), replaced by a test's fake clock.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._seen: dict[int, dict[int, tuple[Any, float]]] = {}
 
     def silent(self, study_id: int, beats: dict[int, Any], grace_s: float) -> list[int]:
         """Ids among `beats` ({trial_id: last beat value}) silent for longer than `grace_s`."""
-        now = time.monotonic()
+        now = self._clock()
         seen = self._seen.setdefault(study_id, {})
         for gone in set(seen) - set(beats):
             del seen[gone]

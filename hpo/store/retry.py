@@ -21,6 +21,7 @@ from typing import TypeVar
 import optuna
 import sqlalchemy.exc
 
+from hpo.backoff import Backoff
 from hpo.errors import first_line
 
 _logger = logging.getLogger(__name__)
@@ -53,6 +54,9 @@ def retrying(
     method: F,
     window_s: Callable[[Any], float],
     settle: Callable[..., Any] | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> F:
     """`method` retried with exponential backoff while it raises transient errors.
 
@@ -62,12 +66,12 @@ def retrying(
         settle: called as settle(storage, exc, *args, **kwargs) when a retry (not the first
             attempt) raises a non-transient error, which may mean the first attempt's commit
             landed before its connection dropped; returns the call's result or re-raises.
+        clock, sleep: time.monotonic and time.sleep, replaced by a test's fake clock.
     """
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        deadline = time.monotonic() + window_s(self)
-        delay = _FIRST_DELAY_S
+        backoff = Backoff(window_s(self), _FIRST_DELAY_S, _MAX_DELAY_S, clock=clock, sleep=sleep)
         attempt = 0
         while True:
             try:
@@ -77,7 +81,8 @@ def retrying(
                     if attempt and settle is not None:
                         return settle(self, exc, *args, **kwargs)
                     raise
-                if time.monotonic() + delay > deadline:
+                delay = backoff.next_delay()
+                if delay is None:
                     raise
                 attempt += 1
                 cause = exc.__cause__ or exc
@@ -89,8 +94,7 @@ def retrying(
                     delay,
                 )
                 _discard_session(self)
-                time.sleep(delay)
-                delay = min(delay * 2, _MAX_DELAY_S)
+                backoff.sleep(delay)
 
     return wrapper  # type: ignore[return-value]
 

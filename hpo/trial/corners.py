@@ -19,14 +19,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from hpo.config.overrides import apply_overrides
+from hpo.config.space import decode_choice
+from hpo.config.space import Distribution
+from hpo.config.space import SearchSpace
 from hpo.config.tree import ModelConfig
 from hpo.config.tree import RunConfig
 from hpo.errors import ConfigError
 from hpo.errors import first_line
-from hpo.objective.space import Distribution
-from hpo.objective.space import SearchSpace
-from hpo.objective.space import decode_choice
 
 # Keys that constrain each other beyond pairs: every combination of their params' ends is checked.
 GROUPS = (
@@ -104,7 +103,7 @@ def check_space(space: SearchSpace, data: tuple[int, tuple[int, int, int]] | Non
     corners = []
     for point in corner_points(space):
         where = f"{space.source}: params {_names(point)}" if point else f"{space.source}: base"
-        cfg = apply_overrides(point, base=base, where=where)
+        cfg = space.config_for(point, where, base=base)
         pixels = 1
         if data is not None:
             pixels = _check_pixels(space.source, point, cfg.model, data[1])

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from hpo.envfile import SECRETS_FILE_ENV
 from hpo.envfile import write_env_file
 from hpo.errors import ConfigError
-from hpo.study.gpus import round_robin
+from hpo.launch.gpus import round_robin
 
 DEFAULT_IMAGE = "xray-hpo-worker:0.1.0"  # the `worker` image of docker-compose.yml
 DEFAULT_NETWORK = "host"  # so that 127.0.0.1 in the URLs means this machine inside containers too

@@ -17,14 +17,14 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
-from hpo.errors import HpoError
 from hpo.errors import first_line
-from hpo.objective.keys import WORKER_KEY
+from hpo.errors import HpoError
+from hpo.keys import BEAT_KEY
+from hpo.keys import WORKER_KEY
 from hpo.redact import redact
-from hpo.study.heartbeat import BEAT_KEY
-from hpo.study.heartbeat import SilenceWatch
-from hpo.study.retry import RETRY_WINDOW_S
-from hpo.study.retry import retrying
+from hpo.store.heartbeat import SilenceWatch
+from hpo.store.retry import RETRY_WINDOW_S
+from hpo.store.retry import retrying
 
 DEFAULT_STORAGE = "sqlite:///hpo.db"
 DEFAULT_PROXY_PORT = 13000

@@ -27,7 +27,7 @@ from typing import Any
 import optuna
 import sqlalchemy
 
-from hpo.study.retry import retrying
+from hpo.store.retry import retrying
 
 _logger = logging.getLogger(__name__)
 

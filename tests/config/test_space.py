@@ -7,11 +7,11 @@ from pathlib import Path
 import optuna
 import pytest
 
+from hpo.config.space import load_space
+from hpo.config.space import parse_space
+from hpo.engines.suggest import config_for_trial
 from hpo.errors import ConfigError
 from hpo.errors import TrialFailed
-from hpo.objective.space import load_space
-from hpo.objective.space import parse_space
-from hpo.objective.suggest import config_for_trial
 
 SPACES = sorted((Path(__file__).parents[2] / "search_spaces").glob("*.yaml"))
 
@@ -106,7 +106,7 @@ def test_a_huge_int_range_validates_at_once():
 
 def test_enqueued_points_are_the_first_trials_params():
     # Rule: study.enqueue's points are what the sampler hands out first; unnamed params sampled.
-    from hpo.objective.space import enqueue_params
+    from hpo.config.space import enqueue_params
 
     space = parse_space(
         {"study": {"name": "e", "n_trials": 3, "enqueue": [

@@ -5,10 +5,11 @@ from __future__ import annotations
 import optuna
 import pytest
 
+from hpo.config.space import parse_space
 from hpo.data.contract import load_dataset
-from hpo.objective.objective import Objective
-from hpo.objective.space import parse_space
+from hpo.engines.objective import Objective
 from hpo.tracking import Tracker
+from hpo.tracking.recorder import trial_recorders
 from tests.cli.test_end_to_end import TINY
 
 pytestmark = pytest.mark.slow
@@ -23,8 +24,9 @@ def test_a_pruned_trial_logs_its_loss_curves(signal_h5, tmp_path, monkeypatch):
                          "base": {**TINY, "train": {**TINY["train"], "epochs": 4}}}, source="p.yaml")
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", retry_window_s=0)
     experiment = tracker.experiment_id("p")
-    objective = Objective(space, load_dataset(signal_h5), tracker, experiment_id=experiment,
-                          parent_run_id=tracker.start_study_run(experiment, "p", "", {}))
+    parent = tracker.start_study_run(experiment, "p", "", {})
+    objective = Objective(space, load_dataset(signal_h5),
+                          trial_recorders(tracker, experiment_id=experiment, parent_run_id=parent, study="p"))
     # Any residual std is above 0: pruned at the first epoch the pruner may judge (after epoch 2).
     study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0, n_warmup_steps=1))
     study.optimize(objective, n_trials=1)

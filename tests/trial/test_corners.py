@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from hpo.config.space import load_space
+from hpo.config.space import parse_space
 from hpo.config.tree import ModelConfig
-from hpo.objective.corners import check_space
-from hpo.objective.corners import corner_points
-from hpo.objective.corners import stack_sizes
-from hpo.objective.space import load_space
-from hpo.objective.space import parse_space
-from tests.objective.test_space import SPACES
+from hpo.trial.corners import check_space
+from hpo.trial.corners import corner_points
+from hpo.trial.corners import stack_sizes
+from tests.config.test_space import SPACES
 
 
 @pytest.mark.parametrize("path", SPACES, ids=[p.stem for p in SPACES])

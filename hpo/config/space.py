@@ -8,7 +8,7 @@
     params: {model.dropout.rate: {float: [0.0, 0.5], step: 0.05}}
 
 `study.engine: keras_tuner` searches the same params with keras-tuner instead of Optuna
-(hpo/study/keras_tuner.py), configured by `study.tuner`.
+(hpo/engines/keras_tuner.py), configured by `study.tuner`.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from hpo.config.overrides import flatten
 from hpo.config.overrides import read_yaml
 from hpo.config.tree import RunConfig
 from hpo.errors import ConfigError
+from hpo.keys import METRIC
 
 Scalar = bool | int | float | str | None
 # study.metric -> the residual_metrics name it reads (val_nll needs a model with a sigma head)
-METRICS = {"val_residual_std": "residual_std", "val_rmse": "rmse", "val_nll": "nll"}
 
 
 class _Strict(BaseModel):
@@ -160,7 +160,7 @@ class StudySpec(_Strict):
 
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     metric: Literal["val_residual_std", "val_rmse", "val_nll"] = Field(
-        "val_residual_std", description="minimised; pruning, early stopping and the best epoch "
+        METRIC, description="minimised; pruning, early stopping and the best epoch "
         "follow it; residual std ignores a constant bias, rmse does not; nll needs "
         "train.loss.type gaussian_nll"
     )
@@ -203,7 +203,7 @@ class StudySpec(_Strict):
 
     @model_validator(mode="after")
     def _tuner_metric(self) -> StudySpec:
-        if self.engine == "keras_tuner" and self.metric != "val_residual_std":
+        if self.engine == "keras_tuner" and self.metric != METRIC:
             raise ValueError(
                 f"engine keras_tuner minimises val_residual_std only, got metric {self.metric}"
             )
@@ -245,6 +245,16 @@ class SearchSpace(_Strict):
 
         return apply_overrides({**self.base, "data": {**self.base.get("data", {}), **self.data}},
                                base=preset_config(self.preset, self.source), where=f"{self.source}, base")
+
+    def config_for(self, point: dict[str, Any], where: str, base: RunConfig | None = None) -> RunConfig:
+        """The run config of one point of the space, {dotted path: value} (decoded choices), as
+        every engine and check builds it: the point's overrides on `resolved_base()` (or `base`,
+        the same resolved once by a caller that builds many).
+
+        Raises:
+            ConfigError: the point is no valid config; the message names `where`.
+        """
+        return apply_overrides(point, base=base or self.resolved_base(), where=where)
 
     def grid(self) -> dict[str, list[Any]]:
         """The full grid, `train.seed` included when repeats > 1; ConfigError if a param is continuous."""

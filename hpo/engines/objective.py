@@ -1,0 +1,117 @@
+"""The Optuna objective: a trial's config from its sampled point, run by trial.runner with pruning.
+
+    hpo worker --study quickstart --storage sqlite:///hpo.db
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+import optuna
+
+from hpo.config.space import SearchSpace
+from hpo.data.contract import Dataset
+from hpo.data.lazy import H5Source
+from hpo.engines.pruning import PruningCallback
+from hpo.engines.suggest import config_for_trial
+from hpo.errors import TrialFailed
+from hpo.keys import BEST_EPOCH_KEY
+from hpo.keys import CONFIG_KEY
+from hpo.keys import EPOCHS_RUN_KEY
+from hpo.keys import FAIL_REASON_KEY
+from hpo.keys import MLFLOW_RUN_ID_KEY
+from hpo.keys import MODEL_URI_KEY
+from hpo.keys import VAL_METRICS_KEY
+from hpo.keys import WORKER_KEY
+from hpo.training.stop import StopCheck
+from hpo.training.stop import StopRequest
+from hpo.trial.recorder import no_recorder
+from hpo.trial.recorder import RecorderFactory
+from hpo.trial.runner import fail_reason
+from hpo.trial.runner import run_trial
+
+_logger = logging.getLogger(__name__)
+
+class Objective:
+    """Callable for study.optimize; every trial ends with its run (if recorded) ended too."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        dataset: Dataset | H5Source,
+        recorder_for: RecorderFactory = no_recorder,
+        *,
+        stop: StopRequest | None = None,
+        data_sha256: str | None = None,
+    ) -> None:
+        self.space, self.dataset, self.recorder_for = space, dataset, recorder_for
+        # The study's data fingerprint: a streamed file must still be the file the study began on.
+        self.data_sha256 = data_sha256 or dataset.fingerprint()["sha256"]
+        self.stop = stop  # a signal then ends training at a batch end
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.trial_number: int | None = None  # the trial this worker runs or ran last
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.trial_number = trial.number
+        trial.set_user_attr(WORKER_KEY, self.worker)
+        metric = self.space.study.metric
+        pruning = PruningCallback(trial, metric)
+        callbacks = [pruning] if self.stop is None else [pruning, StopCheck(self.stop)]
+        try:
+            cfg = config_for_trial(trial, self.space)
+            trial.set_user_attr(CONFIG_KEY, cfg.model_dump(mode="json"))
+            # The run id goes on the trial the moment the run exists; a worker that dies before
+            # that leaves a run that only its tags (hpo.study, hpo.trial) tie to the trial.
+            recorder = self.recorder_for(
+                trial.number, lambda run_id: trial.set_user_attr(MLFLOW_RUN_ID_KEY, run_id))
+            outcome = run_trial(cfg, self.dataset, recorder, callbacks=callbacks, monitor=metric,
+                                log_model=lambda value: self._keeps_model(trial, value),
+                                check=self._check_data)
+        except optuna.TrialPruned:
+            trial.set_user_attr(EPOCHS_RUN_KEY, pruning.last_epoch + 1)
+            raise
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # A peer failed this trial as lost (it saw no heartbeat: a partition, a long outage)
+            # and ended its run KILLED: leave both so; the worker says so and goes on.
+            raise
+        except KeyboardInterrupt:
+            self._failed(trial, "interrupted")
+            raise
+        except Exception as exc:  # the run, if any, was ended by run_trial
+            self._failed(trial, fail_reason(exc))
+            raise
+        result = outcome.result
+        trial.set_user_attr(EPOCHS_RUN_KEY, result.epochs_run)
+        trial.set_user_attr(BEST_EPOCH_KEY, result.best_epoch)
+        if outcome.model_uri is not None:
+            trial.set_user_attr(MODEL_URI_KEY, outcome.model_uri)
+        trial.set_user_attr(VAL_METRICS_KEY, result.val_metrics)
+        return outcome.value
+
+    def _keeps_model(self, trial: optuna.Trial, value: float) -> bool:
+        """The space's tracking.log_models policy for a trial that ended with `value`."""
+        policy = self.space.tracking.log_models
+        if policy != "improving":
+            return policy == "all"
+        done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        return all(value < t.value for t in done if t.value is not None)
+
+    def _check_data(self) -> None:
+        """Raises TrialFailed if the data file is no longer the one the study began on."""
+        if isinstance(self.dataset, H5Source):
+            now = self.dataset.fingerprint_on_disk()
+        else:  # in memory: what this worker trains on, read at its start
+            now = self.dataset.fingerprint()["sha256"]
+        if now != self.data_sha256:
+            raise TrialFailed(
+                f"data file {self.dataset.path} changed while the study ran (fingerprint "
+                f"{self.data_sha256} at its start, {now} now); restore it, or start a new study "
+                "for the new file", kind="data")
+
+    def _failed(self, trial: optuna.Trial, reason: str) -> None:
+        """Keeps why the trial failed on it (`hpo status`), after run_trial ended its run: if a
+        peer already failed the trial as lost, this raises and the worker says so."""
+        _logger.warning("trial %d failed: %s", trial.number, reason)
+        trial.set_user_attr(FAIL_REASON_KEY, reason[:2000])

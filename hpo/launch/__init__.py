@@ -1,0 +1,1 @@
+"""Launch: the worker loop and what starts workers (local processes, GPU groups, containers, keras-tuner)."""

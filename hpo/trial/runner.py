@@ -1,0 +1,179 @@
+"""One trial from start to end: record the run, train, score, log, and end the run however it ends.
+
+    hpo worker ...      # engines/objective.py (Optuna), engines/keras_tuner.py, `hpo train` use this
+
+Every engine and script runs a configuration through `run_trial`; what differs between them is
+how the config is chosen (an Optuna trial, a keras-tuner trial, a file) and where the run is
+recorded (a Recorder: MLflow, or nowhere).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import optuna
+
+from hpo.config.tree import RunConfig
+from hpo.data.contract import Dataset
+from hpo.data.lazy import H5Source
+from hpo.errors import ConfigError
+from hpo.errors import DataContractError
+from hpo.errors import first_line
+from hpo.errors import HpoError
+from hpo.errors import TrackingError
+from hpo.errors import TrialFailed
+from hpo.keys import METRIC
+from hpo.keys import METRICS
+from hpo.redact import redact_text
+from hpo.training.loop import train
+from hpo.training.loop import TrainResult
+from hpo.trial.recorder import Recorder
+
+_logger = logging.getLogger(__name__)
+
+MAX_CONSECUTIVE_FAILURES = 5  # a worker or search whose every trial fails is misconfigured: stop it
+
+
+@dataclass
+class TrialOutcome:
+    """A trial that trained to its end: its value (the monitored metric), the run, the model's URI."""
+
+    value: float
+    result: TrainResult
+    model_uri: str | None
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Sends loss and the val_*/train_* metrics (and the learning rate) of each epoch to a recorder.
+
+    step_offset: epochs the model trained before this fit (a warm-started trial), added to steps.
+    history: what it sent, per metric: the loss curves of a trial cut short.
+    """
+
+    def __init__(self, recorder: Recorder, *, step_offset: int = 0) -> None:
+        super().__init__()
+        self.recorder, self.step_offset = recorder, step_offset
+        self.history: dict[str, list[float]] = {}
+        self.last_epoch = -1
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        metrics = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}
+        lr = getattr(self.model.optimizer, "learning_rate", None)
+        if lr is not None:
+            metrics["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
+        for key, value in metrics.items():
+            self.history.setdefault(key, []).append(value)
+        self.last_epoch = epoch
+        self.recorder.log_epoch(metrics, step=epoch + self.step_offset)
+
+
+def run_trial(
+    cfg: RunConfig,
+    dataset: Dataset | H5Source,
+    recorder: Recorder,
+    *,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    monitor: str = METRIC,
+    step_offset: int = 0,
+    log_model: bool | Callable[[float], bool] = True,
+    check: Callable[[], None] | None = None,
+    on_trained: Callable[[TrainResult], None] | None = None,
+    verbose: int = 0,
+) -> TrialOutcome:
+    """Trains `cfg` on `dataset` as one recorded run; every way out of it ends the run.
+
+    Args:
+        callbacks: Keras callbacks of the engine (pruning, a stop request, warm start), after
+            the epoch log: the epoch that gets a trial pruned is recorded too.
+        monitor: the metric that is the trial's value (study.metric), at the best epoch.
+        step_offset: epochs the model trained before (a warm-started keras-tuner trial).
+        log_model: whether to log the model, or a function of the trial's value that says so.
+        check: called before and after training; raises TrialFailed if the trial must not count
+            (the study's data file changed under it).
+        on_trained: called with the result before it is logged (keras-tuner saves weights).
+
+    Raises:
+        optuna.TrialPruned: the pruner cut the trial; its run ended PRUNED with its curves.
+        KeyboardInterrupt: a stop request; the run ended KILLED, reason "interrupted".
+        optuna.exceptions.UpdateFinishedTrialError: a peer failed the Optuna trial as lost and
+            ended the run KILLED; it is left so.
+        Exception: anything else, after ending the run FAIL with `fail_reason` of it.
+    """
+    recorder.start(cfg)  # a run that cannot record its config is ended by `start` itself
+    epochs = EpochLog(recorder, step_offset=step_offset)
+    try:
+        recorder.log_inputs(cfg, dataset)
+        if check is not None:
+            check()
+        result = train(cfg, dataset, callbacks=[epochs, *callbacks], monitor=monitor, verbose=verbose)
+        if check is not None:
+            check()
+        value = float(result.val_metrics[METRICS[monitor]])
+        if not math.isfinite(value):
+            raise TrialFailed(f"{monitor} is {value}")
+        if on_trained is not None:
+            on_trained(result)
+        keep = log_model(value) if callable(log_model) else log_model
+        # Inside the try: a failure while logging must still end the run.
+        model_uri = recorder.log_result(result, dataset, log_model=keep)
+    except optuna.TrialPruned:
+        ran = epochs.last_epoch + 1
+        try:  # why it was cut: the curves it has, up to the pruning epoch
+            recorder.log_pruned(epochs.history, ran)
+        finally:
+            recorder.finish("PRUNED", epochs_run=ran)
+        raise
+    except KeyboardInterrupt:
+        end_failed(recorder, "KILLED", "interrupted")
+        raise
+    except optuna.exceptions.UpdateFinishedTrialError:
+        raise
+    except Exception as exc:
+        end_failed(recorder, "FAIL", fail_reason(exc))
+        raise
+    try:
+        recorder.finish("COMPLETE", epochs_run=result.epochs_run)
+    except Exception as exc:  # the tracking server went away: the trial fails with the reason
+        end_failed(recorder, "FAIL", fail_reason(exc))
+        raise
+    return TrialOutcome(value, result, model_uri)
+
+
+def end_failed(recorder: Recorder, state: str, reason: str) -> None:
+    """Ends a failed trial's run, if it has one; a recorder that cannot (the server may be why
+    the trial failed) is logged, not raised: the trial's own error goes on, and the run is ended
+    once the server answers (tracking/reconcile.py)."""
+    if recorder.run_id is None:
+        return
+    try:
+        recorder.finish(state, reason=redact_text(reason))
+    except Exception as exc:  # noqa: BLE001
+        _logger.warning("could not end run %s: %s", recorder.run_id, redact_text(first_line(exc)))
+
+
+def fail_reason(exc: BaseException) -> str:
+    """A failed trial's reason, prefixed with what failed (`hpo status` shows it): "config: " a
+    point no network or split can be made of, "data: " the data file, "tracking: " the tracking
+    store; no prefix for the training itself (NaN loss, out of memory, a library error). URLs
+    in it are masked."""
+    text = str(exc) if isinstance(exc, HpoError) else f"{type(exc).__name__}: {exc}"
+    kind = fail_kind(exc)
+    return redact_text(f"{kind}: {text}" if kind else text)
+
+
+def fail_kind(exc: BaseException) -> str | None:
+    if isinstance(exc, TrackingError) or type(exc).__module__.startswith("mlflow"):
+        return "tracking"
+    if isinstance(exc, TrialFailed):
+        return exc.kind
+    if isinstance(exc, ConfigError):
+        return "config"
+    if isinstance(exc, DataContractError):
+        return "data"
+    return None
