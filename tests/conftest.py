@@ -13,6 +13,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 
 
+class FakeClock:
+    """time.monotonic and time.sleep of a test: sleeping (or setting `now`) moves the clock, nothing
+    waits."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now, self.sleeps = now, []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
 def make_signal_data(n: int, *, size: int = 16, channels: int = 2, seed: int = 0,
                      exposure: tuple[float, float] | None = None) -> dict:
     """Images whose total counts grow with mass: a signal a small CNN must learn.

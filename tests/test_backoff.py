@@ -3,20 +3,7 @@
 from __future__ import annotations
 
 from hpo.backoff import Backoff
-
-
-class FakeClock:
-    """time.monotonic and time.sleep of a test: sleeping moves the clock, nothing waits."""
-
-    def __init__(self, now: float = 100.0) -> None:
-        self.now, self.sleeps = now, []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
+from tests.conftest import FakeClock
 
 
 def _delays(backoff: Backoff) -> list[float]:
@@ -31,7 +18,7 @@ def _delays(backoff: Backoff) -> list[float]:
 def test_delays_double_up_to_the_cap_and_stop_before_one_would_pass_the_window():
     # Rule: without clip, a delay that would end past the deadline is not given: the caller gives
     # up with time left rather than overrun its window.
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     backoff = Backoff(30, 0.25, 8, clock=clock, sleep=clock.sleep)
     assert _delays(backoff) == [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 8.0]
     assert clock.sleeps == [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 8.0]
@@ -40,7 +27,7 @@ def test_delays_double_up_to_the_cap_and_stop_before_one_would_pass_the_window()
 
 def test_a_clipped_backoff_shortens_its_last_delay_to_end_on_the_deadline():
     # Rule: with clip, the last delay is what is left of the window, and then none is given.
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     backoff = Backoff(20, 1, 15, clip=True, clock=clock, sleep=clock.sleep)
     assert _delays(backoff) == [1.0, 2.0, 4.0, 8.0, 5.0]
     assert backoff.elapsed() == 20
@@ -48,7 +35,7 @@ def test_a_clipped_backoff_shortens_its_last_delay_to_end_on_the_deadline():
 
 def test_a_zero_window_gives_no_delay():
     # Rule: window 0 means one attempt: no delay, clipped or not.
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     assert Backoff(0, 0.5, 15, clock=clock, sleep=clock.sleep).next_delay() is None
     assert Backoff(0, 1, 15, clip=True, clock=clock, sleep=clock.sleep).next_delay() is None
     assert clock.sleeps == []
@@ -57,7 +44,7 @@ def test_a_zero_window_gives_no_delay():
 def test_time_spent_outside_the_sleeps_counts_against_the_window():
     # Rule: the window is measured on the clock, not summed from the delays: slow attempts use it
     # up too.
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     backoff = Backoff(10, 1, 8, clock=clock, sleep=clock.sleep)
     assert backoff.next_delay() == 1
     clock.now += 8.5  # a slow attempt (a connect timeout), no sleep

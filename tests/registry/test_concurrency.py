@@ -79,6 +79,7 @@ def _race(reg: Registry, good: str, bad: str, name: str) -> None:
     assert champion.tags["hpo.study"] == good
 
 
+@pytest.mark.e2e
 def test_promotes_at_once_on_sqlite(registry, bad_study, tmp_path):
     # Rule: the lock admits one process at a time; three promotes at once (one study twice, a
     # worse study once) leave one version per run and the alias on the better one.

@@ -113,6 +113,7 @@ def test_gpu_env_shares():
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_one_worker_command_runs_k_worker_processes(tmp_path):
     # Rule: `hpo worker --workers-per-gpu 2` (HPO_WORKERS_PER_GPU in compose, k8s and Slurm) runs
     # 2 worker processes of the study as one command: both take trials, the budget is spent, and

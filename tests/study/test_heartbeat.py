@@ -20,18 +20,9 @@ from hpo.store.storage import make_storage
 from hpo.study.create import create_or_join
 from hpo.study.status import status_rows
 from hpo.tracking.reconcile import KillLostRuns
+from tests.conftest import FakeClock
 
 GRACE_S = 2
-
-
-class FakeClock:
-    """time.monotonic of a test, moved by hand: a SilenceWatch's grace passes without a wait."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")

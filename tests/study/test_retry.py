@@ -10,6 +10,7 @@ from optuna.trial import TrialState
 from hpo.store.retry import is_transient
 from hpo.store.retry import retrying
 from hpo.store.storage import make_storage
+from tests.conftest import FakeClock
 from tests.study.conftest import terminate_backends
 
 
@@ -43,23 +44,9 @@ def test_connection_errors_are_transient_data_errors_are_not():
     assert not is_transient(ValueError("x"))
 
 
-class _FakeClock:
-    """time.monotonic and time.sleep of a test: sleeping moves the clock, nothing waits."""
-
-    def __init__(self) -> None:
-        self.now, self.sleeps = 0.0, []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 def _retrying(method, window_s, settle=None, *, clock=None):
     """`retrying` on a fake clock (a fresh one unless given): no test waits for a real delay."""
-    clock = clock or _FakeClock()
+    clock = clock or FakeClock()
     return retrying(method, window_s, settle, clock=clock, sleep=clock.sleep)
 
 
@@ -79,7 +66,7 @@ class _Flaky:
 def test_transient_errors_are_retried_until_the_call_succeeds():
     # Rule: a call that fails on a dropped connection is retried after 0.25 s, then 0.5 s, ...
     # and its result returned.
-    clock = _FakeClock()
+    clock = FakeClock()
     flaky = _Flaky(2, _wrapped(_operational()))
     assert _retrying(_Flaky.call, lambda s: s.retry_window_s, clock=clock)(flaky, 21) == 42
     assert flaky.calls == 3 and clock.sleeps == [0.25, 0.5]
@@ -87,7 +74,7 @@ def test_transient_errors_are_retried_until_the_call_succeeds():
 
 def test_other_errors_reach_the_caller_at_once():
     # Rule: a non-transient error is raised on the first attempt, without a wait.
-    clock = _FakeClock()
+    clock = FakeClock()
     flaky = _Flaky(1, ValueError("bad"))
     with pytest.raises(ValueError):
         _retrying(_Flaky.call, lambda s: 5.0, clock=clock)(flaky, 1)
@@ -97,7 +84,7 @@ def test_other_errors_reach_the_caller_at_once():
 def test_a_transient_error_reaches_the_caller_when_the_next_delay_would_pass_the_window():
     # Rule: delays double from 0.25 s up to 8 s; the error is raised instead of a delay that would
     # end past the window, so a call never waits longer than its window.
-    clock = _FakeClock()
+    clock = FakeClock()
     flaky = _Flaky(10**6, _operational())
     with pytest.raises(sqlalchemy.exc.OperationalError):
         _retrying(_Flaky.call, lambda s: 30.0, clock=clock)(flaky, 1)
@@ -107,7 +94,7 @@ def test_a_transient_error_reaches_the_caller_when_the_next_delay_would_pass_the
 
 def test_a_zero_window_is_one_attempt():
     # Rule: a storage made with retry_window_s=0 raises the first transient error as it is.
-    clock = _FakeClock()
+    clock = FakeClock()
     flaky = _Flaky(1, _operational())
     with pytest.raises(sqlalchemy.exc.OperationalError):
         _retrying(_Flaky.call, lambda s: 0.0, clock=clock)(flaky, 1)

@@ -122,6 +122,7 @@ def _down_when_a_trial_run_exists(proxy: TcpProxy, server: str, experiment_id: s
         time.sleep(0.2)
 
 
+@pytest.mark.e2e
 def test_a_wrong_password_is_one_clear_message(tmp_path, monkeypatch):
     # Rule: against `mlflow server --app-name basic-auth`, bad credentials end `hpo launch` with one
     # line naming the user and the variables to fix; the right ones work.

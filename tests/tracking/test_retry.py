@@ -17,6 +17,7 @@ from hpo.tracking import retry
 from hpo.tracking.retry import is_transient
 from hpo.tracking.retry import RetryingClient
 from hpo.tracking.retry import TrackingUnavailable
+from tests.conftest import FakeClock
 
 URI = "http://127.0.0.1:1"
 
@@ -43,20 +44,6 @@ def _refused() -> MlflowException:
             raise MlflowException(f"API request to {URI}/api/2.0/mlflow/runs/log-batch failed with exception {exc}")
         except MlflowException as wrapped:
             return wrapped
-
-
-class FakeClock:
-    """time.monotonic and time.sleep of a test: sleeping moves the clock, nothing waits."""
-
-    def __init__(self) -> None:
-        self.now, self.sleeps = 0.0, []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def _client(target, window_s: float, clock: FakeClock) -> RetryingClient:
