@@ -88,7 +88,7 @@ def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
 _POLLING: dict[str, Any] = {}
 
 
-def polling_storage(url: str) -> Any:
+def polling_storage(url: Any) -> Any:
     """The tests' one storage per URL for looking at trials. Without a pool: each look opens and
     closes its own connection, so polling holds no connection between looks (a storage per look
     left one open until garbage collection, and a long wait ran the server out of its 100) and
@@ -96,6 +96,8 @@ def polling_storage(url: str) -> Any:
     import optuna
     from sqlalchemy.pool import NullPool
 
+    if not isinstance(url, str):  # a storage the test opened itself
+        return url
     if url not in _POLLING:
         _POLLING[url] = optuna.storages.RDBStorage(url, engine_kwargs={"poolclass": NullPool})
     return _POLLING[url]
