@@ -201,6 +201,15 @@ class TrainConfig(_Section):
         None, ge=1, description="Stop after this many epochs without a better val_residual_std."
     )
     restore_best_weights: bool = Field(True, description="Keep the epoch with the best val metric.")
+    calibrate_sigma: bool = Field(
+        False, description="gaussian_nll: after training, scale sigma so that 68.3% of the validation "
+        "split's residuals lie within 1 sigma; the saved model applies the scale.")
+
+    @model_validator(mode="after")
+    def _check_calibration(self) -> TrainConfig:
+        if self.calibrate_sigma and self.loss.type != "gaussian_nll":
+            raise ValueError("calibrate_sigma needs a sigma to scale: set loss.type gaussian_nll")
+        return self
     mixed_precision: bool = Field(False, description="float16 compute (GPUs).")
     jit_compile: bool | Literal["auto"] = Field(
         "auto", description="XLA compilation of the train step; auto: wherever Keras can (as model.fit)."

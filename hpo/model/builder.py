@@ -30,8 +30,10 @@ from hpo.model.layers import CountsTransform
 from hpo.model.layers import ExposureScale
 from hpo.model.layers import LogExposure
 from hpo.model.layers import RandomDihedral
+from hpo.model.layers import SigmaScale
 
 EXPOSURE_INPUT = "exposure_s"  # the input's name: the data contract's key
+SIGMA_SCALE = "sigma_scale"  # the last layer of a model trained with train.calibrate_sigma
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ def build_model(
     sigma_head: str | None = None,
     augment: AugmentConfig | None = None,
     seed: int | None = None,
+    calibrate_sigma: bool = False,
 ) -> keras.Model:
     """Builds (does not compile) the network.
 
@@ -108,6 +111,7 @@ def build_model(
         sigma_head: None for a point estimate, or "softplus" / "log_sigma" to add a sigma output.
         augment: training-time flips/rotations (inactive at inference); None for none.
         seed: seed of the augmentation layers.
+        calibrate_sigma: with a sigma head, end with a SigmaScale layer (1 until training sets it).
     """
     images = keras.Input(shape=image_shape, name="images")
     redshift = keras.Input(shape=(1,), name="redshift")
@@ -177,6 +181,8 @@ def build_model(
     outputs = mu
     if sigma_head is not None:
         outputs = _sigma_output(x, mu, sigma_head, stats.label_std)
+        if calibrate_sigma:
+            outputs = SigmaScale(dtype="float32", name=SIGMA_SCALE)(outputs)
     return keras.Model(inputs=inputs, outputs=outputs, name="xray_cluster_mass")
 
 

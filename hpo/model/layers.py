@@ -1,5 +1,5 @@
-"""Custom Keras layers saved with the model: the counts transform, the exposure scaling and
-dihedral augmentation.
+"""Custom Keras layers saved with the model: the counts transform, the exposure scaling,
+dihedral augmentation and the validation scale of sigma.
 
     python -m pytest tests/model/test_layers.py
 """
@@ -108,3 +108,15 @@ class RandomDihedral(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "flips": self.flips, "rot90": self.rot90, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="hpo")
+class SigmaScale(keras.layers.Layer):
+    """[mu, sigma] (N, 2) to [mu, sigma x scale]; `scale` a weight that training leaves alone (1
+    while the network learns), set from the validation split after it (train.calibrate_sigma)."""
+
+    def build(self, input_shape: Any) -> None:
+        self.scale = self.add_weight(shape=(), initializer="ones", trainable=False, name="scale")
+
+    def call(self, x: Any) -> Any:
+        return ops.concatenate([x[:, :1], x[:, 1:] * self.scale], axis=-1)

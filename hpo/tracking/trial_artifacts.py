@@ -34,6 +34,8 @@ def log_trial_artifacts(
     tracker.log_metrics(run_id, {f"final_val_{k}": v for k, v in result.val_metrics.items()})
     tracker.log_metrics(run_id, {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                                  "train_seconds": result.seconds})
+    if result.sigma_scale is not None:  # train.calibrate_sigma: what validation set sigma's factor to
+        tracker.log_metrics(run_id, {"sigma_scale": result.sigma_scale})
     tracker.log_figure(run_id, plots.loss_curves(result.history), LOSS_CURVES)
     mu, sigma = predict(result.model, val.images, val.redshift, exposure=val.exposure_s)
     true = val.log_mass

@@ -22,13 +22,16 @@ from hpo.errors import DataContractError
 from hpo.errors import first_line
 from hpo.errors import TrialFailed
 from hpo.model.builder import build_model
+from hpo.model.builder import SIGMA_SCALE
 from hpo.model.builder import InputStats
 from hpo.model.losses import LOSSES
 from hpo.model.metrics import streaming_metrics
 from hpo.pipeline import fit_inputs
 from hpo.training.callbacks import EpochEvaluator
 from hpo.training.callbacks import MONITOR
+from hpo.training.evaluate import predict
 from hpo.training.evaluate import score
+from hpo.training.evaluate import sigma_scale
 from hpo.training.optimizers import build_optimizer
 
 STATS_SAMPLE = 4096  # training clusters the input statistics are fitted on
@@ -45,6 +48,8 @@ class TrainResult:
         val_metrics: residual metrics of `model` on the validation split (with TTA if configured).
         epochs_run: epochs actually trained (early stopping or pruning can cut the run short).
         seconds: wall time of the fit.
+        sigma_scale: with train.calibrate_sigma, the factor on sigma fitted on the validation
+            split (val_metrics are the scaled model's), else None.
     """
 
     model: keras.Model
@@ -54,6 +59,7 @@ class TrainResult:
     epochs_run: int
     seconds: float
     split: Split = field(repr=False)
+    sigma_scale: float | None = None
 
 
 def prepare(cfg: RunConfig, ds: Dataset | H5Source) -> tuple[Dataset | H5Source, Split]:
@@ -125,6 +131,7 @@ def train(
             sigma_head=sigma_head,
             augment=cfg.train.augment,
             seed=cfg.train.seed,
+            calibrate_sigma=cfg.train.calibrate_sigma,
         )
     except ValueError as exc:  # Keras refusing a layer: no network has this shape
         shape = " x ".join(map(str, ds.image_shape))
@@ -172,6 +179,12 @@ def train(
     # ---------------------------------------------------------------- result
     if cfg.train.restore_best_weights and evaluator.best_weights is not None:
         model.set_weights(evaluator.best_weights)
+    scale = None
+    if cfg.train.calibrate_sigma:
+        mu, sigma = predict(model, va.images, va.redshift, exposure=va.exposure_s if exposure else None,
+                            tta=cfg.train.augment.tta)
+        scale = sigma_scale(mu, sigma, va.log_mass)
+        model.get_layer(SIGMA_SCALE).scale.assign(scale)
     return TrainResult(
         model=model,
         history=evaluator.history,
@@ -180,4 +193,5 @@ def train(
         epochs_run=len(evaluator.history.get(monitor, [])),
         seconds=seconds,
         split=split,
+        sigma_scale=scale,
     )

@@ -58,6 +58,34 @@ def test_likelihood_training_predicts_a_calibrated_sigma(signal_h5):
     assert result.val_metrics["residual_std"] < 0.6 * float(np.std(ds.log_mass))
 
 
+@pytest.mark.slow
+def test_sigma_calibrated_on_validation_is_part_of_the_saved_model(signal_h5, tmp_path):
+    # Rule: with train.calibrate_sigma the model's last layer scales sigma so that 68.3% of the
+    # validation split lies within 1 sigma; the validation metrics reported are the scaled
+    # model's (mu, and so residual std and bias, unchanged), and the saved model keeps the scale.
+    import keras
+
+    ds = load_dataset(signal_h5)
+    base = {**SMALL, "train.epochs": 6, "train.loss": {"type": "gaussian_nll", "warm_start_epochs": 2}}
+    plain = train(apply_overrides(base), ds)
+    result = train(apply_overrides({**base, "train.calibrate_sigma": True}), ds)
+    assert result.sigma_scale > 0 and result.sigma_scale != 1.0 and plain.sigma_scale is None
+    assert abs(result.val_metrics["coverage68"] - 0.6827) <= 1.5 / len(result.split.val)
+    assert result.val_metrics["residual_std"] == pytest.approx(plain.val_metrics["residual_std"], rel=1e-3)
+    path = tmp_path / "m.keras"
+    result.model.save(path)
+    layer = keras.saving.load_model(path, compile=False).get_layer("sigma_scale")
+    assert float(layer.scale.numpy()) == pytest.approx(result.sigma_scale)
+
+
+def test_calibrating_sigma_needs_a_sigma():
+    # Rule: calibrate_sigma on a point estimator (mse) is refused, naming the key.
+    from hpo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="calibrate_sigma needs a sigma"):
+        apply_overrides({"train.calibrate_sigma": True, "train.loss.type": "mse"})
+
+
 def test_early_stopping_and_best_weights(signal_h5):
     # Rule: patience stops the run early; the returned model is the best epoch's.
     ds = load_dataset(signal_h5)
