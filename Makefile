@@ -27,14 +27,15 @@ quickstart: install
 	@echo "  model: models:/xray-cluster-mass@champion (artifacts under ./mlartifacts)"
 
 # The suite runs on Keras' default TensorFlow backend; the training core (model, losses, metrics,
-# training loop, streaming feed, TTA, pyfunc) runs a second time on the JAX backend.
+# training loop, streaming feed, TTA, pyfunc) runs a second time on the JAX backend (not
+# test_backends.py, which starts each backend in a process of its own anyway).
 JAX_CORE := tests/model tests/training tests/data/test_lazy.py tests/registry/test_models.py
 
 test: $(BIN)/python
 	$(PIP) -e ".[test]"
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
-	KERAS_BACKEND=jax $(BIN)/python -m pytest $(JAX_CORE)
+	KERAS_BACKEND=jax $(BIN)/python -m pytest $(JAX_CORE) --ignore=tests/training/test_backends.py
 
 # The end-to-end tests (worker containers, the MLflow UI in a browser, promotes against a
 # PostgreSQL-backed mlflow server): minutes more, run by CI after `make test`.

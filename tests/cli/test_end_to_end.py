@@ -131,6 +131,7 @@ def test_promote_pull_predict_and_plain_mlflow_round_trip(workdir):
     assert abs(frame["log_mass"].mean() - truth.mean()) < 0.5
 
 
+@pytest.mark.e2e
 def test_relaunch_joins_and_changed_space_is_refused(workdir):
     # Rule: launching the same space again joins it; a changed space under the same name says what changed.
     out = hpo(workdir, "launch", "space.yaml", "--workers", "1").stdout
@@ -141,6 +142,7 @@ def test_relaunch_joins_and_changed_space_is_refused(workdir):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.e2e
 def test_workers_zero_then_external_worker(workdir):
     # Rule: --workers 0 creates the study only; `hpo worker` then runs it to its budget.
     write_space(workdir / "ext.yaml", "ext", n_trials=2)

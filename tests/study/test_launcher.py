@@ -24,7 +24,8 @@ from tests.study.conftest import trials_of
 from tests.study.conftest import wait_for
 from tests.study.conftest import write_study_files
 
-pytestmark = pytest.mark.slow
+# Whole launches driven into their faults (dead, stuck and failing workers): make test-e2e.
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 LONG = {**TINY, "train": {**TINY["train"], "epochs": 1000}}  # a trial that runs until stopped
 
@@ -48,7 +49,6 @@ def _pid(trial):
     return int(trial.user_attrs["worker"].rsplit(":", 1)[1])
 
 
-@pytest.mark.e2e
 def test_a_dead_worker_is_failed_at_once_and_ctrl_c_stops_the_other(tmp_path):
     # Rule: a local worker of `hpo launch` that dies mid-trial (kill -9, a crash) has its trial
     # failed within the launcher's next look (seconds, not a heartbeat grace period), its MLflow
@@ -138,7 +138,6 @@ def test_workers_0_on_a_finished_study_leaves_its_parent_run_finished(tmp_path):
     assert _parent_status(tmp_path, "done") == "FINISHED"
 
 
-@pytest.mark.e2e
 def test_sigterm_to_a_worker_group_stops_its_workers_and_kills_a_stuck_one(tmp_path):
     # Rule: SIGTERM to `hpo worker --workers-per-gpu 2` (docker stop, pod deletion) stops both
     # worker processes: a trial ends FAIL "interrupted", its MLflow run KILLED, a copy queued; a
