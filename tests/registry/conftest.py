@@ -91,3 +91,28 @@ def registry(tmp_path_factory) -> Registry:
     assert result.champion_moved and result.version == "1"
     run_id = MlflowClient(reg.tracking_uri).get_model_version(MODEL, "1").run_id
     return Registry(cwd, reg.storage_url, reg.tracking_uri, "reg", run_id)
+
+
+def log_exposure_model(path: Path, experiment: str, ranges: dict) -> tuple:
+    """(keras model, models:/ URI, tracking URI) of an untrained tiny network that takes
+    exposure_s, logged with its training `ranges` to a SQLite store in `path`."""
+    import numpy as np
+
+    from hpo.config import apply_overrides
+    from hpo.model import InputStats
+    from hpo.model import build_model
+    from hpo.tracking.runs import Tracker
+
+    stats = InputStats(np.zeros(2), np.ones(2), 14.0, 0.5, 0.5, 0.25, 1000.0, 3.0, 0.3)
+    net = build_model(apply_overrides({"model.use_exposure": True, "model.dense": [8]}).model,
+                      image_shape=(16, 16, 2), stats=stats, sigma_head="softplus")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(path)
+        mp.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+        tracker = Tracker(f"sqlite:///{path / 'mlflow.db'}", retry_window_s=0)
+        run_id = tracker.start_single_run(experiment, apply_overrides({}), experiment)
+        example = make_signal_data(2, exposure=(150.0, 2500.0))
+        uri = tracker.log_model(run_id, net, {k: example[k] for k in ("images", "redshift", "exposure_s")},
+                                ranges)
+        tracker.end_run(run_id)
+    return net, uri, tracker.uri

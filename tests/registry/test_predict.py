@@ -19,6 +19,7 @@ from hpo.registry.flags import FLAGS
 from hpo.registry.predict import predict_file
 from tests.conftest import make_signal_data
 from tests.conftest import write_h5
+from tests.registry.conftest import log_exposure_model
 
 RANGES = {"redshift": [0.05, 1.0], "log_mass": [13.0, 15.0], "exposure_s": [150.0, 2500.0]}
 
@@ -26,25 +27,8 @@ RANGES = {"redshift": [0.05, 1.0], "log_mass": [13.0, 15.0], "exposure_s": [150.
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory) -> tuple[str, str]:
     """(models:/ URI, tracking URI) of an untrained tiny network that takes exposure_s."""
-    from hpo.config import apply_overrides
-    from hpo.model import InputStats
-    from hpo.model import build_model
-    from hpo.tracking.runs import Tracker
-
-    path = tmp_path_factory.mktemp("predict-model")
-    stats = InputStats(np.zeros(2), np.ones(2), 14.0, 0.5, 0.5, 0.25, 1000.0, 3.0, 0.3)
-    net = build_model(apply_overrides({"model.use_exposure": True, "model.dense": [8]}).model,
-                      image_shape=(16, 16, 2), stats=stats, sigma_head="softplus")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(path)
-        mp.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
-        tracker = Tracker(f"sqlite:///{path / 'mlflow.db'}", retry_window_s=0)
-        run_id = tracker.start_single_run("predict", apply_overrides({}), "predict")
-        example = make_signal_data(2, exposure=(150.0, 2500.0))
-        uri = tracker.log_model(run_id, net, {k: example[k] for k in ("images", "redshift", "exposure_s")},
-                                RANGES)
-        tracker.end_run(run_id)
-    return uri, tracker.uri
+    _, uri, tracking = log_exposure_model(tmp_path_factory.mktemp("predict-model"), "predict", RANGES)
+    return uri, tracking
 
 
 def _catalogue(path, n=20, *, exposure=True, reference=True):

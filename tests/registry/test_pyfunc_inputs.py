@@ -9,6 +9,7 @@ from hpo.registry import models
 from hpo.tracking.pyfunc import unpack_inputs
 from tests.conftest import make_signal_data
 from tests.registry.conftest import MODEL
+from tests.registry.conftest import log_exposure_model
 
 
 @pytest.mark.parametrize("dtype", ["int32", "int64", "uint16", "float64"])
@@ -54,24 +55,11 @@ def exposure_model(tmp_path_factory):
     """(keras model, pyfunc model) of an untrained network that takes exposure_s, logged to MLflow."""
     import mlflow.pyfunc
 
-    from hpo.config import apply_overrides
-    from hpo.model import InputStats
-    from hpo.model import build_model
-    from hpo.tracking.runs import Tracker
-
     path = tmp_path_factory.mktemp("exposure-model")
-    stats = InputStats(np.zeros(2), np.ones(2), 14.0, 0.5, 0.5, 0.25, 1000.0, 3.0, 0.3)
-    net = build_model(apply_overrides({"model.use_exposure": True, "model.dense": [8]}).model,
-                      image_shape=(16, 16, 2), stats=stats, sigma_head="softplus")
+    net, uri, _ = log_exposure_model(
+        path, "exposure", {"redshift": [0.05, 1.0], "log_mass": [13.0, 15.0], "exposure_s": [150.0, 2500.0]})
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(path)
-        mp.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
-        tracker = Tracker(f"sqlite:///{path / 'mlflow.db'}", retry_window_s=0)
-        run_id = tracker.start_single_run("exposure", apply_overrides({}), "exposure")
-        arrays = make_signal_data(2, exposure=(150.0, 2500.0))
-        uri = tracker.log_model(run_id, net, {k: arrays[k] for k in ("images", "redshift", "exposure_s")},
-                                {"redshift": [0.05, 1.0], "log_mass": [13.0, 15.0], "exposure_s": [150.0, 2500.0]})
-        tracker.end_run(run_id)
         return net, mlflow.pyfunc.load_model(uri)
 
 
