@@ -205,12 +205,12 @@ def _run_one(
         # loss and the product's own errors (tracking away, a bad study) still end the worker.
         if isinstance(exc, HpoError) or is_transient(exc):
             raise
-        mine = [t for t in study.get_trials(deepcopy=False) if t.number == objective.trial_number]
-        if not mine or mine[0].state != TrialState.FAIL:
+        mine = _this_trial(study, objective)
+        if mine is None or mine.state != TrialState.FAIL:
             raise
         _logger.warning("trial %s failed (%s: %s); going on", objective.trial_number,
                         type(exc).__name__, first_line(exc))
-        return mine[0]
+        return mine
     return finished[-1] if finished else None
 
 
@@ -219,10 +219,9 @@ def _requeue_interrupted(
 ) -> None:
     """A trial stopped by a signal is not at fault: its parameters are queued again, as a lost
     trial's are, and one still RUNNING (a second signal cut its own ending short) is failed."""
-    mine = [t for t in study.get_trials(deepcopy=False) if t.number == objective.trial_number]
-    if not mine:
+    trial = _this_trial(study, objective)
+    if trial is None:
         return
-    trial = mine[0]
     if trial.state == TrialState.RUNNING:
         fail_lost(study, space, [trial], "interrupted", KillLostRuns(tracker))
     elif trial.state == TrialState.FAIL and FAIL_REASON_KEY in trial.user_attrs:
@@ -230,19 +229,23 @@ def _requeue_interrupted(
         StaleTrialHandler(space, KillLostRuns(tracker)).requeue(study, trial)
 
 
-def _lost_to_peer(study: optuna.Study, objective: Objective) -> bool:
+def _this_trial(study: optuna.Study, objective: Objective) -> FrozenTrial | None:
+    """The trial this worker runs or ran last, as the storage has it now (None before it exists)."""
     mine = [t for t in study.get_trials(deepcopy=False) if t.number == objective.trial_number]
+    return mine[0] if mine else None
+
+
+def _lost_to_peer(study: optuna.Study, objective: Objective) -> bool:
+    mine = _this_trial(study, objective)
     # A trial this worker failed itself carries its reason; a lost one was failed without.
-    return (
-        bool(mine) and mine[0].state == TrialState.FAIL and FAIL_REASON_KEY not in mine[0].user_attrs
-    )
+    return mine is not None and mine.state == TrialState.FAIL and FAIL_REASON_KEY not in mine.user_attrs
 
 
 def _rekill_lost_run(study: optuna.Study, objective: Objective, tracker: Tracker) -> None:
     # The peer failed the trial and ended its run KILLED; if that fell between this worker's last
     # write to the trial and its end of the run, the run ended FINISHED after the peer's KILLED.
-    mine = [t for t in study.get_trials(deepcopy=False) if t.number == objective.trial_number]
-    run_id = mine[0].user_attrs.get(MLFLOW_RUN_ID_KEY) if mine else None
+    mine = _this_trial(study, objective)
+    run_id = mine.user_attrs.get(MLFLOW_RUN_ID_KEY) if mine is not None else None
     try:
         if run_id and tracker.run_status(run_id) != "KILLED":
             tracker.finish_trial_run(run_id, "KILLED")  # the peer's reason stays
