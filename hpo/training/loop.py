@@ -25,12 +25,12 @@ from hpo.model.builder import build_model
 from hpo.model.builder import SIGMA_SCALE
 from hpo.model.builder import InputStats
 from hpo.model.losses import LOSSES
+from hpo.model.metrics import residual_metrics
 from hpo.model.metrics import streaming_metrics
 from hpo.pipeline import fit_inputs
 from hpo.training.callbacks import EpochEvaluator
 from hpo.training.callbacks import MONITOR
 from hpo.training.evaluate import predict
-from hpo.training.evaluate import score
 from hpo.training.evaluate import sigma_scale
 from hpo.training.optimizers import build_optimizer
 
@@ -179,17 +179,18 @@ def train(
     # ---------------------------------------------------------------- result
     if cfg.train.restore_best_weights and evaluator.best_weights is not None:
         model.set_weights(evaluator.best_weights)
+    # One pass over the validation split: it sets the sigma scale and gives the final metrics.
+    mu, sigma = predict(model, va.images, va.redshift, exposure=va.exposure_s, tta=cfg.train.augment.tta)
     scale = None
     if cfg.train.calibrate_sigma:
-        mu, sigma = predict(model, va.images, va.redshift, exposure=va.exposure_s if exposure else None,
-                            tta=cfg.train.augment.tta)
         scale = sigma_scale(mu, sigma, va.log_mass)
         model.get_layer(SIGMA_SCALE).scale.assign(scale)
+        sigma = sigma * scale  # what the scaled model predicts from now on
     return TrainResult(
         model=model,
         history=evaluator.history,
         best_epoch=evaluator.best_epoch,
-        val_metrics=score(model, va, tta=cfg.train.augment.tta),
+        val_metrics=residual_metrics(mu, va.log_mass, sigma),
         epochs_run=len(evaluator.history.get(monitor, [])),
         seconds=seconds,
         split=split,
