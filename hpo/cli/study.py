@@ -66,6 +66,7 @@ def launch(
     ),
 ) -> None:
     """Create or resume a study, start its workers, show progress until the budget is spent."""
+    from hpo.data.recipe import require_calibration_file
     from hpo.data.recipe import require_data_file
     from hpo.config.space import load_space
 
@@ -75,6 +76,7 @@ def launch(
         return
     space.budget()  # a space without a budget says so before its data is looked for
     require_data_file(space.resolved_base().data.path, spec)
+    require_calibration_file(space.resolved_base().data.calibration_path)
     from hpo.launch.launcher import launch as run_launch
 
     result = run_launch(
@@ -107,6 +109,7 @@ def _dry_run(space: SearchSpace, spec: Path) -> None:
     extremes) and prints the space with its budget."""
     from hpo.data.lazy import data_header
     from hpo.data.lazy import open_dataset
+    from hpo.data.recipe import require_calibration_file
     from hpo.data.recipe import require_data_file
     from hpo.errors import DataContractError
     from hpo.trial.corners import build_networks
@@ -115,6 +118,7 @@ def _dry_run(space: SearchSpace, spec: Path) -> None:
     space.budget()
     data = space.resolved_base().data
     require_data_file(data.path, spec)
+    require_calibration_file(data.calibration_path)
     header = data_header(data.path)
     if header is None:  # the full contract check says what is wrong with it
         open_dataset(data.path, max_in_memory_gb=data.max_in_memory_gb)

@@ -42,6 +42,10 @@ class DataConfig(_Section):
     max_in_memory_gb: float = Field(
         4.0, gt=0, description="Files whose float32 images are larger stream from HDF5 in blocks."
     )
+    calibration_path: Path | None = Field(
+        None, description="Labelled clusters never trained on (e.g. `hpo simulate` with another seed "
+        "and the same settings) that set train.calibrate_sigma and train.calibrate_bias, when on, "
+        "instead of the validation split, which is too small to measure a bias of 0.01 dex.")
 
     @model_validator(mode="after")
     def _room_to_train(self) -> DataConfig:
@@ -202,8 +206,15 @@ class TrainConfig(_Section):
     )
     restore_best_weights: bool = Field(True, description="Keep the epoch with the best val metric.")
     calibrate_sigma: bool = Field(
-        False, description="gaussian_nll: after training, scale sigma so that 68.3% of the validation "
-        "split's residuals lie within 1 sigma; the saved model applies the scale.")
+        False, description="gaussian_nll: after training, scale sigma so that 68.3% of the calibration "
+        "clusters' residuals lie within 1 sigma; the saved model applies the scale.")
+    calibrate_bias: bool = Field(
+        False, description="After training, shift log mass by minus the mean residual of the "
+        "calibration clusters, per bin of exposure for a model that takes it; the saved model applies "
+        "the shift. Each bin needs 400 clusters (see data.calibration_path).")
+    calibrate_bias_bins: int = Field(
+        5, ge=1, le=20, description="Equal-count bins of log exposure for calibrate_bias, joined "
+        "piecewise-linearly (1: one shift; always 1 for a model without the exposure).")
 
     @model_validator(mode="after")
     def _check_calibration(self) -> TrainConfig:

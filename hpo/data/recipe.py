@@ -34,6 +34,14 @@ def require_data_file(data_path: str | Path, config_file: str | Path | None = No
         raise missing(data_path, config_file)
 
 
+def require_calibration_file(calibration_path: str | Path | None) -> None:
+    """Raises DataContractError when data.calibration_path is set and does not exist."""
+    if calibration_path is not None and not Path(calibration_path).exists():
+        raise DataContractError(
+            f"data.calibration_path not found: {calibration_path}; simulate it with the training "
+            "file's settings and another --seed (its clusters must be ones no model trains on)")
+
+
 def missing(data_path: str | Path, config_file: str | Path | None = None) -> DataContractError:
     return DataContractError(
         f"data file not found: {data_path}; make it with: {simulate_line(data_path, config_file)}")

@@ -29,11 +29,13 @@ from hpo.config.tree import RegularizerConfig
 from hpo.model.layers import CountsTransform
 from hpo.model.layers import ExposureScale
 from hpo.model.layers import LogExposure
+from hpo.model.layers import LogMassShift
 from hpo.model.layers import RandomDihedral
 from hpo.model.layers import SigmaScale
 
 EXPOSURE_INPUT = "exposure_s"  # the input's name: the data contract's key
 SIGMA_SCALE = "sigma_scale"  # the last layer of a model trained with train.calibrate_sigma
+LOG_MASS_SHIFT = "log_mass_shift"  # the layer before it, with train.calibrate_bias
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ def build_model(
     augment: AugmentConfig | None = None,
     seed: int | None = None,
     calibrate_sigma: bool = False,
+    calibrate_bias_bins: int | None = None,
 ) -> keras.Model:
     """Builds (does not compile) the network.
 
@@ -112,6 +115,8 @@ def build_model(
         augment: training-time flips/rotations (inactive at inference); None for none.
         seed: seed of the augmentation layers.
         calibrate_sigma: with a sigma head, end with a SigmaScale layer (1 until training sets it).
+        calibrate_bias_bins: if set, a LogMassShift layer with that many knots in log exposure (one
+            when the network does not take the exposure) shifts log mass (0 until training sets it).
     """
     images = keras.Input(shape=image_shape, name="images")
     redshift = keras.Input(shape=(1,), name="redshift")
@@ -181,8 +186,11 @@ def build_model(
     outputs = mu
     if sigma_head is not None:
         outputs = _sigma_output(x, mu, sigma_head, stats.label_std)
-        if calibrate_sigma:
-            outputs = SigmaScale(dtype="float32", name=SIGMA_SCALE)(outputs)
+    if calibrate_bias_bins is not None:
+        shift = LogMassShift(calibrate_bias_bins if mode is not None else 1, dtype="float32", name=LOG_MASS_SHIFT)
+        outputs = shift(outputs, inputs[EXPOSURE_INPUT]) if mode is not None else shift(outputs)
+    if sigma_head is not None and calibrate_sigma:
+        outputs = SigmaScale(dtype="float32", name=SIGMA_SCALE)(outputs)
     return keras.Model(inputs=inputs, outputs=outputs, name="xray_cluster_mass")
 
 

@@ -1,5 +1,5 @@
 """Custom Keras layers saved with the model: the counts transform, the exposure scaling,
-dihedral augmentation and the validation scale of sigma.
+dihedral augmentation and the calibration of the output (a shift of log mass, a scale of sigma).
 
     python -m pytest tests/model/test_layers.py
 """
@@ -120,3 +120,39 @@ class SigmaScale(keras.layers.Layer):
 
     def call(self, x: Any) -> Any:
         return ops.concatenate([x[:, :1], x[:, 1:] * self.scale], axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="hpo")
+class LogMassShift(keras.layers.Layer):
+    """Adds a calibrated shift to log mass, the first column of the output (N, 1 or 2).
+
+    The shift is piecewise linear in log10 exposure through `bins` knots and constant beyond the
+    end knots (numpy's `np.interp`); with one knot, or without an exposure input, it is one
+    constant. Zero while the network learns; set from calibration clusters after it
+    (train.calibrate_bias).
+    """
+
+    def __init__(self, bins: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if bins < 1:
+            raise ValueError(f"bins must be >= 1, got {bins}")
+        self.bins = int(bins)
+
+    def build(self, x_shape: Any, exposure_shape: Any = None) -> None:
+        self.knots = self.add_weight(shape=(self.bins,), initializer="zeros", trainable=False,
+                                     name="log_exposure_knots")
+        self.shift = self.add_weight(shape=(self.bins,), initializer="zeros", trainable=False, name="shift")
+
+    def call(self, x: Any, exposure: Any = None) -> Any:
+        shift = ops.reshape(self.shift[0], (1, 1)) * ops.ones_like(x[:, :1])
+        if exposure is not None and self.bins > 1:
+            t = ops.log10(ops.cast(exposure, x.dtype))
+            width = self.knots[1:] - self.knots[:-1]  # (bins - 1,)
+            slope = (self.shift[1:] - self.shift[:-1]) / ops.maximum(width, 1e-9)
+            # Each segment adds its slope times the part of [knot_i, knot_i+1] that lies below t.
+            inside = ops.minimum(ops.maximum(t - self.knots[:-1], 0.0), width)
+            shift = shift + ops.sum(slope * inside, axis=-1, keepdims=True)
+        return ops.concatenate([x[:, :1] + shift, x[:, 1:]], axis=-1)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "bins": self.bins}

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from hpo.data.contract import Dataset
@@ -34,8 +36,11 @@ def log_trial_artifacts(
     tracker.log_metrics(run_id, {f"final_val_{k}": v for k, v in result.val_metrics.items()})
     tracker.log_metrics(run_id, {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                                  "train_seconds": result.seconds})
-    if result.sigma_scale is not None:  # train.calibrate_sigma: what validation set sigma's factor to
+    if result.sigma_scale is not None:  # train.calibrate_sigma: the factor the calibration set sigma to
         tracker.log_metrics(run_id, {"sigma_scale": result.sigma_scale})
+    if result.shift is not None:  # train.calibrate_bias: the shift per bin of exposure
+        tracker.log_metrics(run_id, {"bias_shift_max_abs": float(np.max(np.abs(result.shift.shift)))})
+        tracker.log_text(run_id, json.dumps(result.shift.as_dict(), indent=1), "calibration/bias_shift.json")
     tracker.log_figure(run_id, plots.loss_curves(result.history), LOSS_CURVES)
     mu, sigma = predict(result.model, val.images, val.redshift, exposure=val.exposure_s)
     true = val.log_mass

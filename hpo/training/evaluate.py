@@ -13,8 +13,6 @@ from hpo.data.contract import EXPOSURE_KEY
 from hpo.errors import DataContractError
 from hpo.model.metrics import residual_metrics
 
-ONE_SIGMA = 0.6827  # the share of a Gaussian within 1 sigma: what a calibrated coverage68 is
-
 # Each trial builds a new model, so TensorFlow sees "retracing" that is expected and harmless.
 logging.getLogger("tensorflow").addFilter(lambda record: "retracing" not in record.getMessage())
 
@@ -82,13 +80,6 @@ def score(model: keras.Model, dataset: Dataset, *, tta: bool = False) -> dict[st
     assert dataset.log_mass is not None, "scoring needs log_mass"
     mu, sigma = predict(model, dataset.images, dataset.redshift, exposure=dataset.exposure_s, tta=tta)
     return residual_metrics(mu, dataset.log_mass, sigma)
-
-
-def sigma_scale(mu: np.ndarray, sigma: np.ndarray, true: np.ndarray) -> float:
-    """The factor on sigma that leaves 68.27% of |predicted - true| within 1 sigma, on one split
-    (the validation split in training)."""
-    z = np.abs(np.asarray(mu, np.float64) - np.asarray(true, np.float64)) / np.asarray(sigma, np.float64)
-    return float(np.quantile(z, ONE_SIGMA))
 
 
 def takes_exposure(model: keras.Model) -> bool:

@@ -9,12 +9,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
+from pathlib import Path
 
 import keras
 import numpy as np
 
 from hpo.config.tree import RunConfig
 from hpo.data.contract import Dataset
+from hpo.data.contract import load_dataset
 from hpo.data.lazy import H5Source
 from hpo.data.split import Split
 from hpo.data.split import split_indices
@@ -22,6 +24,7 @@ from hpo.errors import DataContractError
 from hpo.errors import first_line
 from hpo.errors import TrialFailed
 from hpo.model.builder import build_model
+from hpo.model.builder import LOG_MASS_SHIFT
 from hpo.model.builder import SIGMA_SCALE
 from hpo.model.builder import InputStats
 from hpo.model.losses import LOSSES
@@ -30,8 +33,12 @@ from hpo.model.metrics import streaming_metrics
 from hpo.pipeline import fit_inputs
 from hpo.training.callbacks import EpochEvaluator
 from hpo.training.callbacks import MONITOR
+from hpo.training.calibrate import bias_shift
+from hpo.training.calibrate import Shift
+from hpo.training.calibrate import shift_bins
+from hpo.training.calibrate import sigma_scale
+from hpo.training.calibrate import too_few
 from hpo.training.evaluate import predict
-from hpo.training.evaluate import sigma_scale
 from hpo.training.optimizers import build_optimizer
 
 STATS_SAMPLE = 4096  # training clusters the input statistics are fitted on
@@ -48,8 +55,9 @@ class TrainResult:
         val_metrics: residual metrics of `model` on the validation split (with TTA if configured).
         epochs_run: epochs actually trained (early stopping or pruning can cut the run short).
         seconds: wall time of the fit.
-        sigma_scale: with train.calibrate_sigma, the factor on sigma fitted on the validation
-            split (val_metrics are the scaled model's), else None.
+        sigma_scale: with train.calibrate_sigma, the factor on sigma fitted on the calibration
+            clusters (val_metrics are the calibrated model's), else None.
+        shift: with train.calibrate_bias, the shift of log mass fitted on them, else None.
     """
 
     model: keras.Model
@@ -60,6 +68,7 @@ class TrainResult:
     seconds: float
     split: Split = field(repr=False)
     sigma_scale: float | None = None
+    shift: Shift | None = None
 
 
 def prepare(cfg: RunConfig, ds: Dataset | H5Source) -> tuple[Dataset | H5Source, Split]:
@@ -115,6 +124,7 @@ def train(
     tr_sample = ds.subset(sample)
     assert ds.log_mass is not None and va.log_mass is not None
     feed = fit_inputs(ds, split.train, cfg.train.batch_size, cfg.train.seed, exposure=exposure)
+    cal, bins = calibration_set(cfg, ds, va)
 
     # ---------------------------------------------------------------- model
     loss_cfg = cfg.train.loss
@@ -132,6 +142,7 @@ def train(
             augment=cfg.train.augment,
             seed=cfg.train.seed,
             calibrate_sigma=cfg.train.calibrate_sigma,
+            calibrate_bias_bins=bins,
         )
     except ValueError as exc:  # Keras refusing a layer: no network has this shape
         shape = " x ".join(map(str, ds.image_shape))
@@ -179,13 +190,26 @@ def train(
     # ---------------------------------------------------------------- result
     if cfg.train.restore_best_weights and evaluator.best_weights is not None:
         model.set_weights(evaluator.best_weights)
-    # One pass over the validation split: it sets the sigma scale and gives the final metrics.
-    mu, sigma = predict(model, va.images, va.redshift, exposure=va.exposure_s, tta=cfg.train.augment.tta)
-    scale = None
+    # One pass over the validation split gives the final metrics (and calibrates, unless a file of
+    # its own does); the calibration is applied to these predictions as the model applies it now.
+    tta = cfg.train.augment.tta
+    mu, sigma = predict(model, va.images, va.redshift, exposure=va.exposure_s, tta=tta)
+    cal_mu, cal_sigma = (mu, sigma) if cal is va else predict(
+        model, cal.images, cal.redshift, exposure=cal.exposure_s, tta=tta)
+    shift = scale = None
+    if bins is not None:
+        assert cal.log_mass is not None
+        shift = bias_shift(cal_mu, cal.log_mass, cal.exposure_s if exposure else None, bins)
+        layer = model.get_layer(LOG_MASS_SHIFT)
+        layer.knots.assign(shift.log_exposure_knots.astype("float32"))
+        layer.shift.assign(shift.shift.astype("float32"))
+        mu = shift(mu, va.exposure_s if exposure else None)
+        cal_mu = mu if cal is va else shift(cal_mu, cal.exposure_s if exposure else None)
     if cfg.train.calibrate_sigma:
-        scale = sigma_scale(mu, sigma, va.log_mass)
+        assert cal.log_mass is not None
+        scale = sigma_scale(cal_mu, cal_sigma, cal.log_mass)  # on shifted residuals, if shifted
         model.get_layer(SIGMA_SCALE).scale.assign(scale)
-        sigma = sigma * scale  # what the scaled model predicts from now on
+        sigma = sigma * scale
     return TrainResult(
         model=model,
         history=evaluator.history,
@@ -195,4 +219,47 @@ def train(
         seconds=seconds,
         split=split,
         sigma_scale=scale,
+        shift=shift,
     )
+
+
+def calibration_set(cfg: RunConfig, ds: Dataset | H5Source, va: Dataset | H5Source
+                    ) -> tuple[Dataset | H5Source, int | None]:
+    """The clusters that calibrate the trained model (data.calibration_path, else the validation
+    split) and the bins of its log-mass shift (None without train.calibrate_bias); checked before
+    any training, so that a run never trains to fail at its end."""
+    if not (cfg.train.calibrate_bias or cfg.train.calibrate_sigma):
+        return va, None  # nothing to calibrate: a calibration file is not even read
+    path = cfg.data.calibration_path
+    cal = va if path is None else load_dataset(path)
+    why = same_clusters(cal, ds) if path is not None else ""
+    if why:
+        raise DataContractError(
+            f"{path}: holds the training file's clusters ({why}); calibration "
+            "clusters must be ones no model trained on: simulate them with another seed")
+    if path is not None and cal.image_shape != ds.image_shape:
+        raise DataContractError(
+            f"{path}: key 'images' holds {' x '.join(map(str, cal.image_shape))} images, the training "
+            f"file {' x '.join(map(str, ds.image_shape))}; a calibration file must match it")
+    if path is not None and cfg.model.use_exposure and cal.exposure_s is None:
+        raise DataContractError(f"{path}: missing key 'exposure_s', which model.use_exposure needs")
+    why = too_few(cfg, len(cal), f"{path} holds" if path is not None else "the validation split holds")
+    if why:
+        raise TrialFailed(why, kind="config")
+    bins = shift_bins(cfg)
+    return cal, bins
+
+
+def same_clusters(a: Dataset | H5Source, b: Dataset | H5Source) -> str:
+    """Why two files hold the same clusters (one file; one simulator seed, which draws the same
+    clusters at every depth; the same redshifts and masses), or '' when they do not."""
+    if a.path is not None and b.path is not None and Path(a.path).resolve() == Path(b.path).resolve():
+        return "it is the same file"
+    made_by = [(x.attrs.get("generator"), x.attrs.get("seed")) for x in (a, b)]
+    if None not in made_by[0] and made_by[0] == made_by[1]:
+        return f"both simulated with seed {int(a.attrs['seed'])}"
+    n = min(len(a), len(b), 100)
+    if n and np.array_equal(a.redshift[:n], b.redshift[:n]) and a.log_mass is not None \
+            and b.log_mass is not None and np.array_equal(a.log_mass[:n], b.log_mass[:n]):
+        return "the same redshifts and masses"
+    return ""

@@ -107,6 +107,7 @@ def check_space(space: SearchSpace, data: tuple[int, tuple[int, int, int]] | Non
         pixels = 1
         if data is not None:
             pixels = _check_pixels(space.source, point, cfg.model, data[1])
+            _check_calibration(where, cfg, data[0])
         corners.append(Corner(point, cfg, pixels))
     return corners
 
@@ -207,6 +208,29 @@ def _check_split(space: SearchSpace, base: RunConfig, n_file: int) -> None:
             f"{space.source}: data.val_fraction={d.val_fraction}, data.test_fraction="
             f"{d.test_fraction} of {n} clusters ({d.path}): {exc}"
         ) from None
+
+
+def _check_calibration(where: str, cfg: RunConfig, n_file: int) -> None:
+    """A corner with train.calibrate_bias needs enough calibration clusters for its bins."""
+    from hpo.data.lazy import data_header
+    from hpo.data.split import split_indices
+    from hpo.training.calibrate import too_few
+
+    if not cfg.train.calibrate_bias:
+        return
+    d = cfg.data
+    if d.calibration_path is None:
+        n = n_file if d.max_clusters is None else min(d.max_clusters, n_file)
+        n_cal, holder = len(split_indices(n, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
+                                          seed=0).val), "the validation split holds"
+    else:
+        header = data_header(d.calibration_path)
+        if header is None:  # training reads it whole and says what is wrong with it
+            return
+        n_cal, holder = header[0], f"{d.calibration_path} holds"
+    why = too_few(cfg, n_cal, holder)
+    if why:
+        raise ConfigError(f"{where}: {why}")
 
 
 def _overlaps(path: str, key: str) -> bool:

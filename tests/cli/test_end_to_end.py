@@ -161,6 +161,25 @@ def test_train_json_last_line(workdir):
     assert _client(workdir).get_run(result["mlflow_run_id"]).info.status == "FINISHED"
 
 
+def test_train_calibrated_on_a_file_of_its_own_says_so_and_logs_it(workdir):
+    # Rule: `hpo train` with both calibrations and data.calibration_path prints what it set and
+    # logs the shift (calibration/bias_shift.json) and the sigma scale on its run.
+    write_h5(workdir / "calibration.h5", make_signal_data(450, seed=7))
+    (workdir / "cal.yaml").write_text(yaml.safe_dump({
+        **TINY, "data": {"path": "signal.h5", "calibration_path": "calibration.h5"},
+        "train": {**TINY["train"], "loss": {"type": "gaussian_nll"}, "calibrate_sigma": True,
+                  "calibrate_bias": True}}))
+    out = hpo(workdir, "train", "cal.yaml").stdout
+    assert "calibrated on calibration.h5: log mass shifted by" in out and "(1 bin(s) of exposure)" in out
+    assert "calibrated on calibration.h5: sigma scaled by" in out
+    run_id = out.split("MLflow run ")[1].split()[0]
+    client = _client(workdir)
+    shift = json.loads(Path(client.download_artifacts(run_id, "calibration/bias_shift.json",
+                                                      str(workdir))).read_text())
+    assert len(shift["shift_dex"]) == 1 and shift["shift_dex"][0] != 0
+    assert client.get_run(run_id).data.metrics["sigma_scale"] > 0
+
+
 def test_a_quoted_model_name_and_a_file_as_pull_target_are_one_line_each(workdir):
     # Rule: bad input to promote and pull is one `hpo: error:` line on stderr, exit 1, nothing written.
     (workdir / "keep.txt").write_text("mine\n")

@@ -107,3 +107,15 @@ def test_missing_data_without_a_comment_names_the_default_line(tmp_path):
     (tmp_path / "run.yaml").write_text(yaml.safe_dump({"data": {"path": "nothere.h5"}}))
     proc = hpo(tmp_path, "train", "run.yaml", check=False)
     _assert_one_line_error(proc, "data file not found: nothere.h5; make it with: hpo simulate nothere.h5 --n 1000 --seed 0")
+
+
+def test_a_calibration_file_missing_or_of_the_training_clusters_is_one_line(tmp_path):
+    # Rule: data.calibration_path that is not there, or that holds the clusters the model trains
+    # on, is one line naming it, before any training.
+    write_h5(tmp_path / "train.h5", make_signal_data(60))
+    write_h5(tmp_path / "copy.h5", make_signal_data(60))  # same redshifts and masses
+    for path, fragment in (("none.h5", "data.calibration_path not found: none.h5"),
+                           ("copy.h5", "copy.h5: holds the training file's clusters (the same redshifts")):
+        (tmp_path / "run.yaml").write_text(yaml.safe_dump(
+            {"data": {"path": "train.h5", "calibration_path": path}, "train": {"calibrate_bias": True}}))
+        _assert_one_line_error(hpo(tmp_path, "train", "run.yaml", check=False), fragment)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from hpo.config import apply_overrides
 from hpo.config import load_run_config
 from hpo.config import RunConfig
 from hpo.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_are_the_report_architecture():
@@ -62,5 +66,23 @@ def test_unknown_preset_lists_the_presets(tmp_path):
     # Rule: a misspelt preset names itself and the valid ones.
     path = tmp_path / "run.yaml"
     path.write_text("preset: reprot\n")
-    with pytest.raises(ConfigError, match="unknown preset 'reprot'; presets are: report"):
+    with pytest.raises(ConfigError, match="unknown preset 'reprot'; presets are: every_depth, report"):
         load_run_config(path)
+
+
+def test_every_depth_preset_is_the_model_the_depth_benchmark_judged():
+    # Rule: `preset: every_depth` is the configuration benchmarks/depth.py trained and judged as
+    # the one model for every depth (champion + exposure as rates + seed 1 + both calibrations),
+    # so that the README's recipe gives the model of docs/results.md.
+    import importlib.util
+
+    from hpo.config.presets import preset_config
+
+    spec = importlib.util.spec_from_file_location("depth", ROOT / "benchmarks" / "depth.py")
+    depth = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(depth)
+    judged = apply_overrides({**depth.CHAMPION, **depth.MODELS["mixed, exposure rate"][1], "train.seed": 1,
+                              "train.calibrate_sigma": True, "train.calibrate_bias": True,
+                              "train.epochs": 40, "train.early_stopping_patience": 10, "train.batch_size": 64})
+    preset = preset_config("every_depth")
+    assert preset.model == judged.model and preset.train == judged.train

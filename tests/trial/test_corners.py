@@ -53,3 +53,25 @@ def test_stack_arithmetic_matches_the_built_network(padding, kernel, pool):
     model = build_model(cfg, image_shape=(23, 19, 2), stats=stats)
     built = model.get_layer("flatten").input.shape[1:3]
     assert (stack_sizes(cfg, 23)[-1][1], stack_sizes(cfg, 19)[-1][1]) == tuple(built)
+
+
+def test_a_corner_that_calibrates_on_too_few_clusters_is_refused(tmp_path):
+    # Rule: a point with train.calibrate_bias whose calibration clusters (the validation split,
+    # or data.calibration_path's file, read from its header) are too few for its bins is refused
+    # at launch, naming the params; enough clusters pass.
+    from hpo.errors import ConfigError
+    from tests.conftest import make_signal_data
+    from tests.conftest import write_h5
+
+    spec = {"study": {"name": "c", "n_trials": 1}, "base": {"model": {"use_exposure": True}},
+            "params": {"train.calibrate_bias": {"categorical": [False, True]}}}
+    with pytest.raises(ConfigError, match=r"c.yaml: params train.calibrate_bias=True: .*5 bin\(s\) needs "
+                                          r"2000 calibration clusters and the validation split holds 1000"):
+        check_space(parse_space(spec, source="c.yaml"), (10_000, (50, 50, 10)))
+    assert check_space(parse_space(spec, source="c.yaml"), (20_000, (50, 50, 10)))
+    small = write_h5(tmp_path / "cal.h5", make_signal_data(500, exposure=(150.0, 2500.0)))
+    spec["base"]["data"] = {"calibration_path": str(small)}
+    with pytest.raises(ConfigError, match=r"cal.h5 holds 500"):
+        check_space(parse_space(spec, source="c.yaml"), (20_000, (50, 50, 10)))
+    spec["base"]["train"] = {"calibrate_bias_bins": 1}
+    assert check_space(parse_space(spec, source="c.yaml"), (20_000, (50, 50, 10)))
