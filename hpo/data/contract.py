@@ -125,6 +125,8 @@ def load_dataset(path: str | Path, *, require_labels: bool = True) -> Dataset:
     path = Path(path)
     if not path.exists():
         raise missing(path)
+    if path.is_dir():
+        raise DataContractError(f"{path}: is a directory, not a data file (an HDF5 or .npz file)")
     raw, attrs = read_h5(path) if path.suffix.lower() != ".npz" else _read_npz(path)
     return validate_arrays(raw, attrs, path, require_labels)
 
@@ -143,7 +145,8 @@ def read_h5(path: Path, *, skip_images: bool = False) -> tuple[dict[str, np.ndar
                         raw[f"{group}/{key}"] = _dataset_array(f, f"{group}/{key}", path)
             attrs = {k: _plain(v) for k, v in f.attrs.items()}
     except OSError as exc:
-        raise DataContractError(f"{path}: not a readable HDF5 file ({exc})") from None
+        # h5py's message can run over lines; the error is one.
+        raise DataContractError(f"{path}: not a readable HDF5 file ({' '.join(str(exc).split())})") from None
     return raw, attrs
 
 

@@ -107,8 +107,16 @@ def test_not_hdf5_is_refused(tmp_path):
     # Rule: an unreadable file is one clear error, not an h5py traceback.
     path = tmp_path / "junk.h5"
     path.write_text("not hdf5")
-    with pytest.raises(DataContractError, match="not a readable HDF5"):
+    with pytest.raises(DataContractError, match="not a readable HDF5") as info:
         load_dataset(path)
+    assert "\n" not in str(info.value)
+    with pytest.raises(DataContractError, match="is a directory, not a data file"):
+        load_dataset(tmp_path)
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(write_h5(tmp_path / "whole.h5", make_signal_data(50)).read_bytes()[:3000])
+    with pytest.raises(DataContractError, match="truncated.h5: not a readable HDF5 file") as info:
+        load_dataset(truncated)
+    assert "\n" not in str(info.value)
 
 
 def test_split_is_deterministic_disjoint_and_complete():
