@@ -11,7 +11,10 @@ published champion's configuration (models/xray-cluster-mass, Gaussian likelihoo
 per preset, without the exposure as today, and mixed-depth models with model.use_exposure off,
 `head`, `rate` and `both`. Test files: one mock per preset of `--test-n` clusters of another
 seed (the same clusters at every depth), never trained on; every model is scored on each,
-beside that file's oracle floor and counts baseline (hpo baseline).
+beside that file's oracle floor and counts baseline (hpo baseline). The mixed model with the
+exposure of lowest validation rmse is the one judged against the issue's target: trained again
+with train.calibrate_sigma (on its validation split), and again with both calibrations on a
+calibration mock of its own (`--train-n` clusters, the training file's settings, seed 102).
 
 Writes docs/results/depth.json and the section "One model for every depth" of docs/results.md
 (everything else on that page is make_results.py's, which appends the same section from the
