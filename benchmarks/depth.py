@@ -291,7 +291,8 @@ def section(summary: dict[str, Any]) -> list[str]:
             lines.append(f"| {p} | {ratio:.2f} | {t['bias']:+.3f} | {cov:.2f} | "
                          f"{'**met**' if not missed else 'not met: ' + ', '.join(missed)} |")
         ignore = ("train.seed", "train.calibrate_sigma")
-        same = [r for r in models.values() if r["train"] == "mixed" and not r["overrides"].get("train.calibrate_bias")
+        same = [r for r in models.values()
+                if r["train"] == "mixed" and not r["overrides"].get("train.calibrate_bias")
                 and {k: v for k, v in r["overrides"].items() if k not in ignore}
                 == {k: v for k, v in models[chosen]["overrides"].items() if k not in ignore}]
         spread = {p: (min(r["test"][p]["bias"] for r in same), max(r["test"][p]["bias"] for r in same))
@@ -314,7 +315,8 @@ def section(summary: dict[str, Any]) -> list[str]:
                       f"{n_cal:,} clusters, {n_cal // bins} per bin, measure each bin's to "
                       f"+-{sd / (n_cal // bins) ** 0.5:.3f} dex. The bias is not one number: it changes with "
                       "the exposure by as much as the target's band (the shifts above), while this model's "
-                      f"validation bias was {models[chosen]['val']['bias']:+.3f} dex, its mean residual on the mock "
+                      f"validation bias was {models[chosen]['val']['bias']:+.3f} dex, its mean residual "
+                      "on the mock "
                       f"{-sum(shift['shift_dex']) / bins:+.3f} dex. "
                       f"{seeds}" + (f"; what the target still misses ({', '.join(misses)}) is within that spread."
                                     if misses else "."),

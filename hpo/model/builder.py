@@ -187,7 +187,8 @@ def build_model(
     if sigma_head is not None:
         outputs = _sigma_output(x, mu, sigma_head, stats.label_std)
     if calibrate_bias_bins is not None:
-        shift = LogMassShift(calibrate_bias_bins if mode is not None else 1, dtype="float32", name=LOG_MASS_SHIFT)
+        bins = calibrate_bias_bins if mode is not None else 1
+        shift = LogMassShift(bins, dtype="float32", name=LOG_MASS_SHIFT)
         outputs = shift(outputs, inputs[EXPOSURE_INPUT]) if mode is not None else shift(outputs)
     if sigma_head is not None and calibrate_sigma:
         outputs = SigmaScale(dtype="float32", name=SIGMA_SCALE)(outputs)

@@ -18,7 +18,8 @@ class Shift:
     """A shift of log mass, piecewise linear in log10 exposure through its knots and constant
     beyond them (as the LogMassShift layer applies it)."""
 
-    log_exposure_knots: np.ndarray  # (bins,) increasing; zeros for one bin
+    # (bins,) non-decreasing (bins left empty repeat the last knot); zeros for one bin
+    log_exposure_knots: np.ndarray
     shift: np.ndarray  # (bins,) dex, added to log mass
 
     def __call__(self, mu: np.ndarray, exposure: np.ndarray | None) -> np.ndarray:

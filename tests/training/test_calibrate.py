@@ -125,7 +125,8 @@ def test_calibration_clusters_that_were_trained_on_or_too_few_are_refused_before
     ds = load_dataset(train_h5)
     with pytest.raises(DataContractError, match="same file"):
         train(apply_overrides({**base, "data.calibration_path": str(train_h5)}), ds)
-    with pytest.raises(DataContractError, match=r"twin.h5: holds the training file's clusters \(both simulated with seed 0"):
+    twin_seed = r"twin.h5: holds the training file's clusters \(both simulated with seed 0"
+    with pytest.raises(DataContractError, match=twin_seed):
         train(apply_overrides({**base, "data.calibration_path": str(twin)}), ds)
     with pytest.raises(TrialFailed, match=r"5 bin\(s\) needs 2000 calibration clusters and .*small.h5 holds 500"):
         train(apply_overrides({**base, "data.calibration_path": str(small)}), ds)
