@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -231,7 +232,7 @@ def calibration_set(cfg: RunConfig, ds: Dataset | H5Source, va: Dataset | H5Sour
     if not (cfg.train.calibrate_bias or cfg.train.calibrate_sigma):
         return va, None  # nothing to calibrate: a calibration file is not even read
     path = cfg.data.calibration_path
-    cal = va if path is None else load_dataset(path)
+    cal = va if path is None else read_calibration(path)
     why = same_clusters(cal, ds) if path is not None else ""
     if why:
         raise DataContractError(
@@ -248,6 +249,21 @@ def calibration_set(cfg: RunConfig, ds: Dataset | H5Source, va: Dataset | H5Sour
         raise TrialFailed(why, kind="config")
     bins = shift_bins(cfg)
     return cal, bins
+
+
+def read_calibration(path: str | Path) -> Dataset:
+    """The calibration file, read once per process while it is unchanged: a worker's trials share
+    it, as they share the training file the worker opened."""
+    path = Path(path)
+    if not path.is_file():
+        return load_dataset(path)  # says what is wrong with it
+    stat = path.stat()
+    return _read_calibration(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _read_calibration(path: str, mtime_ns: int, size: int) -> Dataset:
+    return load_dataset(path)
 
 
 def same_clusters(a: Dataset | H5Source, b: Dataset | H5Source) -> str:

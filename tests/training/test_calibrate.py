@@ -114,6 +114,19 @@ def test_calibrated_on_a_file_of_its_own_the_saved_model_is_unbiased_and_covered
     assert result.val_metrics["bias"] == pytest.approx(np.mean(mu_v - val.log_mass), abs=1e-4)
 
 
+def test_a_calibration_file_is_read_once_while_it_is_unchanged(tmp_path):
+    # Rule: the trials of one worker share the calibration file they read (one read, as the
+    # training file); a file rewritten since is read again.
+    from hpo.training.loop import read_calibration
+
+    path = _simulated(tmp_path / "cal.h5", 50, seed=1)
+    first = read_calibration(path)
+    assert read_calibration(str(path)) is first
+    _simulated(path, 60, seed=2)
+    again = read_calibration(path)
+    assert again is not first and len(again) == 60
+
+
 def test_calibration_clusters_that_were_trained_on_or_too_few_are_refused_before_training(tmp_path):
     # Rule: a calibration file holding the training clusters (the same file; the same simulator
     # seed, which draws the same clusters at another depth) or too few clusters for its bins is
