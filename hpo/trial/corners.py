@@ -17,11 +17,13 @@ import itertools
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hpo.config.space import decode_choice
 from hpo.config.space import Distribution
 from hpo.config.space import SearchSpace
+from hpo.config.tree import DataConfig
 from hpo.config.tree import ModelConfig
 from hpo.config.tree import RunConfig
 from hpo.errors import ConfigError
@@ -101,13 +103,14 @@ def check_space(space: SearchSpace, data: tuple[int, tuple[int, int, int]] | Non
     if data is not None:
         _check_split(space, base, data[0])
     corners = []
+    calibration_files: dict[Path, int | None] = {}  # clusters per file, each header read once
     for point in corner_points(space):
         where = f"{space.source}: params {_names(point)}" if point else f"{space.source}: base"
         cfg = space.config_for(point, where, base=base)
         pixels = 1
         if data is not None:
             pixels = _check_pixels(space.source, point, cfg.model, data[1])
-            _check_calibration(where, cfg, data[0])
+            _check_calibration(where, cfg, data[0], calibration_files)
         corners.append(Corner(point, cfg, pixels))
     return corners
 
@@ -200,7 +203,7 @@ def _check_split(space: SearchSpace, base: RunConfig, n_file: int) -> None:
     from hpo.data.split import split_indices
 
     d = base.data
-    n = n_file if d.max_clusters is None else min(d.max_clusters, n_file)
+    n = _in_use(d, n_file)
     try:
         split_indices(n, val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=0)
     except ConfigError as exc:
@@ -210,8 +213,9 @@ def _check_split(space: SearchSpace, base: RunConfig, n_file: int) -> None:
         ) from None
 
 
-def _check_calibration(where: str, cfg: RunConfig, n_file: int) -> None:
-    """A corner with train.calibrate_bias needs enough calibration clusters for its bins."""
+def _check_calibration(where: str, cfg: RunConfig, n_file: int, files: dict[Path, int | None]) -> None:
+    """A corner with train.calibrate_bias needs enough calibration clusters for its bins (`files`:
+    the clusters of each calibration file read so far)."""
     from hpo.data.lazy import data_header
     from hpo.data.split import split_indices
     from hpo.training.calibrate import too_few
@@ -220,17 +224,24 @@ def _check_calibration(where: str, cfg: RunConfig, n_file: int) -> None:
         return
     d = cfg.data
     if d.calibration_path is None:
-        n = n_file if d.max_clusters is None else min(d.max_clusters, n_file)
-        n_cal, holder = len(split_indices(n, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
-                                          seed=0).val), "the validation split holds"
+        n_cal = len(split_indices(_in_use(d, n_file), val_fraction=d.val_fraction,
+                                  test_fraction=d.test_fraction, seed=0).val)
+        holder = "the validation split holds"
     else:
-        header = data_header(d.calibration_path)
-        if header is None:  # training reads it whole and says what is wrong with it
+        if d.calibration_path not in files:
+            header = data_header(d.calibration_path)
+            files[d.calibration_path] = None if header is None else header[0]
+        n_cal, holder = files[d.calibration_path], f"{d.calibration_path} holds"
+        if n_cal is None:  # training reads it whole and says what is wrong with it
             return
-        n_cal, holder = header[0], f"{d.calibration_path} holds"
     why = too_few(cfg, n_cal, holder)
     if why:
         raise ConfigError(f"{where}: {why}")
+
+
+def _in_use(d: DataConfig, n_file: int) -> int:
+    """The clusters of a file a run uses (data.max_clusters keeps the first N)."""
+    return n_file if d.max_clusters is None else min(d.max_clusters, n_file)
 
 
 def _overlaps(path: str, key: str) -> bool:
