@@ -128,7 +128,7 @@ def main() -> None:
     if args.calibrate_chosen and chosen is not None:
         # The chosen model once more with sigma calibrated on its validation split
         # (train.calibrate_sigma): the same training, then the scale that validation alone sets.
-        name = f"{chosen}, sigma calibrated"
+        name = sigma_calibrated_name(chosen)
         runs[name] = (runs[chosen][0], {**runs[chosen][1], "train.calibrate_sigma": True})
         results[name] = result_of(name)
         # And with both calibrations set by a mock of its own (data.calibration_path): the shift
@@ -213,7 +213,8 @@ def section(summary: dict[str, Any]) -> list[str]:
     models, fl = summary["models"], summary["floors"]
     alone = {p: models.get(f"{p} alone") for p in TEST_PRESETS}
     chosen = chosen_model(models)
-    target = next((n for n in (calibrated_name(chosen), f"{chosen}, sigma calibrated") if n in models), chosen)
+    names = (calibrated_name(chosen), sigma_calibrated_name(chosen))
+    target = next((n for n in names if n in models), chosen)
     lines = [
         SECTION,
         "",
@@ -336,6 +337,10 @@ def section(summary: dict[str, Any]) -> list[str]:
 
 def calibrated_name(chosen: str) -> str:
     return f"{chosen}, calibrated on a mock of its own"
+
+
+def sigma_calibrated_name(chosen: str) -> str:
+    return f"{chosen}, sigma calibrated"
 
 
 def chosen_model(models: dict[str, Any]) -> str | None:
