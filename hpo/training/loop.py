@@ -200,12 +200,13 @@ def train(
     shift = scale = None
     if bins is not None:
         assert cal.log_mass is not None
-        shift = bias_shift(cal_mu, cal.log_mass, cal.exposure_s if exposure else None, bins)
+        # One bin (shift_bins' rule for a model without the exposure) is one shift whatever it is.
+        shift = bias_shift(cal_mu, cal.log_mass, cal.exposure_s, bins)
         layer = model.get_layer(LOG_MASS_SHIFT)
         layer.knots.assign(shift.log_exposure_knots.astype("float32"))
         layer.shift.assign(shift.shift.astype("float32"))
-        mu = shift(mu, va.exposure_s if exposure else None)
-        cal_mu = mu if cal is va else shift(cal_mu, cal.exposure_s if exposure else None)
+        mu = shift(mu, va.exposure_s)
+        cal_mu = mu if cal is va else shift(cal_mu, cal.exposure_s)
     if cfg.train.calibrate_sigma:
         assert cal.log_mass is not None
         scale = sigma_scale(cal_mu, cal_sigma, cal.log_mass)  # on shifted residuals, if shifted
