@@ -29,7 +29,7 @@ quickstart: install
 # The suite runs on Keras' default TensorFlow backend; the training core (model, losses, metrics,
 # training loop, streaming feed, TTA, pyfunc) runs a second time on the JAX backend (not
 # test_backends.py, which starts each backend in a process of its own anyway).
-JAX_CORE := tests/model tests/training tests/data/test_lazy.py tests/registry/test_models.py
+JAX_CORE := tests/inference/test_layers.py tests/model tests/training tests/data/test_lazy.py tests/registry/test_models.py
 
 test: $(BIN)/python
 	$(PIP) -e ".[test]"

@@ -26,12 +26,12 @@ from hpo.config.tree import ActivationConfig
 from hpo.config.tree import AugmentConfig
 from hpo.config.tree import ModelConfig
 from hpo.config.tree import RegularizerConfig
-from hpo.model.layers import CountsTransform
-from hpo.model.layers import ExposureScale
-from hpo.model.layers import LogExposure
-from hpo.model.layers import LogMassShift
-from hpo.model.layers import RandomDihedral
-from hpo.model.layers import SigmaScale
+from hpo.inference.layers import CountsTransform
+from hpo.inference.layers import ExposureScale
+from hpo.inference.layers import LogExposure
+from hpo.inference.layers import LogMassShift
+from hpo.inference.layers import RandomDihedral
+from hpo.inference.layers import SigmaScale
 
 EXPOSURE_INPUT = "exposure_s"  # the input's name: the data contract's key
 SIGMA_SCALE = "sigma_scale"  # the last layer of a model trained with train.calibrate_sigma

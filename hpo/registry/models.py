@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -58,10 +59,20 @@ def load(ref: str, tracking_uri: str | None = None) -> Any:
     """
     uri = model_uri(ref)
     mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    pyfunc_log.addFilter(_other_python_version)
     try:
         return mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as exc:
         raise _error("load", uri, exc) from None
+    finally:
+        pyfunc_log.removeFilter(_other_python_version)
+
+
+def _other_python_version(record: logging.LogRecord) -> bool:
+    """False for MLflow's warning that a model was saved under another Python: a model of this
+    package is Python source and a .keras file, and neither depends on the Python version."""
+    return not str(record.msg).startswith("The version of Python that the model was saved in")
 
 
 def pull(ref: str, out_dir: str | Path, tracking_uri: str | None = None) -> Path:
@@ -145,7 +156,7 @@ def predict_arrays(
     """log_mass and sigma (or None) for every cluster, in chunks to bound memory.
 
     Args:
-        model: a pyfunc model of this package (see hpo.tracking.pyfunc).
+        model: a pyfunc model of this package (see hpo.inference.pyfunc).
         images: (N, H, W, C) counts.
         redshift: (N,).
         chunk: clusters per predict call.

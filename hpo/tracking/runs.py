@@ -27,10 +27,6 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
-from mlflow.models import ModelSignature
-from mlflow.types import ColSpec
-from mlflow.types import Schema
-from mlflow.types import TensorSpec
 
 from hpo.config.overrides import flatten
 from hpo.config.tree import RunConfig
@@ -38,6 +34,8 @@ from hpo.errors import first_line
 from hpo.errors import TrackingError
 from hpo.redact import redact
 from hpo.tracking import system_metrics
+from hpo.tracking.logged_model import model_metadata
+from hpo.tracking.logged_model import pyfunc_arguments
 from hpo.tracking.retry import auth_error
 from hpo.tracking.retry import default_window_s
 from hpo.tracking.retry import RetryingClient
@@ -46,8 +44,6 @@ _logger = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_ARTIFACT_DIR = "mlartifacts"
-MODEL_REQUIREMENTS = ["keras>=3.15", "numpy", "pandas", "mlflow>=3.17"]
-BACKEND_REQUIREMENTS = {"tensorflow": "tensorflow>=2.21", "jax": "jax>=0.4.30"}  # the saving backend's
 FLOOR_METRICS = ("oracle_floor", "counts_baseline")  # parent-run metrics, drawn as lines by `hpo report`
 # Marks an experiment as model training, not GenAI (what the UI filters and labels experiments by;
 # which view it opens them in is the sidebar's, see runs_page).
@@ -293,30 +289,8 @@ class Tracker:
 
     def log_model(self, run_id: str, keras_model: Any, example: dict[str, np.ndarray],
                   training_ranges: dict[str, list[float]] | None = None) -> str:
-        """Logs the network as a pyfunc model of this run; returns its models:/ URI.
-
-        Its metadata say what it takes (`inputs`, `input_names`), the image shape and, if given,
-        the [min, max] of its training clusters' redshift, log_mass and exposure_s
-        (`training_ranges`: what `hpo predict` flags clusters outside of).
-        """
-        from hpo.tracking.pyfunc import EXPOSURE
-        from hpo.tracking.pyfunc import EXPOSURE_INPUTS
-        from hpo.tracking.pyfunc import INPUTS
-        from hpo.tracking.pyfunc import KERAS_ARTIFACT
-
-        names = list(keras_model.input)
-        h, w, c = (int(d) for d in keras_model.input["images"].shape[1:])
-        has_sigma = int(keras_model.output.shape[-1]) > 1
-        columns: list[ColSpec | TensorSpec] = [ColSpec("double", "log_mass")]
-        outputs = Schema(columns + ([ColSpec("double", "sigma")] if has_sigma else []))
-        package = Path(__file__).resolve().parents[1]
-        # No input schema: MLflow would refuse integer counts before predict converts them.
-        signature = ModelSignature(outputs=outputs)
-        inputs = EXPOSURE_INPUTS if EXPOSURE in names else INPUTS
-        metadata: dict[str, Any] = {"inputs": inputs.replace("(N, H, W, C)", f"(N, {h}, {w}, {c})"),
-                                    "image_shape": [h, w, c], "input_names": names}
-        if training_ranges:
-            metadata["training_ranges"] = training_ranges
+        """Logs the network as a pyfunc model of this run (logged_model.py); returns its models:/ URI."""
+        metadata = model_metadata(keras_model, training_ranges)
 
         def log_once() -> Any:
             run = self.client.raw.get_run(run_id)
@@ -327,24 +301,11 @@ class Tracker:
                 experiment_id=run.info.experiment_id, name="model", source_run_id=run_id,
                 params={k: str(v) for k, v in run.data.params.items()},
             )
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "model.keras"
-                keras_model.save(path)
-                return Model.log(
-                    artifact_path=None,
-                    name="model",
-                    flavor=mlflow.pyfunc,
-                    run_id=run_id,
-                    model_id=logged.model_id,
-                    python_model=str(package / "tracking" / "pyfunc_entry.py"),
-                    artifacts={KERAS_ARTIFACT: str(path)},
-                    code_paths=[str(package)],
-                    signature=signature,
-                    metadata=metadata,
-                    input_example={k: np.asarray(v, np.float32) for k, v in example.items()},
-                    pip_requirements=[BACKEND_REQUIREMENTS.get(keras_backend(), "tensorflow>=2.21"),
-                                      *MODEL_REQUIREMENTS],
-                )
+            with tempfile.TemporaryDirectory() as tmp, pyfunc_arguments(
+                keras_model, example, metadata, Path(tmp)
+            ) as arguments:
+                return Model.log(artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=run_id,
+                                 model_id=logged.model_id, **arguments)
 
         info = self.client.call("log_model", log_once)
         return str(info.model_uri)
@@ -355,12 +316,6 @@ def _device_tags() -> dict[str, str]:
     from hpo.training import device
 
     return {f"hpo.{k}": v for k, v in device.describe().items()}
-
-
-def keras_backend() -> str:
-    import keras
-
-    return str(keras.backend.backend())
 
 
 def _param(key: str, value: Any) -> Any:

@@ -60,6 +60,6 @@ def test_hpo_verbose_brings_the_lines_back(tmp_path):
 
 def test_the_model_class_loads_without_an_mlflow_warning(tmp_path):
     # Rule: importing our pyfunc class (what promote and predict do) makes MLflow warn about nothing.
-    proc = _run([sys.executable, "-W", "always", "-c", "import hpo.tracking.pyfunc"], tmp_path)
+    proc = _run([sys.executable, "-W", "always", "-c", "import hpo.inference.pyfunc"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "type hint" not in proc.stderr.lower(), proc.stderr

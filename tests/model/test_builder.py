@@ -11,7 +11,7 @@ import pytest
 from hpo.config import apply_overrides
 from hpo.model import build_model
 from hpo.model import InputStats
-from hpo.model.layers import RandomDihedral
+from hpo.inference.layers import RandomDihedral
 from hpo.model.losses import gaussian_nll
 
 SHAPE = (16, 16, 2)

@@ -97,21 +97,10 @@ def log_exposure_model(path: Path, experiment: str, ranges: dict) -> tuple:
     """(keras model, models:/ URI, tracking URI) of an untrained tiny network that takes
     exposure_s, with a log-mass shift and a sigma scale set, logged with its training `ranges`
     to a SQLite store in `path`."""
-    import numpy as np
-
     from hpo.config import apply_overrides
-    from hpo.model import InputStats
-    from hpo.model import build_model
     from hpo.tracking.runs import Tracker
 
-    stats = InputStats(np.zeros(2), np.ones(2), 14.0, 0.5, 0.5, 0.25, 1000.0, 3.0, 0.3)
-    net = build_model(apply_overrides({"model.use_exposure": True, "model.dense": [8]}).model,
-                      image_shape=(16, 16, 2), stats=stats, sigma_head="softplus",
-                      calibrate_sigma=True, calibrate_bias_bins=3)
-    # Calibrated as training would leave it, so that its layers go through MLflow with values.
-    net.get_layer("log_mass_shift").knots.assign(np.log10([300.0, 800.0, 2000.0]).astype("f4"))
-    net.get_layer("log_mass_shift").shift.assign(np.array([0.1, -0.05, 0.2], "f4"))
-    net.get_layer("sigma_scale").scale.assign(1.5)
+    net = exposure_network()
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(path)
         mp.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
@@ -122,3 +111,22 @@ def log_exposure_model(path: Path, experiment: str, ranges: dict) -> tuple:
                                 ranges)
         tracker.end_run(run_id)
     return net, uri, tracker.uri
+
+
+def exposure_network():
+    """An untrained tiny network (16 x 16 x 2 images) that takes exposure_s, with its log-mass
+    shift and sigma scale set as training would leave them, so that its layers carry values."""
+    import numpy as np
+
+    from hpo.config import apply_overrides
+    from hpo.model import InputStats
+    from hpo.model import build_model
+
+    stats = InputStats(np.zeros(2), np.ones(2), 14.0, 0.5, 0.5, 0.25, 1000.0, 3.0, 0.3)
+    net = build_model(apply_overrides({"model.use_exposure": True, "model.dense": [8]}).model,
+                      image_shape=(16, 16, 2), stats=stats, sigma_head="softplus",
+                      calibrate_sigma=True, calibrate_bias_bins=3)
+    net.get_layer("log_mass_shift").knots.assign(np.log10([300.0, 800.0, 2000.0]).astype("f4"))
+    net.get_layer("log_mass_shift").shift.assign(np.array([0.1, -0.05, 0.2], "f4"))
+    net.get_layer("sigma_scale").scale.assign(1.5)
+    return net

@@ -34,7 +34,7 @@ print(json.dumps({"backend": keras.backend.backend(), "mu": mu.tolist(), "sigma"
 LOAD = """
 import json, sys
 import keras
-import hpo.model.layers  # registers the custom layers
+import hpo.model  # registers the custom layers
 from hpo.data.lazy import open_dataset
 from hpo.training.evaluate import predict
 ds = open_dataset(sys.argv[1])

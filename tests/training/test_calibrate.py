@@ -13,7 +13,7 @@ from hpo.data import load_dataset
 from hpo.errors import ConfigError
 from hpo.errors import DataContractError
 from hpo.errors import TrialFailed
-from hpo.model.layers import LogMassShift
+from hpo.inference.layers import LogMassShift
 from hpo.training import train
 from hpo.training.calibrate import bias_shift
 from hpo.training.calibrate import Shift

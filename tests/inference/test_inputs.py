@@ -1,4 +1,5 @@
-"""The registered model takes photon counts as they come: any real dtype, wrong shapes refused in one line."""
+"""What a saved model takes (hpo/inference/inputs.py): photon counts of any real dtype; wrong
+shapes refused in one line."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from hpo.registry import models
-from hpo.tracking.pyfunc import unpack_inputs
+from hpo.inference.inputs import unpack_inputs
 from tests.conftest import make_signal_data
 from tests.registry.conftest import MODEL
 from tests.registry.conftest import log_exposure_model

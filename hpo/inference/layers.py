@@ -1,7 +1,11 @@
 """Custom Keras layers saved with the model: the counts transform, the exposure scaling,
 dihedral augmentation and the calibration of the output (a shift of log mass, a scale of sigma).
 
-    python -m pytest tests/model/test_layers.py
+    python -m pytest tests/inference/test_layers.py
+
+A saved network names each layer "hpo>ClassName". hpo registers the names (register(), called
+by hpo.model) so that the networks it saves carry them; loading passes CUSTOM_OBJECTS instead, so
+that a model's own copy of this file never replaces the classes hpo registered.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from keras import ops
 TRANSFORMS = ("none", "log1p", "asinh", "sqrt")
 
 
-@keras.saving.register_keras_serializable(package="hpo")
 class CountsTransform(keras.layers.Layer):
     """Pointwise transform of photon counts (none, log1p, asinh, sqrt); no weights."""
 
@@ -37,7 +40,6 @@ class CountsTransform(keras.layers.Layer):
         return {**super().get_config(), "kind": self.kind}
 
 
-@keras.saving.register_keras_serializable(package="hpo")
 class ExposureScale(keras.layers.Layer):
     """Counts at a reference exposure: images (N, H, W, C) x ref_s / exposure (N, 1); no weights.
 
@@ -59,7 +61,6 @@ class ExposureScale(keras.layers.Layer):
         return {**super().get_config(), "ref_s": self.ref_s}
 
 
-@keras.saving.register_keras_serializable(package="hpo")
 class LogExposure(keras.layers.Layer):
     """Standardised log10 exposure, (log10 t - mean) / std, from (N, 1) seconds; no weights."""
 
@@ -74,7 +75,6 @@ class LogExposure(keras.layers.Layer):
         return {**super().get_config(), "mean": self.mean, "std": self.std}
 
 
-@keras.saving.register_keras_serializable(package="hpo")
 class RandomDihedral(keras.layers.Layer):
     """Random flips and/or right-angle rotations of square images, per sample, in training only.
 
@@ -110,7 +110,6 @@ class RandomDihedral(keras.layers.Layer):
         return {**super().get_config(), "flips": self.flips, "rot90": self.rot90, "seed": self.seed}
 
 
-@keras.saving.register_keras_serializable(package="hpo")
 class SigmaScale(keras.layers.Layer):
     """[mu, sigma] (N, 2) to [mu, sigma x scale]; `scale` a weight that training leaves alone (1
     while the network learns), set from the validation split after it (train.calibrate_sigma)."""
@@ -122,7 +121,6 @@ class SigmaScale(keras.layers.Layer):
         return ops.concatenate([x[:, :1], x[:, 1:] * self.scale], axis=-1)
 
 
-@keras.saving.register_keras_serializable(package="hpo")
 class LogMassShift(keras.layers.Layer):
     """Adds a calibrated shift to log mass, the first column of the output (N, 1 or 2).
 
@@ -156,3 +154,19 @@ class LogMassShift(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "bins": self.bins}
+
+
+LAYERS = (CountsTransform, ExposureScale, LogExposure, RandomDihedral, SigmaScale, LogMassShift)
+PACKAGE = "hpo"  # every saved network names its layers "hpo>ClassName"
+CUSTOM_OBJECTS = {f"{PACKAGE}>{cls.__name__}": cls for cls in LAYERS}
+
+
+def register() -> None:
+    """Registers LAYERS under PACKAGE, so that the networks this process saves name them so."""
+    for cls in LAYERS:
+        keras.saving.register_keras_serializable(package=PACKAGE)(cls)
+
+
+def load_network(path: Any) -> keras.Model:
+    """The saved Keras network at `path` (.keras), its layers taken from this file."""
+    return keras.saving.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False)
