@@ -348,7 +348,8 @@ def page(args: argparse.Namespace, floor: dict, rows: list[dict], sections: list
         "",
         "| experiment | grid points | best val residual std | x oracle floor | x counts baseline | best point |",
         "| --- | ---: | ---: | ---: | ---: | --- |",
-        *(f"| [{r['name']}](#{r['name'].replace('_', '')}) | {r['points']} | {r['best']:.3f} | "
+        # The anchor of a heading `### kernel_size` is `kernel_size`, on GitHub and in the site.
+        *(f"| [{r['name']}](#{r['name']}) | {r['points']} | {r['best']:.3f} | "
           f"{r['best'] / of:.2f} | {r['best'] / cb:.2f} | {r['best_params']} |" for r in rows),
         "",
         *sections,
