@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 
@@ -15,9 +13,6 @@ from hpo.launch.docker import DEFAULT_IMAGE
 from hpo.launch.docker import DEFAULT_NETWORK
 
 STORAGE_HELP = "Optuna storage URL (default: HPO_STORAGE or sqlite:///hpo.db)."
-if TYPE_CHECKING:
-    from hpo.config.space import SearchSpace
-
 TRACKING_HELP = "MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."
 
 
@@ -66,17 +61,12 @@ def launch(
     ),
 ) -> None:
     """Create or resume a study, start its workers, show progress until the budget is spent."""
-    from hpo.data.recipe import require_calibration_file
-    from hpo.data.recipe import require_data_file
-    from hpo.config.space import load_space
-
-    space = load_space(spec)
     if dry_run:  # no database, no MLflow, no training
-        _dry_run(space, spec)
+        from hpo.launch.checks import dry_run as check_and_build
+
+        for line in check_and_build(spec):
+            typer.echo(line)
         return
-    space.budget()  # a space without a budget says so before its data is looked for
-    require_data_file(space.resolved_base().data.path, spec)
-    require_calibration_file(space.resolved_base().data.calibration_path)
     from hpo.launch.launcher import launch as run_launch
 
     result = run_launch(
@@ -97,43 +87,7 @@ def launch(
             f"study '{result.study_name}': {p.done}/{p.budget} trials done, "
             f"best {result.metric} {best}"
         )
-    from hpo.tracking.runs import Tracker
-    from hpo.tracking.runs import runs_page
-
-    tracker = Tracker(tracking_uri)
-    typer.echo(f"runs: {runs_page(tracker.uri, tracker.experiment_id(result.study_name))}")
-
-
-def _dry_run(space: SearchSpace, spec: Path) -> None:
-    """Checks what every trial would meet (data file, corners of the space, the network at its
-    extremes) and prints the space with its budget."""
-    from hpo.data.lazy import data_header
-    from hpo.data.lazy import open_dataset
-    from hpo.data.recipe import require_calibration_file
-    from hpo.data.recipe import require_data_file
-    from hpo.errors import DataContractError
-    from hpo.trial.corners import build_networks
-    from hpo.trial.corners import check_space
-
-    space.budget()
-    data = space.resolved_base().data
-    require_data_file(data.path, spec)
-    require_calibration_file(data.calibration_path)
-    header = data_header(data.path)
-    if header is None:  # the full contract check says what is wrong with it
-        open_dataset(data.path, max_in_memory_gb=data.max_in_memory_gb)
-        raise DataContractError(f"{data.path}: no 'images' array of shape (N, H, W, C)")
-    corners = check_space(space, header)
-    # Shapes only: Keras's numpy backend builds the same layers without loading TensorFlow or
-    # taking memory on a GPU that workers use.
-    if "keras" not in sys.modules:
-        os.environ["KERAS_BACKEND"] = "numpy"
-        os.environ["JAX_PLATFORMS"] = "cpu"
-    built = build_networks(space, corners, header[1])
-    typer.echo(space.describe())
-    n, shape = header
-    typer.echo(f"checked: {len(corners)} corners of the space on {data.path} ({n} clusters of "
-               f"{' x '.join(map(str, shape))}); the network built at {built} of them")
+    typer.echo(f"runs: {result.runs}")
 
 
 @app.command()

@@ -34,6 +34,7 @@ from hpo.study.create import stored_space
 from hpo.tracking.datasets import log_data_inputs
 from hpo.tracking.preflight import checked_tracker
 from hpo.tracking.recorder import trial_recorders
+from hpo.tracking.runs import runs_page
 from hpo.tracking.runs import Tracker
 
 _logger = logging.getLogger(__name__)
@@ -46,11 +47,12 @@ RELAUNCH_MAY_CHANGE = {"study.n_trials", "study.timeout_s", "study.tuner.max_tri
 
 def launch_keras_tuner(
     space: SearchSpace, *, workers: int | None, tracking_uri: str | None, launcher: str, echo: Echo
-) -> tuple[bool, Progress | None]:
+) -> tuple[bool, Progress | None, str]:
     """study.engine keras_tuner: the search runs here, in this process (hpo/engines/keras_tuner.py).
 
     Returns:
-        Whether the study was created now, and its progress (None with --workers 0).
+        Whether the study was created now, its progress (None with --workers 0), and where the
+        MLflow UI shows its runs.
 
     Raises:
         ConfigError: more than one worker or a launcher other than local were asked for.
@@ -71,7 +73,7 @@ def launch_keras_tuner(
     if workers == 0:
         echo(f"study '{name}' (engine keras_tuner) runs in `hpo launch` itself: "
              "--workers 0 starts nothing")
-        return created, None
+        return created, None, runs_page(tracker.uri, tracker.experiment_id(name))
     tuner = space.study.tuner
     assert tuner is not None
     echo(
@@ -83,7 +85,7 @@ def launch_keras_tuner(
     done = len(values)
     final = Progress(complete=done, pruned=0, failed=len(records) - done, running=0, waiting=0,
                      budget=space.budget(), best=min(values) if values else None)
-    return created, final
+    return created, final, runs_page(tracker.uri, tracker.experiment_id(name))
 
 
 # ------------------------------------------------------------------------------ the search

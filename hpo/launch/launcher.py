@@ -29,11 +29,9 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from hpo.config.space import load_space
 from hpo.config.space import SearchSpace
 from hpo.data.baseline import data_summary
 from hpo.data.contract import Dataset
-from hpo.data.lazy import data_header
 from hpo.data.lazy import H5Source
 from hpo.data.lazy import open_dataset
 from hpo.errors import ConfigError
@@ -48,6 +46,7 @@ from hpo.keys import MLFLOW_EXPERIMENT_KEY
 from hpo.keys import MLFLOW_PARENT_RUN_KEY
 from hpo.keys import TRACKING_URI_KEY
 from hpo.keys import WORKER_KEY
+from hpo.launch.checks import check_launch
 from hpo.launch.docker import DEFAULT_IMAGE
 from hpo.launch.docker import DEFAULT_NETWORK
 from hpo.launch.docker import docker_workers
@@ -72,8 +71,8 @@ from hpo.study.create import stored_tracking_uri
 from hpo.tracking.datasets import log_data_inputs
 from hpo.tracking.preflight import checked_tracker
 from hpo.tracking.reconcile import KillLostRuns
+from hpo.tracking.runs import runs_page
 from hpo.tracking.runs import Tracker
-from hpo.trial.corners import check_space
 
 POLL_S = 2.0
 STOP_TIMEOUT_S = 60.0  # how long stopped workers get to end their trial and MLflow run
@@ -87,8 +86,9 @@ Echo = Callable[[str], None]
 class LaunchResult:
     study_name: str
     created: bool
-    progress: Progress | None
+    progress: Progress | None  # None when nothing ran (--workers 0 of a keras-tuner study)
     metric: str = METRIC
+    runs: str = ""  # where the MLflow UI shows the study's runs (tracking.runs.runs_page)
 
 
 @dataclass(frozen=True)
@@ -219,23 +219,20 @@ def launch(
         echo: where progress lines go.
 
     Raises:
-        HpoError: a bad space or data file, an unreachable store, or workers that failed
-            before the budget was spent.
+        HpoError: a bad space or data file (check_launch), an unreachable store, or workers that
+            failed before the budget was spent.
     """
     if launcher not in LAUNCHERS:
         raise ConfigError(f"--launcher must be one of: {', '.join(LAUNCHERS)}; got {launcher!r}")
     if workers_per_gpu < 1:
         raise ConfigError(f"--workers-per-gpu must be at least 1, got {workers_per_gpu}")
-    space = load_space(spec)
-    space.budget()  # a missing n_trials is an error now, not once workers run
-    # A point every trial of which would fail (a kernel wider than what is left of the images,
-    # dropout after a dense layer that is not there) is refused before a study or run exists.
-    check_space(space, data_header(space.resolved_base().data.path))
+    # A space no trial of which could run is refused before a study or run exists.
+    space = check_launch(spec).space
     if space.study.engine == "keras_tuner":
-        created, final = launch_keras_tuner(
+        created, final, runs = launch_keras_tuner(
             space, workers=workers, tracking_uri=tracking_uri, launcher=launcher, echo=echo
         )
-        return LaunchResult(space.study.name, created, final)
+        return LaunchResult(space.study.name, created, final, runs=runs)
     name = space.study.name
     storage_url = storage_url or default_storage_url()
     # A dead tracking server is an error now, not in every trial.
@@ -278,17 +275,19 @@ def launch(
         f"MLflow: {redact(tracker.uri)}, experiment '{name}'"
     )
     if plan is None:
-        return LaunchResult(name, created, progress(study, space), space.study.metric)
-
-    parent = study.user_attrs[MLFLOW_PARENT_RUN_KEY]
-    try:
-        final = supervise(study, space, processes, echo, tracker)
-        _some_trial_finished(study, final)
-    except BaseException as exc:  # a relaunch resumes the run
-        _end_parent(tracker, parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
-    finish_parent_run(study, tracker, space.study.metric)
-    return LaunchResult(name, created, final, space.study.metric)
+        final = progress(study, space)
+    else:
+        parent = study.user_attrs[MLFLOW_PARENT_RUN_KEY]
+        try:
+            final = supervise(study, space, processes, echo, tracker)
+            _some_trial_finished(study, final)
+        except BaseException as exc:  # a relaunch resumes the run
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            _end_parent(tracker, parent, status)
+            raise
+        finish_parent_run(study, tracker, space.study.metric)
+    runs = runs_page(tracker.uri, tracker.experiment_id(name))
+    return LaunchResult(name, created, final, space.study.metric, runs)
 
 
 def _same_data(study: optuna.Study, dataset: Dataset | H5Source) -> None:
