@@ -36,3 +36,24 @@ def test_the_published_champion_measures_new_clusters(tmp_path):
     truth = load_dataset(data).log_mass
     assert len(rows) == 400 and all(float(r["sigma"]) > 0 for r in rows)
     assert np.corrcoef([float(r["log_mass"]) for r in rows], truth)[0, 1] > 0.9
+
+
+def test_the_published_champion_loads_where_hpo_is_not_installed(tmp_path):
+    # Rule: the shipped folder is a whole MLflow model: a process that cannot import hpo loads it
+    # from its own code (the inference module) and predicts what hpo's process predicts.
+    import subprocess
+    import sys
+
+    from hpo.registry import models
+    from tests.inference.test_pyfunc import WITHOUT_HPO
+
+    data = load_dataset(write_mock(tmp_path / "few.h5", 20, 5, load_sim_config(None, "eRASS:8")))
+    np.savez(tmp_path / "inputs.npz", images=data.images, redshift=data.redshift)
+    proc = subprocess.run([sys.executable, "-c", WITHOUT_HPO, str(PUBLISHED), str(tmp_path / "inputs.npz")],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["hpo"] == [] and "xray_hpo_inference.pyfunc" in out["code"]
+    here = models.load(str(PUBLISHED)).predict({"images": data.images, "redshift": data.redshift})
+    np.testing.assert_allclose(out["log_mass"], here["log_mass"], rtol=1e-6)
+    np.testing.assert_allclose(out["sigma"], here["sigma"], rtol=1e-6)

@@ -1,1 +1,0 @@
-"""Registry: promotion of a study's best model, and pulling and using registered models."""
