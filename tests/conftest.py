@@ -1,8 +1,11 @@
-"""Shared fixtures: tiny contract files with a learnable signal, temporary stores."""
+"""Shared fixtures: tiny contract files with a learnable signal, temporary stores, a PostgreSQL
+database per module (tests/_postgres.py) and the registry study with its champion
+(tests/_registry.py), for every folder of tests/."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -64,6 +67,38 @@ def signal_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """300 clusters of 16 x 16 x 2 with counts ~ mass."""
     path = tmp_path_factory.mktemp("data") / "signal.h5"
     return write_h5(path, make_signal_data(300))
+
+
+@pytest.fixture(scope="module")
+def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test module, dropped afterwards."""
+    from tests._postgres import PG_HOST
+    from tests._postgres import PG_PORT
+    from tests._postgres import admin_conninfo_or_skip
+    from tests._postgres import admin_execute
+    from tests._workers import close_polling_storage
+
+    info = admin_conninfo_or_skip()
+    user = info.split("user=")[1].split()[0]
+    module = request.module.__name__.removeprefix("tests.").replace(".", "_")  # store_test_retry
+    name = f"hpo_{module}_{os.getpid()}".lower()
+    admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin_execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}"
+    try:
+        yield url
+    finally:
+        close_polling_storage(url)
+        admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory):
+    """A study of 2 tiny trials whose best is the champion of tests._registry.MODEL (SQLite
+    stores), run once a session in this process: a tests._registry.Registry."""
+    from tests._registry import make_registry
+
+    return make_registry(tmp_path_factory.mktemp("registry"))
 
 
 def write_esass_events(path: Path, ra, dec, *, pi=None, tm=None, pat=None, flag=None, time=None,

@@ -7,8 +7,8 @@ import socket
 import subprocess
 import sys
 
-from tests.study.conftest import clean_env
-from tests.study.conftest import wait_for
+from tests._workers import clean_env
+from tests._workers import wait_for
 
 
 def test_sigint_stops_hpo_started_with_sigint_ignored(tmp_path):

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.registry.conftest import BAD
-from tests.registry.conftest import Registry
-from tests.registry.conftest import run_study
-from tests.tracking._servers import mlflow_server
+from tests._registry import BAD
+from tests._registry import Registry
+from tests._registry import run_study
+from tests._servers import mlflow_server
 
 pytestmark = pytest.mark.slow
 
@@ -90,8 +90,8 @@ def test_promotes_at_once_on_sqlite(registry, bad_study, tmp_path):
 @pytest.fixture()
 def pg_tracking(tmp_path):
     """A throwaway PostgreSQL database behind a real `mlflow server`; yields the server's URL."""
-    from tests.study.conftest import admin_conninfo_or_skip
-    from tests.study.conftest import admin_execute
+    from tests._postgres import admin_conninfo_or_skip
+    from tests._postgres import admin_execute
 
     info = admin_conninfo_or_skip()
     user = info.split("user=")[1].split()[0]

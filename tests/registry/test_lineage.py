@@ -7,7 +7,7 @@ import json
 import pytest
 from mlflow import MlflowClient
 
-from tests.registry.conftest import MODEL
+from tests._registry import MODEL
 
 pytestmark = pytest.mark.slow
 

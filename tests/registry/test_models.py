@@ -15,9 +15,9 @@ from hpo.errors import HpoError
 from hpo.errors import TrackingError
 from hpo.registry import models
 from hpo.registry.predict import predict_file
+from tests._registry import MODEL
 from tests.conftest import make_signal_data
 from tests.conftest import write_h5
-from tests.registry.conftest import MODEL
 
 pytestmark = pytest.mark.slow
 

@@ -17,9 +17,9 @@ from hpo.errors import DataContractError
 from hpo.registry.flags import aperture_significance
 from hpo.registry.flags import FLAGS
 from hpo.registry.predict import predict_file
+from tests._registry import log_exposure_model
 from tests.conftest import make_signal_data
 from tests.conftest import write_h5
-from tests.registry.conftest import log_exposure_model
 
 RANGES = {"redshift": [0.05, 1.0], "log_mass": [13.0, 15.0], "exposure_s": [150.0, 2500.0]}
 

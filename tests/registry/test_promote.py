@@ -16,11 +16,11 @@ from hpo.registry import models
 from hpo.registry.promote import promote
 from hpo.training.evaluate import dihedral_views
 from hpo.training.loop import prepare
+from tests._registry import BAD
+from tests._registry import MODEL
+from tests._registry import run_study
 from tests.conftest import make_signal_data
 from tests.conftest import write_h5
-from tests.registry.conftest import BAD
-from tests.registry.conftest import MODEL
-from tests.registry.conftest import run_study
 
 pytestmark = pytest.mark.slow
 

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
+from tests._registry import MODEL
 from tests.conftest import make_signal_data
 from tests.conftest import write_h5
-from tests.registry.conftest import MODEL
 
 pytestmark = pytest.mark.slow
 

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from hpo.registry import models
+from tests._registry import MODEL
+from tests._servers import BIN
+from tests._servers import free_port
+from tests._servers import start_process
+from tests._servers import stop
+from tests._servers import wait_http
 from tests.conftest import make_signal_data
-from tests.registry.conftest import MODEL
-from tests.tracking._servers import BIN
-from tests.tracking._servers import free_port
-from tests.tracking._servers import start_process
-from tests.tracking._servers import stop
-from tests.tracking._servers import wait_http
 
 pytestmark = pytest.mark.slow
 

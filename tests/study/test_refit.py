@@ -8,11 +8,11 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tests.study.conftest import create_study
-from tests.study.conftest import hpo_cmd
-from tests.study.conftest import mlflow_client
-from tests.study.conftest import trials_of
-from tests.study.conftest import write_study_files
+from tests._workers import create_study
+from tests._workers import hpo_cmd
+from tests._workers import mlflow_client
+from tests._workers import trials_of
+from tests._workers import write_study_files
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.tracking._servers import mlflow_server
+from tests._servers import mlflow_server
 
 
 @pytest.fixture(scope="session")

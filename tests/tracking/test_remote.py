@@ -28,11 +28,11 @@ from hpo.tracking import Tracker
 from hpo.tracking.recorder import MlflowRecorder
 from hpo.tracking.recorder import trial_recorders
 from hpo.trial.runner import run_trial
+from tests._servers import TcpProxy
+from tests._servers import mlflow_server
 from tests.cli.test_end_to_end import TINY
 from tests.conftest import make_signal_data
 from tests.conftest import write_h5
-from tests.tracking._servers import TcpProxy
-from tests.tracking._servers import mlflow_server
 
 pytestmark = pytest.mark.slow
 

@@ -16,13 +16,13 @@ from hpo.keys import TRACKING_URI_KEY
 from hpo.redact import redact
 from hpo.study.create import store_tracking_uri
 from hpo.study.create import stored_tracking_uri
-from tests.study.conftest import PG_HOST
-from tests.study.conftest import PG_PORT
-from tests.study.conftest import admin_conninfo_or_skip
-from tests.study.conftest import admin_execute
-from tests.study.conftest import clean_env
-from tests.study.conftest import hpo_cmd
-from tests.study.conftest import write_study_files
+from tests._postgres import PG_HOST
+from tests._postgres import PG_PORT
+from tests._postgres import admin_conninfo_or_skip
+from tests._postgres import admin_execute
+from tests._workers import clean_env
+from tests._workers import hpo_cmd
+from tests._workers import write_study_files
 
 SECRET = "s3cret-4b7e"  # no other text holds it; PostgreSQL's trust auth ignores it
 

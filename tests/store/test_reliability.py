@@ -1,6 +1,6 @@
 """Faults under workers sharing a study on the real PostgreSQL (127.0.0.1:5432), nothing lost.
 
-    python -m pytest tests/study/test_reliability.py -q -p no:cacheprovider
+    python -m pytest tests/store/test_reliability.py -m e2e -q -p no:cacheprovider
 
 A worker SIGKILLed mid-trial, with a peer on the database and with workers behind the gRPC
 storage proxy; a worker sent SIGTERM mid-trial; connections terminated mid-study; the server
@@ -17,20 +17,20 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo.keys import BEAT_KEY
-from tests.study.conftest import TINY
-from tests.study.conftest import assert_interrupted_and_requeued
-from tests.study.conftest import create_study
-from tests.study.conftest import ensure_postgres_running
-from tests.study.conftest import finish
-from tests.study.conftest import mlflow_client
-from tests.study.conftest import restart_postgres
-from tests.study.conftest import running_trial_of
-from tests.study.conftest import start_hpo
-from tests.study.conftest import start_worker
-from tests.study.conftest import terminate_backends
-from tests.study.conftest import trials_of
-from tests.study.conftest import wait_for
-from tests.study.conftest import write_study_files
+from tests._postgres import ensure_postgres_running
+from tests._postgres import restart_postgres
+from tests._postgres import terminate_backends
+from tests._workers import TINY
+from tests._workers import assert_interrupted_and_requeued
+from tests._workers import create_study
+from tests._workers import finish
+from tests._workers import mlflow_client
+from tests._workers import running_trial_of
+from tests._workers import start_hpo
+from tests._workers import start_worker
+from tests._workers import trials_of
+from tests._workers import wait_for
+from tests._workers import write_study_files
 
 # Long fault runs (workers killed, connections cut, the database restarted): make test-e2e.
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.e2e]

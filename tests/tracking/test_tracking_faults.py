@@ -3,7 +3,7 @@ outage longer than the retry window is waited out. A real `mlflow server`, stopp
 again on its port; a TCP proxy in front of it holds back one answer so that a fault lands
 between the server creating a trial's run and the worker learning its id.
 
-    python -m pytest tests/study/test_tracking_faults.py -q -p no:cacheprovider
+    python -m pytest tests/tracking/test_tracking_faults.py -m e2e -q -p no:cacheprovider
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.study.conftest import clean_env
-from tests.study.conftest import finish
-from tests.study.conftest import hpo_cmd
-from tests.study.conftest import running_trial_of
-from tests.study.conftest import trials_of
-from tests.study.conftest import wait_for
-from tests.study.conftest import write_study_files
-from tests.tracking._servers import MlflowServer
-from tests.tracking._servers import TcpProxy
+from tests._servers import MlflowServer
+from tests._servers import TcpProxy
+from tests._workers import clean_env
+from tests._workers import finish
+from tests._workers import hpo_cmd
+from tests._workers import running_trial_of
+from tests._workers import trials_of
+from tests._workers import wait_for
+from tests._workers import write_study_files
 
 # Long fault runs (a real mlflow server stopped and restarted): in `make test-e2e`.
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]

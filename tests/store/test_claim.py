@@ -15,14 +15,14 @@ from hpo.config.space import parse_space
 from hpo.store.claim import trial_start_lock
 from hpo.store.storage import make_storage
 from hpo.study.create import create_or_join
-from tests.study.conftest import TINY
-from tests.study.conftest import admin_conninfo_or_skip
-from tests.study.conftest import create_study
-from tests.study.conftest import db_name
-from tests.study.conftest import finish
-from tests.study.conftest import start_worker
-from tests.study.conftest import trials_of
-from tests.study.conftest import write_study_files
+from tests._postgres import admin_conninfo_or_skip
+from tests._postgres import db_name
+from tests._workers import TINY
+from tests._workers import create_study
+from tests._workers import finish
+from tests._workers import start_worker
+from tests._workers import trials_of
+from tests._workers import write_study_files
 
 STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 WORKERS, BUDGET = 4, 2

@@ -1,6 +1,6 @@
 """Studies in real worker containers: the image of docker/build-local.sh on a Docker engine.
 
-    python -m pytest tests/study/test_containers.py -q -p no:cacheprovider
+    python -m pytest tests/launch/test_containers.py -m e2e -q -p no:cacheprovider
 
 Uses the engine DOCKER_HOST (or the default socket) names, else starts one with
 docker/engine.sh (root and Debian's docker.io needed), and builds the CPU worker image of this
@@ -27,14 +27,14 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from hpo.launch.docker import SECRETS_MOUNT
+from tests._servers import mlflow_server
+from tests._workers import TINY
+from tests._workers import clean_env
+from tests._workers import finish
+from tests._workers import trials_of
+from tests._workers import wait_for
 from tests.conftest import make_signal_data
 from tests.conftest import write_h5
-from tests.study.conftest import TINY
-from tests.study.conftest import clean_env
-from tests.study.conftest import finish
-from tests.study.conftest import trials_of
-from tests.study.conftest import wait_for
-from tests.tracking._servers import mlflow_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.e2e]
 

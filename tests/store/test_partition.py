@@ -1,6 +1,6 @@
 """A worker on its own network "host" (a network namespace) cut off from its stores, then healed.
 
-    python -m pytest tests/study/test_partition.py -q -p no:cacheprovider   (as root)
+    python -m pytest tests/store/test_partition.py -m e2e -q -p no:cacheprovider   (as root)
 
 The worker in the namespace reaches PostgreSQL and the MLflow server through a veth pair and
 TCP relays in the root namespace; the cut takes the veth link down, for longer than the
@@ -26,17 +26,17 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.study.conftest import PG_PORT
-from tests.study.conftest import TINY
-from tests.study.conftest import clean_env
-from tests.study.conftest import finish
-from tests.study.conftest import running_trial_of
-from tests.study.conftest import start_hpo
-from tests.study.conftest import trials_of
-from tests.study.conftest import wait_for
-from tests.study.conftest import write_study_files
-from tests.tracking._servers import TcpProxy
-from tests.tracking._servers import mlflow_server
+from tests._postgres import PG_PORT
+from tests._servers import TcpProxy
+from tests._servers import mlflow_server
+from tests._workers import TINY
+from tests._workers import clean_env
+from tests._workers import finish
+from tests._workers import running_trial_of
+from tests._workers import start_hpo
+from tests._workers import trials_of
+from tests._workers import wait_for
+from tests._workers import write_study_files
 
 # Long fault runs (minutes): in `make test-e2e`, which CI runs after `make test`.
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.e2e]

@@ -10,8 +10,8 @@ from optuna.trial import TrialState
 from hpo.store.retry import is_transient
 from hpo.store.retry import retrying
 from hpo.store.storage import make_storage
+from tests._postgres import terminate_backends
 from tests.conftest import FakeClock
-from tests.study.conftest import terminate_backends
 
 
 def _operational() -> sqlalchemy.exc.OperationalError:

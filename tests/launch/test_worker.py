@@ -8,13 +8,13 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tests.study.conftest import TINY
-from tests.study.conftest import create_study
-from tests.study.conftest import hpo_cmd
-from tests.study.conftest import mlflow_client
-from tests.study.conftest import store_space
-from tests.study.conftest import trials_of
-from tests.study.conftest import write_study_files
+from tests._workers import TINY
+from tests._workers import create_study
+from tests._workers import hpo_cmd
+from tests._workers import mlflow_client
+from tests._workers import store_space
+from tests._workers import trials_of
+from tests._workers import write_study_files
 
 pytestmark = pytest.mark.slow
 
@@ -98,9 +98,9 @@ def test_a_streamed_file_replaced_while_the_study_runs_fails_its_trials_with_the
     # nothing: each trial fails naming the file and both fingerprints, and the worker stops.
     from hpo.errors import HpoError
     from hpo.launch.worker import run_worker
+    from tests._workers import TINY
     from tests.conftest import make_signal_data
     from tests.conftest import write_h5
-    from tests.study.conftest import TINY
 
     write_study_files(tmp_path, "swap", n_trials=2, base={**TINY, "data": {"max_in_memory_gb": 1e-6}})
     storage = f"sqlite:///{tmp_path / 'hpo.db'}"

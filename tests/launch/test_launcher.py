@@ -12,17 +12,17 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.study.conftest import TINY
-from tests.study.conftest import assert_interrupted_and_requeued
-from tests.study.conftest import create_study
-from tests.study.conftest import finish
-from tests.study.conftest import hpo_cmd
-from tests.study.conftest import mlflow_client
-from tests.study.conftest import start_hpo
-from tests.study.conftest import start_worker
-from tests.study.conftest import trials_of
-from tests.study.conftest import wait_for
-from tests.study.conftest import write_study_files
+from tests._workers import TINY
+from tests._workers import assert_interrupted_and_requeued
+from tests._workers import create_study
+from tests._workers import finish
+from tests._workers import hpo_cmd
+from tests._workers import mlflow_client
+from tests._workers import start_hpo
+from tests._workers import start_worker
+from tests._workers import trials_of
+from tests._workers import wait_for
+from tests._workers import write_study_files
 
 # Whole launches driven into their faults (dead, stuck and failing workers): make test-e2e.
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
