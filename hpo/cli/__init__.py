@@ -56,7 +56,8 @@ def main() -> None:
     # then `kill -INT` (how launchers, tests and schedulers ask for a clean stop) does nothing.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        load_secrets_file()
+        if not _only_help(sys.argv[1:]):
+            load_secrets_file()  # help shows whatever the file holds
         app()
     except HpoError as exc:
         if os.environ.get("HPO_DEBUG"):
@@ -71,6 +72,11 @@ def main() -> None:
             typer.echo("hpo: interrupted", err=True)
             _exit_interrupted()
         raise
+
+
+def _only_help(args: list[str]) -> bool:
+    """Whether the command line asks only for help (what needs no secrets)."""
+    return not args or "--help" in args or "-h" in args
 
 
 def _exit_interrupted() -> None:

@@ -9,13 +9,15 @@ import typer
 
 from hpo.cli import app
 from hpo.cli._table import table
+from hpo.config.tree import SEED_MAX
 
 
 @app.command()
 def simulate(
     out: Path = typer.Argument(..., help="HDF5 file to write."),
     n: int = typer.Option(1000, "--n", min=1, help="Number of clusters."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same file."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX,
+                             help="Random seed; the same seed gives the same file."),
     preset: str | None = typer.Option(None, "--preset", help="Exposure preset: eRASS1, eRASS:4, eRASS:8, eFEDS, mixed (150-2500 s, log-uniform)."),
     config: Path | None = typer.Option(None, "--config", help="YAML file of simulator settings."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 from typing import TypeVar
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 
 from hpo.config.tree import RunConfig
 from hpo.errors import ConfigError
+from hpo.errors import first_line
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -86,16 +88,52 @@ def apply_overrides(
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    """A YAML mapping from `path`, or ConfigError naming the file."""
+    """A YAML mapping from `path`, or ConfigError naming the file (and, for a syntax error or a
+    key given twice, the line and column)."""
     if not path.exists():
         raise ConfigError(f"file not found: {path}")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a YAML file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError(f"{path}: {_yaml_problem(exc)}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML ({first_line(exc)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (where it keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue  # the base loader refuses it, with its own message
+            if key in first:
+                raise yaml.constructor.ConstructorError(
+                    None, None,
+                    f"key '{key}' is given twice (lines {first[key].start_mark.line + 1} and "
+                    f"{key_node.start_mark.line + 1}); keep one",
+                    key_node.start_mark)
+            first[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
+    """One line: where (line, column) and what, with the fix for the commonest slip (a tab)."""
+    mark = exc.problem_mark or exc.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    problem = " ".join(str(exc.problem or exc.context or "not valid YAML").split())
+    if "'\\t'" in problem or "\t" in problem:
+        problem += " (YAML indents with spaces, not tabs)"
+    if not problem.startswith("key '"):
+        problem = f"not valid YAML: {problem}"
+    return f"{where}{problem}"
 
 
 def _describe(exc: ValidationError) -> str:

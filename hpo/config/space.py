@@ -33,6 +33,7 @@ from hpo.config.overrides import check_path
 from hpo.config.overrides import flatten
 from hpo.config.overrides import read_yaml
 from hpo.config.tree import RunConfig
+from hpo.config.tree import SEED_MAX
 from hpo.errors import ConfigError
 from hpo.keys import METRIC
 
@@ -41,7 +42,7 @@ Scalar = bool | int | float | str | None
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Distribution(_Strict):
@@ -53,7 +54,7 @@ class Distribution(_Strict):
     step: float | None = Field(None, gt=0, description="grid step for float and int")
     log: bool = Field(False, description="sample on a log scale")
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _one_kind(self) -> Distribution:
@@ -86,7 +87,7 @@ class Distribution(_Strict):
 
 class SamplerSpec(_Strict):
     type: Literal["grid", "random", "qmc", "tpe", "cmaes"] = "tpe"
-    seed: int | None = 0
+    seed: int | None = Field(0, ge=0, le=SEED_MAX)
     options: dict[str, Any] = Field({}, description="extra keyword arguments of the Optuna sampler")
 
 
@@ -107,7 +108,7 @@ class TunerSpec(_Strict):
         True, description="hyperband: a promoted trial resumes from its parent's weights "
         "(false: it trains from scratch for all its epochs)"
     )
-    seed: int = Field(0, ge=0, description="the oracle's seed")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="the oracle's seed")
     max_trials: int | None = Field(
         None, ge=1, description="random/bayesian: trials to run; default study.n_trials"
     )
@@ -356,8 +357,9 @@ def parse_space(raw: dict[str, Any], *, source: str) -> SearchSpace:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
+        got = "" if isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})"
         more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-        raise ConfigError(f"{source}: key '{loc}': {msg}{more}") from None
+        raise ConfigError(f"{source}: key '{loc}': {msg}{got}{more}") from None
     for path in space.params:
         check_path(path, f"{source}, params")
         if path.split(".")[0] == "data":

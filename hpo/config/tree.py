@@ -21,8 +21,12 @@ from pydantic import Field
 from pydantic import model_validator
 
 
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding (np.random.seed, which Keras calls) takes 0..2**32-1
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf and NaN are refused in every number: no setting means either.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -35,7 +39,7 @@ class DataConfig(_Section):
     test_fraction: float = Field(
         0.1, ge=0, lt=1, description="Share held out for `hpo promote`; never seen by a study."
     )
-    split_seed: int = Field(0, description="Seed of the train/validation/test shuffle.")
+    split_seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of the train/validation/test shuffle.")
     max_clusters: int | None = Field(
         None, gt=10, description="Use only the first N clusters of the file (quick studies)."
     )
@@ -196,7 +200,7 @@ class AugmentConfig(_Section):
 class TrainConfig(_Section):
     epochs: int = Field(60, ge=1)
     batch_size: int = Field(64, ge=1)
-    seed: int = Field(0, description="Seeds weights, shuffling and dropout.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seeds weights, shuffling and dropout.")
     loss: LossConfig = LossConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()

@@ -26,6 +26,7 @@ from hpo.errors import HpoError
 from hpo.errors import TrackingError
 from hpo.redact import redact
 from hpo.tracking.retry import auth_error
+from hpo.tracking.runs import checked_uri
 from hpo.tracking.runs import default_tracking_uri
 
 MANIFEST = ".hpo-pull.json"  # what `hpo pull` wrote into its folder, so that a later pull replaces only that
@@ -58,7 +59,7 @@ def load(ref: str, tracking_uri: str | None = None) -> Any:
         TrackingError: the reference resolves to nothing, or the server refuses or is away.
     """
     uri = model_uri(ref)
-    mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
+    mlflow.set_tracking_uri(checked_uri(tracking_uri) if tracking_uri else default_tracking_uri())
     pyfunc_log = logging.getLogger("mlflow.pyfunc")
     pyfunc_log.addFilter(_other_python_version)
     try:
@@ -87,11 +88,11 @@ def pull(ref: str, out_dir: str | Path, tracking_uri: str | None = None) -> Path
         TrackingError: as for `load`, or the download holds no MLmodel.
     """
     uri = model_uri(ref)
+    tracking_uri = checked_uri(tracking_uri) if tracking_uri else default_tracking_uri()
     out = Path(out_dir)
     previous = _earlier_pull(out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    tracking_uri = tracking_uri or default_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)  # models:/ URIs resolve through the registry URI
     try:
         with tempfile.TemporaryDirectory(dir=out, prefix=".hpo-pull-") as tmp:

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from hpo.config.overrides import flatten
 from hpo.config.space import parse_space
 from hpo.config.space import SearchSpace
+from hpo.config.tree import SEED_MAX
 from hpo.errors import HpoError
 from hpo.study.create import stored_space
 
@@ -53,6 +54,13 @@ def refit_space(
     """
     if not seeds:
         raise HpoError("refit needs at least one seed (--seeds 1,2)")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise HpoError(f"--seeds {','.join(map(str, seeds))}: seed {', '.join(map(str, repeated))} "
+                       "is given twice; each seed refits every configuration once, so give each once")
+    outside = [s for s in seeds if not 0 <= s <= SEED_MAX]
+    if outside:
+        raise HpoError(f"--seeds: {outside[0]} is not a seed; seeds are whole numbers from 0 to {SEED_MAX}")
     done = _best_first(study)
     if not done:
         raise HpoError(f"study '{study.study_name}' has no COMPLETE trial to refit; "

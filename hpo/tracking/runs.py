@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,8 +68,20 @@ def runs_page(tracking_uri: str, experiment_id: str) -> str:
 
 
 def default_tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else the embedded SQLite store."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """MLFLOW_TRACKING_URI if set, else the embedded SQLite store; TrackingError if not a URI."""
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    return checked_uri(from_env, "MLFLOW_TRACKING_URI") if from_env else DEFAULT_TRACKING_URI
+
+
+def checked_uri(uri: str, what: str = "--tracking-uri") -> str:
+    """`uri` unchanged, or TrackingError (naming `what`) where it cannot be parsed as a URI."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        parts.port  # noqa: B018  a port that is not a number raises here
+    except ValueError as exc:
+        raise TrackingError(f"{what} {redact(uri)} is not a URI ({exc}); give one such as "
+                            "http://host:5000 or sqlite:///mlflow.db") from None
+    return uri
 
 
 class Tracker:
@@ -81,7 +94,7 @@ class Tracker:
     """
 
     def __init__(self, tracking_uri: str | None = None, *, retry_window_s: float | None = None) -> None:
-        self.uri = tracking_uri or default_tracking_uri()
+        self.uri = checked_uri(tracking_uri) if tracking_uri else default_tracking_uri()
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keeps worker logs legible
         if self.uri.startswith(("http://", "https://")):
             # MLflow's client would retry each request for minutes; RetryingClient bounds that instead.

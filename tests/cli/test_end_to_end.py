@@ -22,8 +22,8 @@ TINY = {
 }
 
 
-def hpo(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HPO_"))}
+def hpo(cwd: Path, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HPO_"))}, **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "hpo", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"hpo {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")

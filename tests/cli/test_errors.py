@@ -119,3 +119,30 @@ def test_a_calibration_file_missing_or_of_the_training_clusters_is_one_line(tmp_
         (tmp_path / "run.yaml").write_text(yaml.safe_dump(
             {"data": {"path": "train.h5", "calibration_path": path}, "train": {"calibrate_bias": True}}))
         _assert_one_line_error(hpo(tmp_path, "train", "run.yaml", check=False), fragment)
+
+
+def test_a_tracking_uri_that_is_no_uri_is_one_line_without_its_password(tmp_path):
+    # Rule: an unparseable MLflow URI, from the environment or --tracking-uri, is one line naming
+    # where it came from, its password masked; nothing is created (no study, no store).
+    write_h5(tmp_path / "signal.h5", make_signal_data(40))
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(
+        {"study": {"name": "u", "n_trials": 1}, "data": {"path": "signal.h5"},
+         "params": {"model.dropout.rate": {"float": [0, 0.5]}}}))
+    bad = "http://alice:s3cret@[::1"
+    for args, env in [(("launch", "s.yaml", "--workers", "0", "--tracking-uri", bad), {}),
+                      (("launch", "s.yaml", "--workers", "0"), {"MLFLOW_TRACKING_URI": bad}),
+                      (("predict", "m@champion", "signal.h5", "-o", "p"), {"MLFLOW_TRACKING_URI": bad}),
+                      (("pull", "m@champion", "-o", "pulled"), {"MLFLOW_TRACKING_URI": bad})]:
+        proc = hpo(tmp_path, *args, check=False, env=env)
+        _assert_one_line_error(proc, "is not a URI (Invalid IPv6 URL)")
+        assert "s3cret" not in proc.stderr and "alice:***@" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml", "signal.h5"]
+
+
+def test_help_needs_no_secrets_file(tmp_path):
+    # Rule: `hpo --help` shows help even where HPO_SECRETS_FILE names no file; a command that
+    # would use the secrets still refuses in one line.
+    env = {"HPO_SECRETS_FILE": str(tmp_path / "absent.env")}
+    assert "Usage" in hpo(tmp_path, "--help", env=env).stdout
+    assert "Usage" in hpo(tmp_path, "status", "--help", env=env).stdout
+    _assert_one_line_error(hpo(tmp_path, "status", check=False, env=env), "HPO_SECRETS_FILE", "absent.env")

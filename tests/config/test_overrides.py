@@ -9,6 +9,7 @@ import pytest
 from hpo.config import apply_overrides
 from hpo.config import load_run_config
 from hpo.config import RunConfig
+from hpo.config.overrides import read_yaml
 from hpo.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,3 +87,38 @@ def test_every_depth_preset_is_the_model_the_depth_benchmark_judged():
                               "train.epochs": 40, "train.early_stopping_patience": 10, "train.batch_size": 64})
     preset = preset_config("every_depth")
     assert preset.model == judged.model and preset.train == judged.train
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("study:\n  name: a\nstudy:\n  name: b\n", "line 3, column 1: key 'study' is given twice (lines 1 and 3)"),
+    ("params:\n  a.b: {float: [0, 1]}\n  a.b: {int: [0, 1]}\n", "key 'a.b' is given twice (lines 2 and 3)"),
+    ("train:\n  seed: 1\n  seed: 2\n", "key 'seed' is given twice (lines 2 and 3)"),
+    ("study:\n\tname: a\n", "line 2, column 1: not valid YAML: found character '\\t' that cannot start any "
+     "token (YAML indents with spaces, not tabs)"),
+    ("study: {name: a\n", "line 2, column 1: not valid YAML: expected ',' or '}'"),
+    ("- a\n- b\n", "expected a mapping at the top level, got list"),
+])
+def test_a_yaml_slip_is_one_line_with_its_line_and_column(tmp_path, text, fragment):
+    # Rule: a key given twice (PyYAML would keep the last silently) and a syntax error are one
+    # line naming the file, the line and column, and what is wrong.
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        read_yaml(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and fragment in message and "\n" not in message
+
+
+@pytest.mark.parametrize(("override", "fragment"), [
+    ({"train.optimizer.learning_rate": float("inf")}, "'train.optimizer.learning_rate': Input should be a finite number"),
+    ({"model.dropout.rate": float("nan")}, "'model.dropout.rate': Input should be a finite number"),
+    ({"train.seed": -5}, "'train.seed': Input should be greater than or equal to 0 (got -5)"),
+    ({"train.seed": 2**32}, "'train.seed': Input should be less than or equal to 4294967295"),
+    ({"data.split_seed": -1}, "'data.split_seed': Input should be greater than or equal to 0"),
+])
+def test_every_number_is_finite_and_every_seed_is_numpys(override, fragment):
+    # Rule: inf and NaN are no setting's value, and a seed is one numpy takes (0..2**32-1): both
+    # are refused before anything trains.
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(override)
+    assert fragment in str(info.value)

@@ -152,3 +152,25 @@ def test_study_metric_choices_and_val_nll_needs_a_sigma_head():
                     source="m.yaml")
     with pytest.raises(ConfigError, match="key 'study.metric'"):
         parse_space({"study": {**base["study"], "metric": "val_mae"}}, source="m.yaml")
+
+
+@pytest.mark.parametrize(("dist", "fragment"), [
+    ({"float": [1.0e-4, float("inf")], "log": True}, "key 'params.train.optimizer.learning_rate.float.1': Input should be a finite number (got inf)"),
+    ({"float": [float("-inf"), 0.1]}, "Input should be a finite number (got -inf)"),
+    ({"float": [0.0, 0.1], "step": float("nan")}, "Input should be a finite number"),
+    ({"categorical": [1.0e-3, float("inf")]}, "Input should be a finite number"),
+])
+def test_every_range_bound_and_choice_is_finite(dist, fragment):
+    # Rule: a range or choice holding inf or NaN is refused when the space is read (every trial
+    # would fail with it), naming the file and the key.
+    with pytest.raises(ConfigError) as info:
+        parse_space({"study": {"name": "x", "n_trials": 3},
+                     "params": {"train.optimizer.learning_rate": dist}}, source="s.yaml")
+    assert str(info.value).startswith("s.yaml") and fragment in str(info.value)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_a_sampler_seed_is_one_numpy_takes(seed):
+    with pytest.raises(ConfigError, match="study.sampler.seed"):
+        parse_space({"study": {"name": "x", "n_trials": 3, "sampler": {"type": "tpe", "seed": seed}},
+                     "params": {"model.dropout.rate": {"float": [0, 0.5]}}}, source="s.yaml")

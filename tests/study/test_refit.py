@@ -74,3 +74,19 @@ def test_refit_refuses_an_existing_file_and_a_study_without_results(tmp_path):
     out = hpo_cmd(tmp_path, "refit", "empty", "-o", "r.yaml", "--storage", storage)
     assert out.returncode == 1 and "r.yaml exists" in out.stderr
     assert (tmp_path / "r.yaml").read_text() == "mine"
+
+
+@pytest.mark.parametrize(("seeds", "fragment"), [
+    ([1, 1], "--seeds 1,1: seed 1 is given twice"),
+    ([2, 3, 2, 3], "seed 2, 3 is given twice"),
+    ([-5], "-5 is not a seed; seeds are whole numbers from 0 to 4294967295"),
+])
+def test_repeated_or_impossible_seeds_are_refused(seeds, fragment):
+    # Rule: each seed refits every configuration once: a repeated seed would queue each twice and
+    # be called two seeds; a seed numpy refuses would fail every refit.
+    from hpo.errors import HpoError
+    from hpo.study.refit import refit_space
+
+    with pytest.raises(HpoError) as info:
+        refit_space(None, None, top=1, seeds=seeds)  # type: ignore[arg-type]  refused before either is read
+    assert fragment in str(info.value)
