@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -23,9 +24,11 @@ import numpy as np
 
 from hpo.config import apply_overrides
 from hpo.data.lazy import open_dataset
+from hpo.inference import CODE_NAME
 from hpo.inference.layers import load_network
 from hpo.model.metrics import residual_metrics
 from hpo.registry import models
+from hpo.tracking.logged_model import INFERENCE
 from hpo.tracking.logged_model import model_metadata
 from hpo.tracking.logged_model import save_model_dir
 from hpo.tracking.trial_artifacts import training_ranges
@@ -88,7 +91,19 @@ def main() -> int:
     args.folder.rename(old_dir)
     new_dir.rename(args.folder)
     shutil.rmtree(old_dir)
+    link_code(args.folder)
     return 0
+
+
+def link_code(folder: Path) -> None:
+    """Replaces the folder's copy of hpo/inference (and its entry file) by relative links to the
+    package: a model shipped in the repository runs the package's code, and holds no second copy."""
+    for copy, source in ((folder / "code" / CODE_NAME, INFERENCE), (folder / "entry.py", INFERENCE / "entry.py")):
+        if copy.is_dir():
+            shutil.rmtree(copy)
+        else:
+            copy.unlink()
+        copy.symlink_to(os.path.relpath(source, copy.parent))
 
 
 if __name__ == "__main__":

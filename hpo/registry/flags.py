@@ -7,8 +7,9 @@ Bits (FLAGS, in the order of the table):
     2  exposure_outside_training  exposure_s outside that range (a depth the model never saw)
     4  mass_outside_training      predicted log_mass outside the training masses' range
     8  faint                      net counts in the central aperture below 3 sigma of its background
+   16  counts_outside_training    the cluster's total counts outside the training clusters' range
 
-Bits 1, 2 and 4 need the training ranges a logged model records in its metadata (models logged
+Bits 1, 2, 4 and 16 need the training ranges a logged model records in its metadata (models logged
 before they were recorded have none: those bits are then never set, and the summary says so).
 """
 
@@ -23,12 +24,14 @@ FLAGS: dict[str, int] = {
     "exposure_outside_training": 2,
     "mass_outside_training": 4,
     "faint": 8,
+    "counts_outside_training": 16,
 }
 MEANING = {
     "z_outside_training": "redshift outside the model's training range",
     "exposure_outside_training": "exposure_s outside the model's training range",
     "mass_outside_training": "predicted log_mass outside the training masses' range",
     "faint": "net aperture counts below 3 sigma of the background",
+    "counts_outside_training": "total counts outside the training clusters' range",
 }
 FAINT_SIGMA = 3.0
 BACKGROUND_FRACTION = 0.4  # pixels beyond this share of the side from the centre are background
@@ -55,14 +58,17 @@ def cluster_flags(
     """
     flags = np.zeros(len(redshift), np.int16)
     unchecked = []
+    counts = images.sum(axis=(1, 2, 3), dtype=np.float64)
     for name, key, values in (("z_outside_training", "redshift", redshift),
                               ("exposure_outside_training", "exposure_s", exposure),
-                              ("mass_outside_training", "log_mass", log_mass)):
+                              ("mass_outside_training", "log_mass", log_mass),
+                              ("counts_outside_training", "total_counts", counts)):
         if key not in ranges or values is None:
             unchecked.append(name)
             continue
         lo, hi = ranges[key]
-        outside = (np.asarray(values) < lo) | (np.asarray(values) > hi)
+        # NaN is outside every range: a mass the network could not give leans on nothing.
+        outside = ~((np.asarray(values) >= lo) & (np.asarray(values) <= hi))
         flags[outside] |= FLAGS[name]
     flags[aperture_significance(images) < FAINT_SIGMA] |= FLAGS["faint"]
     return flags, unchecked

@@ -63,7 +63,20 @@ def log_trial_artifacts(
 
 
 def training_ranges(ds: Dataset | H5Source, train: np.ndarray) -> dict[str, list[float]]:
-    """[min, max] of the training clusters' redshift, log_mass and (if the file has it) exposure_s."""
+    """[min, max] of the training clusters' redshift, log_mass, total counts (photons per cluster,
+    all channels) and, if the file has it, exposure_s."""
+    if not len(train):
+        return {}
     columns = {"redshift": ds.redshift, "log_mass": ds.log_mass, "exposure_s": ds.exposure_s}
-    return {k: [float(np.min(v[train])), float(np.max(v[train]))]
-            for k, v in columns.items() if v is not None and len(train)}
+    ranges = {k: [float(np.min(v[train])), float(np.max(v[train]))]
+              for k, v in columns.items() if v is not None}
+    counts = total_counts(ds, train)
+    ranges["total_counts"] = [float(counts.min()), float(counts.max())]
+    return ranges
+
+
+def total_counts(ds: Dataset | H5Source, idx: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """(len(idx),) photons of each cluster at `idx`, read `chunk` clusters at a time."""
+    read = ds.read_images if isinstance(ds, H5Source) else (lambda rows: ds.images[rows])
+    return np.concatenate([read(idx[i : i + chunk]).sum(axis=(1, 2, 3), dtype=np.float64)
+                           for i in range(0, len(idx), chunk)])

@@ -57,3 +57,26 @@ def test_the_published_champion_loads_where_hpo_is_not_installed(tmp_path):
     here = models.load(str(PUBLISHED)).predict({"images": data.images, "redshift": data.redshift})
     np.testing.assert_allclose(out["log_mass"], here["log_mass"], rtol=1e-6)
     np.testing.assert_allclose(out["sigma"], here["sigma"], rtol=1e-6)
+
+
+def test_clusters_unlike_any_it_trained_on_are_flagged(tmp_path):
+    # Rule: the shipped model records the ranges of its training clusters (total counts among
+    # them), so a cluster of 1e30 photons per pixel is flagged as outside them, not just faint.
+    import h5py
+
+    data = write_mock(tmp_path / "few.h5", 20, 9, load_sim_config(None, "eRASS:8"))
+    with h5py.File(data, "a") as f:
+        images = f["images"][:].astype(np.float64)
+        images[0] = 1e30
+        del f["images"]
+        f["images"] = images
+    from typer.testing import CliRunner
+
+    from hpo.cli import app
+
+    out = CliRunner().invoke(app, ["predict", str(PUBLISHED), str(data), "-o", str(tmp_path / "m")])
+    assert out.exit_code == 0, out.output
+    summary = json.loads(out.output.strip().splitlines()[-1])
+    assert summary["flags_unchecked"] == [] and summary["flags"]["counts_outside_training"] >= 1
+    first = next(csv.DictReader((tmp_path / "m.csv").open()))
+    assert int(first["flags"]) & 16 and int(first["flags"]) & 4  # counts, and the mass it gave
