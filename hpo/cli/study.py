@@ -173,7 +173,7 @@ def worker(
         # Replicas started alike (docker compose --scale) must still draw different trials.
         worker_index = zlib.crc32(f"{socket.gethostname()}-{os.getpid()}".encode()) % 100_000
     if workers_per_gpu > 1:
-        from hpo.launch.launcher import worker_group
+        from hpo.launch.worker_group import worker_group
 
         p = worker_group(study, storage, tracking_uri, workers_per_gpu=workers_per_gpu,
                          worker_index=worker_index, echo=typer.echo)

@@ -29,7 +29,6 @@ from hpo.errors import HpoError
 from hpo.errors import TrialFailed
 from hpo.keys import DATA_FINGERPRINT_KEY
 from hpo.keys import FAIL_REASON_KEY
-from hpo.keys import METRIC
 from hpo.keys import MLFLOW_EXPERIMENT_KEY
 from hpo.keys import MLFLOW_PARENT_RUN_KEY
 from hpo.keys import MLFLOW_RUN_ID_KEY
@@ -48,6 +47,7 @@ from hpo.study.budget import grid_exhausted
 from hpo.study.budget import progress
 from hpo.study.create import load_study
 from hpo.study.create import stored_tracking_uri
+from hpo.tracking.parent_run import finish_parent_run
 from hpo.tracking.preflight import checked_tracker
 from hpo.tracking.reconcile import KillLostRuns
 from hpo.tracking.reconcile import settle_tracking
@@ -269,18 +269,3 @@ def _reap_before_exit(study: optuna.Study, space: SearchSpace, poll_s: float) ->
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             return
         time.sleep(poll_s)
-
-
-def finish_parent_run(study: optuna.Study, tracker: Tracker, metric: str = METRIC) -> None:
-    """Ends the study's parent run with its best value, as best_<metric> (idempotent: any worker
-    may call it)."""
-    parent = study.user_attrs.get(MLFLOW_PARENT_RUN_KEY)
-    if not parent:
-        return
-    try:
-        best = study.best_trial
-        tracker.log_metrics(parent, {f"best_{metric}": float(best.value or float("nan"))})
-        tracker.set_tags(parent, {"hpo.best_trial": best.number})
-    except ValueError:  # no complete trial
-        pass
-    tracker.end_run(parent, "FINISHED")
