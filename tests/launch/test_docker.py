@@ -17,8 +17,8 @@ from hpo.launch.docker import data_mount
 from hpo.launch.docker import DEFAULT_IMAGE
 from hpo.launch.docker import docker_workers
 from hpo.launch.docker import SECRETS_MOUNT
-from hpo.launch.launcher import LAUNCHERS
-from hpo.launch.launcher import Plan
+from hpo.launch.worker_processes import LAUNCHERS
+from hpo.launch.worker_processes import Plan
 
 ROOT = Path(__file__).resolve().parents[2]
 PG = "postgresql+psycopg://hpo:s3cret@127.0.0.1:5432/optuna"

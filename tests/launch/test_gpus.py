@@ -9,8 +9,8 @@ import pytest
 from hpo.launch.gpus import gpu_env
 from hpo.launch.gpus import round_robin
 from hpo.launch.gpus import visible_gpus
-from hpo.launch.launcher import local_workers
-from hpo.launch.launcher import Plan
+from hpo.launch.worker_processes import local_workers
+from hpo.launch.worker_processes import Plan
 
 
 def _no_smi() -> list[str]:
@@ -85,7 +85,7 @@ def test_local_workers_without_gpu_keep_the_environment():
 def test_workers_per_gpu_share_each_gpu_with_a_bounded_memory_share(monkeypatch):
     # Rule: --workers-per-gpu K starts K workers on every visible GPU (round robin); workers that
     # share a GPU each get 0.9/K of its memory through JAX's and TensorFlow's own settings.
-    monkeypatch.setattr("hpo.launch.launcher.gpu_memory_mb", lambda: {"0": 80000, "1": 40000})
+    monkeypatch.setattr("hpo.launch.worker_processes.gpu_memory_mb", lambda: {"0": 80000, "1": 40000})
     procs = local_workers(_plan(None, ["0", "1"], per_gpu=4))
     assert [p.env["CUDA_VISIBLE_DEVICES"] for p in procs] == ["0", "1"] * 4
     assert {p.env["XLA_PYTHON_CLIENT_MEM_FRACTION"] for p in procs} == {"0.225"}

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from hpo.config.space import parse_space
 from hpo.keys import BEAT_KEY
-from hpo.launch.launcher import fail_trials_of
+from hpo.launch.supervisor import fail_trials_of
 from hpo.store.heartbeat import enable_heartbeat
 from hpo.store.heartbeat import reap
 from hpo.store.heartbeat import SilenceWatch
