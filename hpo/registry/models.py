@@ -163,22 +163,23 @@ def predict_arrays(
         chunk: clusters per predict call.
         tta: average over the 8 flips and right-angle rotations of each image (log_mass as the
             mean, sigma as the root mean square), as hpo.training.evaluate.predict does.
-        exposure: (N,) exposure_s, s, or None; passed on when given (a model that does not take
-            it ignores it).
+        exposure: (N,) exposure_s, s, or None; passed on to a model that takes it.
 
     Raises:
         DataContractError: the model takes the exposure and `exposure` is None.
     """
-    if exposure is None and takes_exposure(model):
+    with_exposure = takes_exposure(model)
+    if exposure is None and with_exposure:
         raise DataContractError(f"missing key '{EXPOSURE_KEY}': this model was trained with "
                                 "model.use_exposure and needs each cluster's exposure")
     from hpo.training.evaluate import combine_views  # Keras: loaded with the model anyway
 
-    views = _dihedral_views if tta else (lambda x: [x])
+    # float32, as the network computes: a model logged with an input schema refuses other dtypes.
+    views = _dihedral_views if tta else (lambda x: [np.asarray(x, np.float32)])
     mus, sigmas = [], []
     for i in range(0, len(images), chunk):
-        feed = {"redshift": redshift[i : i + chunk]}
-        if exposure is not None:
+        feed = {"redshift": np.asarray(redshift[i : i + chunk], np.float32)}
+        if with_exposure:  # only then: MLflow warns of an input a model's schema does not name
             feed[EXPOSURE_KEY] = np.asarray(exposure[i : i + chunk], np.float32)
         frames = [model.predict({"images": v, **feed}) for v in views(images[i : i + chunk])]
         mu, sigma = combine_views([f["log_mass"].to_numpy() for f in frames],

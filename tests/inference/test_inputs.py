@@ -9,8 +9,8 @@ import pytest
 from hpo.registry import models
 from hpo.inference.inputs import unpack_inputs
 from tests.conftest import make_signal_data
-from tests.registry.conftest import MODEL
-from tests.registry.conftest import log_exposure_model
+from tests._registry import MODEL
+from tests._registry import log_exposure_model
 
 
 @pytest.mark.parametrize("dtype", ["int32", "int64", "uint16", "float64"])

@@ -46,7 +46,7 @@ set_model(XrayMassModel())
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """(network, model folder, input arrays) of a tiny calibrated network that takes exposure_s."""
-    from tests.registry.conftest import exposure_network
+    from tests._registry import exposure_network
     from hpo.tracking.logged_model import model_metadata
     from hpo.tracking.logged_model import save_model_dir
 
@@ -134,3 +134,40 @@ def test_a_model_saved_under_another_python_loads_without_a_warning(saved, tmp_p
         assert [r for r in records if "version of Python" in r.getMessage()]
     finally:
         logger.removeHandler(handler)
+
+
+def test_an_earlier_model_with_an_input_schema_predicts_a_file_with_exposure_quietly(tmp_path):
+    # Rule: models logged before hpo dropped the input schema (the first shipped champion) name
+    # images and redshift only; hpo predicts a file that also holds exposure_s through them without
+    # MLflow's "Found extra inputs" warning, since it feeds a model only what it takes.
+    import mlflow.pyfunc
+    from mlflow.models import infer_signature
+
+    from hpo.config import apply_overrides
+    from hpo.model import InputStats
+    from hpo.model import build_model
+    from hpo.registry import models
+
+    stats = InputStats(np.zeros(2), np.ones(2), 14.0, 0.5, 0.5, 0.25, 1000.0, 3.0, 0.3)
+    net = build_model(apply_overrides({"model.dense": [8]}).model, image_shape=(16, 16, 2), stats=stats)
+    net.save(tmp_path / "net.keras")
+    entry = tmp_path / "pyfunc_entry.py"
+    entry.write_text(EARLIER_ENTRY)
+    arrays = make_signal_data(4, exposure=(150.0, 2500.0))
+    inputs = {"images": arrays["images"].astype("float32"), "redshift": arrays["redshift"]}
+    mlflow.pyfunc.save_model(str(tmp_path / "schema"), python_model=str(entry),
+                             artifacts={"keras_model": str(tmp_path / "net.keras")},
+                             signature=infer_signature(inputs))
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("mlflow").addHandler(handler)
+    try:
+        model = models.load(str(tmp_path / "schema"))
+        mu, _ = models.predict_arrays(model, arrays["images"], arrays["redshift"], exposure=arrays["exposure_s"])
+    finally:
+        logging.getLogger("mlflow").removeHandler(handler)
+    assert not [r for r in records if "extra inputs" in r.getMessage()], [r.getMessage() for r in records]
+    np.testing.assert_allclose(mu, np.asarray(net.predict({k: inputs[k] if k == "images" else
+                                                           inputs[k].reshape(-1, 1) for k in inputs},
+                                                          verbose=0))[:, 0], rtol=1e-5)

@@ -8,12 +8,6 @@ import pytest
 from tests._registry import BAD
 from tests._registry import run_study
 
-# Still importable from here for the tests that name this module (tests/inference); new code
-# imports them from tests._registry.
-from tests._registry import MODEL  # noqa: F401
-from tests._registry import exposure_network  # noqa: F401
-from tests._registry import log_exposure_model  # noqa: F401
-
 
 @pytest.fixture(scope="session")
 def bad_study(registry) -> str:
