@@ -10,6 +10,7 @@ network names, the input handling, the pyfunc wrapper) and nothing else of hpo.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,8 +74,6 @@ def pyfunc_arguments(
 def save_model_dir(network: Any, out: str | Path, example: dict[str, np.ndarray],
                    metadata: dict[str, Any]) -> Path:
     """Writes `network` as a pyfunc model folder `out` (new or empty); returns it."""
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp, pyfunc_arguments(network, example, metadata, Path(tmp)) as kw:
         mlflow.pyfunc.save_model(str(out), **kw)
     return Path(out)
