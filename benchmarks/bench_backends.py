@@ -50,8 +50,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    from hpo.data.simulator import load_sim_config
-    from hpo.data.simulator import write_mock
+    from hpo.data.sim.simulator import load_sim_config
+    from hpo.data.sim.simulator import write_mock
 
     backends = ("tensorflow", "jax")
     with tempfile.TemporaryDirectory() as tmp:

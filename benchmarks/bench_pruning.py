@@ -27,8 +27,8 @@ from studies import run_study
 
 from emit import emit
 
-from hpo.data.sim_config import SimConfig
-from hpo.data.simulator import write_mock
+from hpo.data.sim.config import SimConfig
+from hpo.data.sim.simulator import write_mock
 
 
 def main() -> str:

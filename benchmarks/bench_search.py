@@ -54,8 +54,8 @@ from hpo.config.space import parse_space
 from hpo.config.space import SearchSpace
 from hpo.config.space import TunerSpec
 from hpo.data.lazy import open_dataset
-from hpo.data.sim_config import SimConfig
-from hpo.data.simulator import write_mock
+from hpo.data.sim.config import SimConfig
+from hpo.data.sim.simulator import write_mock
 from hpo.engines.objective import Objective
 from hpo.errors import TrialFailed
 from hpo.keys import EPOCHS_RUN_KEY

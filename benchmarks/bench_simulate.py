@@ -23,13 +23,13 @@ import numpy as np
 
 from emit import emit
 
-from hpo.data.sim_config import SimConfig
-from hpo.data.simulator import CHUNK_CLUSTERS
-from hpo.data.simulator import simulate_chunk
-from hpo.data.simulator import write_mock
+from hpo.data.sim.config import SimConfig
+from hpo.data.sim.simulator import CHUNK_CLUSTERS
+from hpo.data.sim.simulator import simulate_chunk
+from hpo.data.sim.simulator import write_mock
 
 _CHILD = (
-    "import sys; from hpo.data.simulator import write_mock; "
+    "import sys; from hpo.data.sim.simulator import write_mock; "
     "write_mock(sys.argv[1], int(sys.argv[2]), 0)"
 )
 

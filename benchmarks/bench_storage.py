@@ -138,7 +138,7 @@ def real_trial_seconds(folder: Path) -> float:
     """Seconds of one training run of the quickstart space's base config on 600 mock clusters."""
     from hpo.config.overrides import apply_overrides
     from hpo.data.contract import load_dataset
-    from hpo.data.simulator import write_mock
+    from hpo.data.sim.simulator import write_mock
     from hpo.config.space import load_space
     from hpo.trial.recorder import NullRecorder
     from hpo.trial.runner import run_trial

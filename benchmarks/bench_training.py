@@ -26,8 +26,8 @@ from emit import emit
 
 from hpo.config import apply_overrides
 from hpo.data.contract import load_dataset
-from hpo.data.sim_config import SimConfig
-from hpo.data.simulator import write_mock
+from hpo.data.sim.config import SimConfig
+from hpo.data.sim.simulator import write_mock
 from hpo.engines.pruning import PruningCallback
 from hpo.model.builder import build_model
 from hpo.model.builder import InputStats

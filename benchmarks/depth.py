@@ -36,8 +36,8 @@ import keras
 from hpo.config.overrides import apply_overrides
 from hpo.data.baseline import floors
 from hpo.data.contract import load_dataset
-from hpo.data.sim_config import apply_sim_overrides
-from hpo.data.simulator import write_mock
+from hpo.data.sim.config import apply_sim_overrides
+from hpo.data.sim.simulator import write_mock
 from hpo.training.evaluate import score
 from hpo.trial.recorder import NullRecorder
 from hpo.trial.runner import run_trial

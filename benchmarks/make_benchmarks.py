@@ -81,8 +81,8 @@ def main() -> None:
         sys.exit(f"--only: unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(names)}")
 
     if {"search", "pruning"} & set(rerun) and not MOCK.exists():
-        from hpo.data.sim_config import load_sim_config
-        from hpo.data.simulator import write_mock
+        from hpo.data.sim.config import load_sim_config
+        from hpo.data.sim.simulator import write_mock
 
         MOCK.parent.mkdir(parents=True, exist_ok=True)
         write_mock(MOCK, 10_000, 0, load_sim_config(preset="eRASS:8"))

@@ -46,8 +46,8 @@ from hpo.config.space import decode_choice
 from hpo.config.space import load_space
 from hpo.data.baseline import floors
 from hpo.data.contract import load_dataset
-from hpo.data.sim_config import load_sim_config
-from hpo.data.simulator import write_mock
+from hpo.data.sim.config import load_sim_config
+from hpo.data.sim.simulator import write_mock
 from hpo.keys import CONFIG_KEY
 from hpo.tracking.scan_plot import scan
 from hpo.tracking.scan_plot import scanned_param

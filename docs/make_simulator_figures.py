@@ -22,14 +22,14 @@ import numpy as np  # noqa: E402
 from hpo.data.baseline import floors  # noqa: E402
 from hpo.data.contract import Dataset  # noqa: E402
 from hpo.data.contract import load_dataset  # noqa: E402
-from hpo.data.imaging import expected_counts  # noqa: E402
-from hpo.data.response import channel_counts  # noqa: E402
-from hpo.data.sim_config import PRESETS  # noqa: E402
-from hpo.data.sim_config import SimConfig  # noqa: E402
-from hpo.data.sim_config import load_sim_config  # noqa: E402
-from hpo.data.simulator import draw_clusters  # noqa: E402
-from hpo.data.simulator import draw_point_sources  # noqa: E402
-from hpo.data.simulator import write_mock  # noqa: E402
+from hpo.data.sim.config import load_sim_config  # noqa: E402
+from hpo.data.sim.config import PRESETS  # noqa: E402
+from hpo.data.sim.config import SimConfig  # noqa: E402
+from hpo.data.sim.imaging import expected_counts  # noqa: E402
+from hpo.data.sim.response import channel_counts  # noqa: E402
+from hpo.data.sim.simulator import draw_clusters  # noqa: E402
+from hpo.data.sim.simulator import draw_point_sources  # noqa: E402
+from hpo.data.sim.simulator import write_mock  # noqa: E402
 
 OUT = Path(__file__).parent / "figures"
 DPI = 80

@@ -27,12 +27,12 @@ def simulate(
         "lists per tile, exposure maps, catalog.fits): a fixture for hpo cutouts."),
 ) -> None:
     """Write an eROSITA-like mock data set (images, redshift, exposure_s, log_mass, truth/)."""
-    from hpo.data.simulator import load_sim_config
-    from hpo.data.simulator import write_mock
+    from hpo.data.sim.simulator import load_sim_config
+    from hpo.data.sim.simulator import write_mock
 
     cfg = load_sim_config(config, preset)
     if events is not None:
-        from hpo.data.events import MAX_CLUSTERS
+        from hpo.data.survey.mock_survey import MAX_CLUSTERS
         from hpo.errors import ConfigError
 
         if n > MAX_CLUSTERS:
@@ -40,7 +40,7 @@ def simulate(
     path = write_mock(out, n, seed, cfg, progress=not quiet, jobs=jobs)
     typer.echo(f"wrote {n} clusters to {path}")
     if events is not None:
-        from hpo.data.events import write_event_fixture
+        from hpo.data.survey.mock_survey import write_event_fixture
 
         fx = write_event_fixture(path, events, seed, cfg)
         typer.echo(f"wrote {len(fx.event_files)} event files, {len(fx.exposure_maps)} exposure maps and "
@@ -70,10 +70,10 @@ def cutouts(
         False, "--keep-light-leak", help="Keep TM5/TM7 events below 0.8 keV (dropped by default: light leak)."),
 ) -> None:
     """Cut eROSITA event files (eSASS format) out around each catalogue cluster, into the data contract."""
-    from hpo.data.catalog import CatalogColumns
-    from hpo.data.cutouts import expand_paths
-    from hpo.data.cutouts import make_cutouts
-    from hpo.data.esass import EventCuts
+    from hpo.data.survey.catalog import CatalogColumns
+    from hpo.data.survey.cutouts import expand_paths
+    from hpo.data.survey.cutouts import make_cutouts
+    from hpo.data.survey.esass import EventCuts
 
     columns = CatalogColumns(ra=ra_column, dec=dec_column, redshift=z_column, id=id_column, mass=mass_column,
                              mass_unit=mass_unit, exposure=exposure_column)

@@ -10,7 +10,7 @@ from astropy.io import fits
 from typer.testing import CliRunner
 
 from hpo.cli import app
-from hpo.data.esass import cutout_wcs
+from hpo.data.survey.esass import cutout_wcs
 from hpo.errors import HpoError
 from tests.cli.test_end_to_end import hpo
 from tests.conftest import write_esass_events
@@ -134,7 +134,7 @@ def test_simulate_events_writes_the_survey_files_and_the_same_data_file(tmp_path
     # a fixture larger than MAX_CLUSTERS is refused before anything is simulated.
     import hashlib
 
-    from hpo.data.simulator import write_mock
+    from hpo.data.sim.simulator import write_mock
 
     result = CliRunner().invoke(app, ["simulate", str(tmp_path / "a.h5"), "--n", "30", "--seed",
                                       "2", "--quiet", "--events", str(tmp_path / "ev")])

@@ -8,10 +8,10 @@ import h5py
 import numpy as np
 import pytest
 
-from hpo.data import simulator as sim
 from hpo.data.baseline import floors
 from hpo.data.contract import load_dataset
 from hpo.data.cosmology import FlatLCDM
+from hpo.data.sim import simulator as sim
 from hpo.errors import DataContractError
 
 

@@ -15,21 +15,21 @@ from astropy.table import Table
 from astropy.table import vstack
 from astropy.wcs import WCS
 
-from hpo.data.catalog import CatalogColumns
 from hpo.data.contract import load_dataset
-from hpo.data.cutouts import EDGE
-from hpo.data.cutouts import make_cutouts
-from hpo.data.cutouts import NO_EXPOSURE
-from hpo.data.cutouts import NO_REDSHIFT
-from hpo.data.cutouts import OUTSIDE
-from hpo.data.esass import apply_cuts
-from hpo.data.esass import EventCuts
-from hpo.data.esass import FLAG_BITS
-from hpo.data.esass import merge_events
-from hpo.data.esass import read_events
-from hpo.data.esass import STANDARD_FLAG_MASK
-from hpo.data.events import write_event_fixture
-from hpo.data.simulator import write_mock
+from hpo.data.sim.simulator import write_mock
+from hpo.data.survey.catalog import CatalogColumns
+from hpo.data.survey.cutouts import EDGE
+from hpo.data.survey.cutouts import make_cutouts
+from hpo.data.survey.cutouts import NO_EXPOSURE
+from hpo.data.survey.cutouts import NO_REDSHIFT
+from hpo.data.survey.cutouts import OUTSIDE
+from hpo.data.survey.esass import apply_cuts
+from hpo.data.survey.esass import EventCuts
+from hpo.data.survey.esass import FLAG_BITS
+from hpo.data.survey.esass import merge_events
+from hpo.data.survey.esass import read_events
+from hpo.data.survey.esass import STANDARD_FLAG_MASK
+from hpo.data.survey.mock_survey import write_event_fixture
 from tests.conftest import write_esass_events
 from tests.conftest import write_fits_table
 

@@ -12,17 +12,17 @@ import pytest
 from astropy.cosmology import FlatLambdaCDM
 from scipy.integrate import quad
 
-from hpo.data import simulator as sim
 from hpo.data.contract import load_dataset
 from hpo.data.cosmology import FlatLCDM
-from hpo.data.imaging import expected_counts
-from hpo.data.response import channel_counts
-from hpo.data.response import effective_area
-from hpo.data.response import KEV_ERG
-from hpo.data.sim_config import apply_sim_overrides
-from hpo.data.sim_config import load_sim_config
-from hpo.data.sim_config import PRESETS
-from hpo.data.sim_config import SimConfig
+from hpo.data.sim import simulator as sim
+from hpo.data.sim.config import apply_sim_overrides
+from hpo.data.sim.config import load_sim_config
+from hpo.data.sim.config import PRESETS
+from hpo.data.sim.config import SimConfig
+from hpo.data.sim.imaging import expected_counts
+from hpo.data.sim.response import channel_counts
+from hpo.data.sim.response import effective_area
+from hpo.data.sim.response import KEV_ERG
 from hpo.errors import ConfigError
 
 NO_SCATTER = {

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from hpo.data.contract import load_dataset
-from hpo.data.simulator import load_sim_config
-from hpo.data.simulator import write_mock
+from hpo.data.sim.simulator import load_sim_config
+from hpo.data.sim.simulator import write_mock
 
 pytestmark = pytest.mark.slow
 

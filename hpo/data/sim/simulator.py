@@ -9,8 +9,8 @@ Gaunt-like tilt, redshifted (K-correction), absorbed, folded through the effecti
 10 channels -> plus background and AGN point sources -> Poisson counts. Every hidden draw is
 returned under `truth/`.
 
-The settings live in hpo.data.sim_config, the spectral and instrument response in
-hpo.data.response, the maps and expected counts in hpo.data.imaging; this module draws the
+The settings live in hpo.data.sim.config, the spectral and instrument response in
+hpo.data.sim.response, the maps and expected counts in hpo.data.sim.imaging; this module draws the
 hidden parameters, makes the Poisson images and writes the file.
 """
 
@@ -28,13 +28,13 @@ from tqdm import tqdm
 from hpo.data.cosmology import ARCSEC_PER_RAD
 from hpo.data.cosmology import FlatLCDM
 from hpo.data.cosmology import MPC_CM
-from hpo.data.imaging import expected_parts
-from hpo.data.imaging import grid_pixels
-from hpo.data.imaging import PointSources
-from hpo.data.response import band_integral
-from hpo.data.sim_config import load_sim_config
-from hpo.data.sim_config import PopulationConfig
-from hpo.data.sim_config import SimConfig
+from hpo.data.sim.config import load_sim_config
+from hpo.data.sim.config import PopulationConfig
+from hpo.data.sim.config import SimConfig
+from hpo.data.sim.imaging import expected_parts
+from hpo.data.sim.imaging import grid_pixels
+from hpo.data.sim.imaging import PointSources
+from hpo.data.sim.response import band_integral
 from hpo.errors import ConfigError
 
 __all__ = [

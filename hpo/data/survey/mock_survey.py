@@ -5,7 +5,7 @@ A test fixture: `hpo cutouts` is tested on the kinds of files the real survey sh
     hpo simulate data/mock.h5 --n 30 --seed 0 --events data/mock-events
 
 Every count of every simulated image becomes one event: placed uniformly within its pixel on the
-cluster's TAN cut-out grid (hpo.data.esass.cutout_wcs) and converted to RA/DEC by astropy, with an
+cluster's TAN cut-out grid (esass.cutout_wcs) and converted to RA/DEC by astropy, with an
 energy drawn uniformly within its channel, a module, pattern, flag and time that pass the standard
 cuts. Clusters sit 0.2 deg apart on a grid of 1 x 1 deg tiles around RA 0, Dec -45 (RA 0 runs
 through the field); each tile file also holds the events up to 0.02 deg beyond its unique area,
@@ -32,10 +32,10 @@ from astropy.wcs import WCS
 from scipy.spatial import cKDTree
 
 from hpo import __version__
-from hpo.data.esass import cutout_wcs
-from hpo.data.esass import FLAG_BITS
-from hpo.data.response import background_spectrum
-from hpo.data.sim_config import SimConfig
+from hpo.data.sim.config import SimConfig
+from hpo.data.sim.response import background_spectrum
+from hpo.data.survey.esass import cutout_wcs
+from hpo.data.survey.esass import FLAG_BITS
 from hpo.errors import ConfigError
 
 MAX_CLUSTERS = 2000  # a fixture: 80 tiles at most keeps the field within ~10 deg

@@ -15,7 +15,7 @@ from scipy.special import gammainc
 
 from hpo.data.cosmology import FlatLCDM
 from hpo.data.cosmology import MPC_CM
-from hpo.data.sim_config import SimConfig
+from hpo.data.sim.config import SimConfig
 
 KEV_ERG = 1.602_176_634e-9  # one keV in erg
 

@@ -4,7 +4,7 @@
 
 Each cluster's model is evaluated on 4" sky pixels over a grid padded by the PSF radius, binned
 to image pixels, joined by its AGN, convolved with the PSF over the whole batch and cropped; the
-maps times the channel counts of hpo.data.response give the expected counts per component.
+maps times the channel counts of hpo.data.sim.response give the expected counts per component.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft
 
-from hpo.data.response import agn_counts_per_flux
-from hpo.data.response import background_spectrum
-from hpo.data.response import channel_counts
-from hpo.data.sim_config import SimConfig
+from hpo.data.sim.config import SimConfig
+from hpo.data.sim.response import agn_counts_per_flux
+from hpo.data.sim.response import background_spectrum
+from hpo.data.sim.response import channel_counts
 
 
 @dataclass(frozen=True)

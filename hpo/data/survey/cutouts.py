@@ -3,7 +3,7 @@
     hpo cutouts tiles/*_EventList_c010.fits --catalog cat.fits \
         --exposure 'tiles/*_024_ExposureMap_c010.fits' -o clusters.h5
 
-Each file's events pass the standard cuts (hpo.data.esass), photons repeated by overlapping
+Each file's events pass the standard cuts (hpo.data.survey.esass), photons repeated by overlapping
 tiles are kept once, and every catalogue cluster gets an image in the contract's channels and
 pixel scale, binned on a TAN projection centred on its position. A cluster outside every tile,
 too near a tile's edge, without exposure or without a redshift is skipped and reported with its
@@ -34,16 +34,16 @@ from scipy.spatial import QhullError
 from scipy.spatial import cKDTree
 
 from hpo import __version__
-from hpo.data.catalog import Catalog
-from hpo.data.catalog import CatalogColumns
-from hpo.data.catalog import read_catalog
-from hpo.data.esass import apply_cuts
-from hpo.data.esass import cutout_wcs
-from hpo.data.esass import EventCuts
-from hpo.data.esass import EventList
-from hpo.data.esass import merge_events
-from hpo.data.esass import read_events
-from hpo.data.sim_config import SimConfig
+from hpo.data.sim.config import SimConfig
+from hpo.data.survey.catalog import Catalog
+from hpo.data.survey.catalog import CatalogColumns
+from hpo.data.survey.catalog import read_catalog
+from hpo.data.survey.esass import apply_cuts
+from hpo.data.survey.esass import cutout_wcs
+from hpo.data.survey.esass import EventCuts
+from hpo.data.survey.esass import EventList
+from hpo.data.survey.esass import merge_events
+from hpo.data.survey.esass import read_events
 from hpo.errors import DataContractError
 from hpo.errors import first_line
 
