@@ -3,11 +3,15 @@
     hpo cutouts tiles/*_EventList_c010.fits --catalog cat.fits \
         --exposure 'tiles/*_024_ExposureMap_c010.fits' -o clusters.h5
 
-Each file's events pass the standard cuts (hpo.data.survey.esass), photons repeated by overlapping
-tiles are kept once, and every catalogue cluster gets an image in the contract's channels and
-pixel scale, binned on a TAN projection centred on its position. A cluster outside every tile,
-too near a tile's edge, without exposure or without a redshift is skipped and reported with its
-ID (on stdout and in OUT.skipped.csv), never silently.
+Each file's events pass the standard cuts (esass.py), photons repeated by overlapping tiles are
+kept once, and every catalogue cluster gets an image in the contract's channels and pixel scale,
+binned on a TAN projection centred on its position. A cluster outside every tile, too near a
+tile's edge, without exposure or without a redshift is skipped and reported with its ID (on
+stdout and in OUT.skipped.csv), never silently.
+
+make_cutouts runs the steps in order: clean_events (read, cut, one copy of each photon),
+locate_clusters (where each cut-out lies on the tiles, or why it is skipped), cut_out (each
+cluster's events binned by bin_cutout), write_images and write_skipped.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import csv
 import glob
 import json
 import os
+from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
 from dataclasses import replace
@@ -188,129 +194,237 @@ def make_cutouts(
 
     Raises:
         DataContractError: bad survey input (see read_events, read_catalog, ExposureMap), or no
-            catalogue position inside the given tiles.
+            catalogue position inside the given tiles, or every cluster skipped.
     """
     columns, cuts, cfg = columns or CatalogColumns(), cuts or EventCuts(), cfg or SimConfig()
     exposure_paths = exposure_paths or []
-    if exposure_paths and columns.exposure:
-        raise DataContractError("give exposure maps (--exposure) or a catalogue exposure column "
-                                "(--exposure-column), not both")
-    if not event_paths:
-        raise DataContractError("hpo cutouts needs at least one event file")
-    size, pix = cfg.instrument.image_size, cfg.instrument.pixel_arcsec
-    edges_ev = 1000.0 * np.asarray(cfg.spectrum.channel_edges_kev)
-    cuts = replace(cuts, pi_min_ev=float(edges_ev[0]), pi_max_ev=float(edges_ev[-1]))
+    _check_inputs(event_paths, exposure_paths, columns)
+    grid = CutoutGrid.of(cfg)
+    cuts = replace(cuts, pi_min_ev=grid.band_ev[0], pi_max_ev=grid.band_ev[1])
     cat = read_catalog(catalog_path, columns)
-
-    # ---- events: read, footprints, cuts, one copy of each photon
-    lists = [read_events(p) for p in event_paths]
-    footprints = [Footprint(e) for e in lists]
-    removed: dict[str, int] = {}
-    kept = []
-    for events in lists:
-        passed, counts = apply_cuts(events, cuts)
-        kept.append(passed)
-        for k, v in counts.items():
-            removed[k] = removed.get(k, 0) + v
-    events, removed["repeated"] = merge_events(kept)
+    clean = clean_events(event_paths, cuts)
     maps = [ExposureMap(p) for p in exposure_paths]
-
-    # ---- which clusters can be cut out
-    centre_in = np.zeros(len(cat), dtype=bool)
-    for fp in footprints:
-        centre_in |= fp.contains(cat.ra, cat.dec)
-    if not centre_in.any():
-        ra_lo, ra_hi = np.percentile(np.concatenate([e.ra for e in lists]), [0, 100])
-        de_lo, de_hi = np.percentile(np.concatenate([e.dec for e in lists]), [0, 100])
-        raise DataContractError(
-            f"{catalog_path}: none of its {len(cat)} positions lies inside the given tiles "
-            f"(their events span RA {ra_lo:.2f}..{ra_hi:.2f}, DEC {de_lo:.2f}..{de_hi:.2f} deg)")
-    half_diag = size * pix / np.sqrt(2.0) / 3600.0
-    tree = cKDTree(_unit(events.ra, events.dec))
-    chord = 2.0 * np.sin(np.radians(1.01 * half_diag) / 2.0)
-    cat_vec = _unit(cat.ra, cat.dec)
-    # the tiles each cut-out may touch: centre within a tile's radius plus the cut-out's
-    near_tile = cat_vec @ np.array([fp.centre for fp in footprints]).T > np.cos(
-        np.radians(np.array([fp.radius_deg for fp in footprints]) + half_diag))
-    gx, gy = np.meshgrid(np.arange(size, dtype=float), np.arange(size, dtype=float))
-    nchan = edges_ev.size - 1
+    sky = locate_clusters(cat, clean, maps, grid, catalog_path)
 
     tmp = out.with_name(out.name + ".partial")
     out.parent.mkdir(parents=True, exist_ok=True)
-    skipped: list[tuple[int, str]] = []
-    rows: list[int] = []
-    exposures: list[float] = []
     with h5py.File(tmp, "w") as f:
-        images = f.create_dataset("images", shape=(0, size, size, nchan), dtype=np.uint16,
-                                  maxshape=(None, size, size, nchan),
-                                  chunks=(64, size, size, nchan), compression="gzip",
-                                  compression_opts=4, shuffle=True)
-        buffer: list[np.ndarray] = []
-        for i in range(len(cat)):
-            if not centre_in[i]:
-                skipped.append((i, OUTSIDE))
-                continue
-            w = cutout_wcs(cat.ra[i], cat.dec[i], size, pix)
-            pra, pdec = w.pixel_to_world_values(gx.ravel(), gy.ravel())
-            covered = np.zeros(pra.size, dtype=bool)
-            for fp, near in zip(footprints, near_tile[i]):
-                if near:
-                    covered |= fp.contains(pra, pdec)
-            if not covered.all():
-                skipped.append((i, EDGE))
-                continue
-            exposure = np.nan
-            if maps:
-                values = np.fmax.reduce([m.sample(pra, pdec) for m in maps])
-                has = np.isfinite(values) & (values > 0)
-                if not has.any():
-                    skipped.append((i, NO_EXPOSURE))
-                    continue
-                if not has.all():
-                    skipped.append((i, EDGE))
-                    continue
-                exposure = float(values.mean())
-            elif cat.exposure_s is not None:
-                exposure = float(cat.exposure_s[i])
-                if not exposure > 0:
-                    skipped.append((i, NO_EXPOSURE))
-                    continue
-            if not cat.redshift[i] > 0:
-                skipped.append((i, NO_REDSHIFT))
-                continue
-            idx = tree.query_ball_point(cat_vec[i], chord)
-            buffer.append(_bin(w, events, np.asarray(idx, dtype=np.int64), size, edges_ev))
-            rows.append(i)
-            exposures.append(exposure)
-            if len(buffer) == _WRITE_ROWS:
-                _append(images, buffer)
-        _append(images, buffer)
+        rows, exposures, skipped = write_images(f, grid, cut_out(sky, clean.events, grid))
         exposure_source = _write_vectors(f, cat, np.asarray(rows, dtype=np.int64),
                                          np.asarray(exposures), maps, columns)
-        _write_attrs(f, cfg, event_paths, exposure_paths, catalog_path, columns, cuts, removed,
-                     exposure_source, cat.notes, len(skipped))
+        _write_attrs(f, cfg, event_paths, exposure_paths, catalog_path, columns, cuts,
+                     clean.removed, exposure_source, cat.notes, len(skipped))
     if not rows:
         tmp.unlink()
         raise DataContractError(
             f"{catalog_path}: every cluster was skipped ({_reasons(skipped, cat)}); nothing to "
             f"write")
     os.replace(tmp, out)
-    skipped_csv = out.with_name(out.stem + ".skipped.csv")
-    with skipped_csv.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["cluster_id", "ra", "dec", "reason"])
-        for i, reason in skipped:
-            writer.writerow([cat.ids[i], f"{cat.ra[i]:.6f}", f"{cat.dec[i]:.6f}", reason])
+    skipped_csv = write_skipped(out, cat, skipped)
     return CutoutReport(out, skipped_csv, len(rows), [(cat.ids[i], r) for i, r in skipped],
-                        removed, exposure_source, cat.notes)
+                        clean.removed, exposure_source, cat.notes)
 
 
-def _bin(w: WCS, events: EventList, idx: np.ndarray, size: int,
-         edges_ev: np.ndarray) -> np.ndarray:
-    """(size, size, C) uint16 counts of the events at idx on the cut-out's pixel grid."""
-    x, y = w.world_to_pixel_values(events.ra[idx], events.dec[idx])
+def _check_inputs(event_paths: list[Path], exposure_paths: list[Path],
+                  columns: CatalogColumns) -> None:
+    if exposure_paths and columns.exposure:
+        raise DataContractError("give exposure maps (--exposure) or a catalogue exposure column "
+                                "(--exposure-column), not both")
+    if not event_paths:
+        raise DataContractError("hpo cutouts needs at least one event file")
+
+
+@dataclass(frozen=True)
+class CutoutGrid:
+    """The images' grid: size x size pixels of pixel_arcsec, channels between edges_ev (eV)."""
+
+    size: int
+    pixel_arcsec: float
+    edges_ev: np.ndarray
+
+    @classmethod
+    def of(cls, cfg: SimConfig) -> CutoutGrid:
+        """The simulator's grid, which the models expect."""
+        return cls(cfg.instrument.image_size, cfg.instrument.pixel_arcsec,
+                   1000.0 * np.asarray(cfg.spectrum.channel_edges_kev))
+
+    @property
+    def channels(self) -> int:
+        return self.edges_ev.size - 1
+
+    @property
+    def band_ev(self) -> tuple[float, float]:
+        """The channels' energy band: the cuts keep the events inside it."""
+        return float(self.edges_ev[0]), float(self.edges_ev[-1])
+
+    @property
+    def half_diagonal_deg(self) -> float:
+        return self.size * self.pixel_arcsec / np.sqrt(2.0) / 3600.0
+
+
+# ---- step 1: the events that count, each photon once
+
+
+@dataclass
+class CleanEvents:
+    """The events of every file that pass the cuts, each photon once, and the sky each file
+    covers.
+
+    Attributes:
+        events: the merged events.
+        footprints: the sky of each file, from all its events (cut or not).
+        removed: events removed per cut, plus 'repeated' (photons in two overlapping tiles).
+        files: the events of each file as read (their span names the sky in an error).
+    """
+
+    events: EventList
+    footprints: list[Footprint]
+    removed: dict[str, int]
+    files: list[EventList]
+
+
+def clean_events(event_paths: list[Path], cuts: EventCuts) -> CleanEvents:
+    """Reads the event files, the sky each covers, applies the cuts to each and keeps one copy
+    of each photon that overlapping tiles repeat.
+
+    Raises:
+        DataContractError: an unreadable event file, or one whose events cover no area.
+    """
+    files = [read_events(p) for p in event_paths]
+    footprints = [Footprint(e) for e in files]
+    removed: dict[str, int] = {}
+    kept = []
+    for events in files:
+        passed, counts = apply_cuts(events, cuts)
+        kept.append(passed)
+        for k, v in counts.items():
+            removed[k] = removed.get(k, 0) + v
+    events, removed["repeated"] = merge_events(kept)
+    return CleanEvents(events, footprints, removed, files)
+
+
+# ---- step 2: where each cluster's cut-out lies, or why it is skipped
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a cluster's cut-out lies: its catalogue row, its pixel grid on the sky, its exposure
+    (s; NaN when none is known) and the events near it."""
+
+    row: int
+    wcs: WCS
+    exposure: float
+    nearby: np.ndarray  # indices into the clean events: those within the cut-out's diagonal
+
+
+@dataclass(frozen=True)
+class Cutout:
+    """A cluster cut out: where its cut-out lies, and its (size, size, C) uint16 counts."""
+
+    where: Placement
+    image: np.ndarray
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A cluster not cut out: its catalogue row and the reason (OUTSIDE, EDGE, NO_EXPOSURE,
+    NO_REDSHIFT)."""
+
+    row: int
+    reason: str
+
+
+class ClusterSky:
+    """The catalogue on the sky the event files cover: where each cut-out lies, or why it is
+    skipped (see locate_clusters)."""
+
+    def __init__(self, cat: Catalog, clean: CleanEvents, maps: list[ExposureMap],
+                 grid: CutoutGrid, centre_in: np.ndarray):
+        self.cat, self.maps, self.grid, self.centre_in = cat, maps, grid, centre_in
+        self.footprints = clean.footprints
+        half_diag = grid.half_diagonal_deg
+        self.tree = cKDTree(_unit(clean.events.ra, clean.events.dec))
+        self.chord = 2.0 * np.sin(np.radians(1.01 * half_diag) / 2.0)
+        self.cat_vec = _unit(cat.ra, cat.dec)
+        # the tiles each cut-out may touch: centre within a tile's radius plus the cut-out's
+        self.near_tile = self.cat_vec @ np.array([fp.centre for fp in self.footprints]).T > np.cos(
+            np.radians(np.array([fp.radius_deg for fp in self.footprints]) + half_diag))
+        gx, gy = np.meshgrid(np.arange(grid.size, dtype=float), np.arange(grid.size, dtype=float))
+        self.pixels = gx.ravel(), gy.ravel()
+
+    def place(self, i: int) -> Placement | Skip:
+        """Cluster i's cut-out, or why it is skipped: its centre outside every tile, a pixel
+        off the tiles or the exposure maps (EDGE), no exposure, no redshift; in that order."""
+        if not self.centre_in[i]:
+            return Skip(i, OUTSIDE)
+        cat = self.cat
+        w = cutout_wcs(cat.ra[i], cat.dec[i], self.grid.size, self.grid.pixel_arcsec)
+        pra, pdec = w.pixel_to_world_values(*self.pixels)
+        covered = np.zeros(pra.size, dtype=bool)
+        for fp, near in zip(self.footprints, self.near_tile[i]):
+            if near:
+                covered |= fp.contains(pra, pdec)
+        if not covered.all():
+            return Skip(i, EDGE)
+        exposure = np.nan
+        if self.maps:
+            values = np.fmax.reduce([m.sample(pra, pdec) for m in self.maps])
+            has = np.isfinite(values) & (values > 0)
+            if not has.any():
+                return Skip(i, NO_EXPOSURE)
+            if not has.all():
+                return Skip(i, EDGE)
+            exposure = float(values.mean())
+        elif cat.exposure_s is not None:
+            exposure = float(cat.exposure_s[i])
+            if not exposure > 0:
+                return Skip(i, NO_EXPOSURE)
+        if not cat.redshift[i] > 0:
+            return Skip(i, NO_REDSHIFT)
+        nearby = self.tree.query_ball_point(self.cat_vec[i], self.chord)
+        return Placement(i, w, exposure, np.asarray(nearby, dtype=np.int64))
+
+
+def locate_clusters(cat: Catalog, clean: CleanEvents, maps: list[ExposureMap], grid: CutoutGrid,
+                    catalog_path: Path) -> ClusterSky:
+    """The catalogue on the sky of the event files (ClusterSky.place says where each cut-out
+    lies, or why it is skipped).
+
+    Raises:
+        DataContractError: no catalogue position lies inside the tiles (the events' span named).
+    """
+    centre_in = np.zeros(len(cat), dtype=bool)
+    for fp in clean.footprints:
+        centre_in |= fp.contains(cat.ra, cat.dec)
+    if not centre_in.any():
+        ra_lo, ra_hi = np.percentile(np.concatenate([e.ra for e in clean.files]), [0, 100])
+        de_lo, de_hi = np.percentile(np.concatenate([e.dec for e in clean.files]), [0, 100])
+        raise DataContractError(
+            f"{catalog_path}: none of its {len(cat)} positions lies inside the given tiles "
+            f"(their events span RA {ra_lo:.2f}..{ra_hi:.2f}, DEC {de_lo:.2f}..{de_hi:.2f} deg)")
+    return ClusterSky(cat, clean, maps, grid, centre_in)
+
+
+# ---- step 3: the images
+
+
+def cut_out(sky: ClusterSky, events: EventList, grid: CutoutGrid) -> Iterator[Cutout | Skip]:
+    """Each catalogue cluster in order: cut out (its events binned), or why it is skipped."""
+    for i in range(len(sky.cat)):
+        where = sky.place(i)
+        yield where if isinstance(where, Skip) else Cutout(where, bin_cutout(where, events, grid))
+
+
+def bin_cutout(where: Placement, events: EventList, grid: CutoutGrid) -> np.ndarray:
+    """(size, size, C) uint16 counts of the events near a cut-out on its pixel grid and channels.
+
+    Raises:
+        DataContractError: a pixel holds more than 65535 photons in one channel.
+    """
+    idx, size, edges_ev = where.nearby, grid.size, grid.edges_ev
+    x, y = where.wcs.world_to_pixel_values(events.ra[idx], events.dec[idx])
     ix, iy = np.floor(np.asarray(x) + 0.5), np.floor(np.asarray(y) + 0.5)
-    nchan = edges_ev.size - 1
+    nchan = grid.channels
     ch = np.searchsorted(edges_ev, events.pi[idx], side="right") - 1
     ok = (ix >= 0) & (ix < size) & (iy >= 0) & (iy < size) & (ch >= 0) & (ch < nchan)
     flat = (iy[ok].astype(np.int64) * size + ix[ok].astype(np.int64)) * nchan + ch[ok]
@@ -318,6 +432,50 @@ def _bin(w: WCS, events: EventList, idx: np.ndarray, size: int,
     if counts.max(initial=0) > np.iinfo(np.uint16).max:
         raise DataContractError("a cut-out pixel holds more than 65535 photons in one channel")
     return counts.astype(np.uint16).reshape(size, size, nchan)
+
+
+# ---- step 4: the files
+
+
+def write_images(
+    f: h5py.File, grid: CutoutGrid, cutouts: Iterable[Cutout | Skip]
+) -> tuple[list[int], list[float], list[tuple[int, str]]]:
+    """Writes the images of `cutouts` to f["images"] as they come (_WRITE_ROWS at a time).
+
+    Returns:
+        The catalogue rows written and their exposures, and (row, reason) of each skipped one.
+    """
+    size, nchan = grid.size, grid.channels
+    images = f.create_dataset("images", shape=(0, size, size, nchan), dtype=np.uint16,
+                              maxshape=(None, size, size, nchan),
+                              chunks=(64, size, size, nchan), compression="gzip",
+                              compression_opts=4, shuffle=True)
+    rows: list[int] = []
+    exposures: list[float] = []
+    skipped: list[tuple[int, str]] = []
+    buffer: list[np.ndarray] = []
+    for cutout in cutouts:
+        if isinstance(cutout, Skip):
+            skipped.append((cutout.row, cutout.reason))
+            continue
+        buffer.append(cutout.image)
+        rows.append(cutout.where.row)
+        exposures.append(cutout.where.exposure)
+        if len(buffer) == _WRITE_ROWS:
+            _append(images, buffer)
+    _append(images, buffer)
+    return rows, exposures, skipped
+
+
+def write_skipped(out: Path, cat: Catalog, skipped: list[tuple[int, str]]) -> Path:
+    """OUT.skipped.csv: ID, RA, DEC and reason of each skipped cluster; returns its path."""
+    skipped_csv = out.with_name(out.stem + ".skipped.csv")
+    with skipped_csv.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["cluster_id", "ra", "dec", "reason"])
+        for i, reason in skipped:
+            writer.writerow([cat.ids[i], f"{cat.ra[i]:.6f}", f"{cat.dec[i]:.6f}", reason])
+    return skipped_csv
 
 
 def _append(images: h5py.Dataset, buffer: list[np.ndarray]) -> None:
