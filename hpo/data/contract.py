@@ -264,17 +264,37 @@ def validate_arrays(
 
 def _ids(arr: np.ndarray, path: Path) -> np.ndarray:
     """Catalogue IDs as int64, or as str (HDF5 strings; bytes are decoded as UTF-8)."""
+    ids = None
     if np.issubdtype(arr.dtype, np.integer):
-        return arr.astype(np.int64)
-    if arr.dtype.kind in "OSU":
+        ids = arr.astype(np.int64)
+    elif arr.dtype.kind in "OSU":
         try:
             ids = np.array([v.decode() if isinstance(v, bytes) else v for v in arr.tolist()], dtype=object)
         except UnicodeDecodeError:
             raise DataContractError(f"{path}: key '{ID_KEY}' holds strings that are not UTF-8") from None
-        if all(isinstance(v, str) for v in ids):
-            return ids
-    raise DataContractError(
-        f"{path}: key '{ID_KEY}' must hold integers or strings, got dtype {arr.dtype}")
+    if ids is None or (ids.dtype == object and not all(isinstance(v, str) for v in ids)):
+        raise DataContractError(
+            f"{path}: key '{ID_KEY}' must hold integers or strings, got dtype {arr.dtype}")
+    twice = repeated(ids)
+    if twice:
+        raise DataContractError(f"{path}: key '{ID_KEY}' gives {describe_repeated(twice)}; each "
+                                "cluster's ID must be its own")
+    return ids
+
+
+def repeated(ids: np.ndarray) -> dict[object, list[int]]:
+    """The IDs held by more than one row, each with its rows (counted from 1)."""
+    rows: dict[object, list[int]] = {}
+    for row, value in enumerate(ids.tolist(), start=1):
+        rows.setdefault(value, []).append(row)
+    return {k: v for k, v in rows.items() if len(v) > 1}
+
+
+def describe_repeated(twice: dict[object, list[int]]) -> str:
+    """'2 IDs to more than one row: 7 (rows 3, 9), ...' for a message of one line."""
+    shown = ", ".join(f"{k!r} (rows {', '.join(map(str, rows[:3]))})" for k, rows in list(twice.items())[:3])
+    more = f" and {len(twice) - 3} more" if len(twice) > 3 else ""
+    return f"{len(twice)} ID(s) to more than one row: {shown}{more}"
 
 
 def _check_finite(arr: np.ndarray, key: str, path: Path) -> None:

@@ -126,3 +126,17 @@ def test_split_is_deterministic_disjoint_and_complete():
     assert all(np.array_equal(x, y) for x, y in zip((a.train, a.val, a.test), (b.train, b.val, b.test)))
     joined = np.concatenate([a.train, a.val, a.test])
     assert sorted(joined.tolist()) == list(range(100)) and len(a.test) == 10 and len(a.val) == 10
+
+
+@pytest.mark.parametrize("ids", [np.array([7, 8, 7, 9, 8]), np.array([b"A", b"B", b"A", b"C", b"D"])])
+def test_an_id_given_to_two_clusters_is_refused(tmp_path, ids):
+    # Rule: cluster_id says which cluster a row is, so an ID on two rows is refused in one line
+    # naming the key, the ID and its rows (counted from 1), in memory and streamed alike.
+    from hpo.data.lazy import open_dataset
+
+    path = write_h5(tmp_path / "d.h5", {**make_signal_data(5), "cluster_id": ids})
+    for load in (load_dataset, lambda p: open_dataset(p, max_in_memory_gb=1e-9)):
+        with pytest.raises(DataContractError) as info:
+            load(path)
+        message = str(info.value)
+        assert "key 'cluster_id' gives" in message and "(rows 1, 3)" in message and "\n" not in message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import astropy.units as u
@@ -20,6 +21,7 @@ from hpo.data.sim.simulator import write_mock
 from hpo.data.survey.catalog import CatalogColumns
 from hpo.data.survey.cutouts import EDGE
 from hpo.data.survey.cutouts import make_cutouts
+from hpo.data.survey.cutouts import MAP_GAP
 from hpo.data.survey.cutouts import NO_EXPOSURE
 from hpo.data.survey.cutouts import NO_REDSHIFT
 from hpo.data.survey.cutouts import OUTSIDE
@@ -30,6 +32,7 @@ from hpo.data.survey.esass import merge_events
 from hpo.data.survey.esass import read_events
 from hpo.data.survey.esass import STANDARD_FLAG_MASK
 from hpo.data.survey.mock_survey import write_event_fixture
+from hpo.errors import DataContractError
 from tests.conftest import write_esass_events
 from tests.conftest import write_fits_table
 
@@ -121,20 +124,30 @@ def test_skipped_clusters_are_reported_with_their_ids(survey, tmp_path):
     extra["Z"][0] = np.nan  # no redshift
     extra["RA"][1] = 120.0  # far from both tiles
     vstack([cat, extra]).write(tmp_path / "cat.fits")
+    holed = next(r for r in range(len(cat)) if r != 10 and int(cat["ID"][r]) not in fx.edge_ids)
     maps = []
-    for path in fx.exposure_maps:  # exposure 0 around cluster `good`
+    for path in fx.exposure_maps:  # exposure 0 around cluster `good`, a small hole at `holed`
         with fits.open(path) as h:
-            x, y = WCS(h[0].header).world_to_pixel_values(cat["RA"][10], cat["DEC"][10])
-            data_ = h[0].data.copy()
+            wcs, data_ = WCS(h[0].header), h[0].data.copy()
+            x, y = wcs.world_to_pixel_values(cat["RA"][10], cat["DEC"][10])
             data_[max(0, int(y) - 20):int(y) + 20, max(0, int(x) - 20):int(x) + 20] = 0.0
+            x, y = (int(round(float(v))) for v in wcs.world_to_pixel_values(cat["RA"][holed], cat["DEC"][holed]))
+            if 0 <= y < data_.shape[0] and 0 <= x < data_.shape[1]:
+                data_[y - 1:y + 2, x - 1:x + 2] = np.nan
             maps.append(tmp_path / path.name)
             fits.PrimaryHDU(data_, h[0].header).writeto(maps[-1])
     report = _cut(survey, tmp_path / "cut.h5", catalog=tmp_path / "cat.fits", exposure_paths=maps)
     reasons = dict(report.skipped)
     assert reasons[1000] == NO_REDSHIFT and reasons[1001] == OUTSIDE and reasons[good] == NO_EXPOSURE
+    # Rule: a hole in the exposure map is said to be one, not an edge, with what was found there.
+    assert reasons[int(cat["ID"][holed])] == MAP_GAP
     with report.skipped_csv.open() as f:
-        listed = {row["cluster_id"]: row["reason"] for row in csv.DictReader(f)}
-    assert listed == {str(k): v for k, v in reasons.items()}
+        rows = {row["cluster_id"]: row for row in csv.DictReader(f)}
+    assert {k: row["reason"] for k, row in rows.items()} == {str(k): v for k, v in reasons.items()}
+    assert rows["1000"]["found"] == "catalogue redshift nan"
+    assert rows[str(good)]["found"] == "the exposure maps hold no exposure at any pixel"
+    assert re.fullmatch(r"the exposure maps hold none at \d+ of 2500 pixels \(zero, NaN or off the maps\)",
+                        rows[str(int(cat["ID"][holed]))]["found"])
 
 
 @pytest.mark.slow
@@ -215,3 +228,17 @@ def test_a_photon_in_two_overlapping_tiles_counts_once(tmp_path):
     b = write_esass_events(tmp_path / "b.fits", [10.0, 10.1], [0.0, 0.0], time=[1.0, 3.0])
     merged, repeated = merge_events([read_events(a), read_events(b)])
     assert repeated == 1 and len(merged) == 3
+
+
+def test_a_catalogue_id_on_two_rows_is_refused(survey, tmp_path):
+    # Rule: IDs name the clusters of the cut-outs and of the masses made from them: a catalogue
+    # that gives one ID to two rows is refused in one line naming the ID and its rows, and nothing
+    # is written.
+    data, fx = survey
+    cat = Table.read(fx.catalog)
+    cat["ID"][4] = cat["ID"][1]
+    cat.write(tmp_path / "cat.fits")
+    with pytest.raises(DataContractError) as info:
+        _cut(survey, tmp_path / "cut.h5", catalog=tmp_path / "cat.fits")
+    assert f"ID column ID gives 1 ID(s) to more than one row: {int(cat['ID'][1])} (rows 2, 5)" in str(info.value)
+    assert not list(tmp_path.glob("cut*"))

@@ -15,6 +15,8 @@ import astropy.units as u
 import numpy as np
 from astropy.table import Table
 
+from hpo.data.contract import describe_repeated
+from hpo.data.contract import repeated
 from hpo.errors import DataContractError
 from hpo.errors import first_line
 
@@ -148,14 +150,25 @@ def _angle(table: Table, name: str, path: Path, notes: list[str]) -> np.ndarray:
 def _ids(column, path: Path) -> np.ndarray:
     values = np.asarray(column)
     if np.issubdtype(values.dtype, np.integer):
-        return values.astype(np.int64)
-    if values.dtype.kind in "SU":
-        ids = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values.tolist()],
-                       dtype=object)
-        return np.array([v.strip() for v in ids], dtype=object)
-    raise DataContractError(
-        f"{path}: ID column {column.name} holds {values.dtype} values; IDs are integers or "
-        f"strings")
+        ids = values.astype(np.int64)
+    elif values.dtype.kind in "SU":
+        ids = np.array([(v.decode() if isinstance(v, bytes) else str(v)).strip()
+                        for v in values.tolist()], dtype=object)
+    else:
+        raise DataContractError(
+            f"{path}: ID column {column.name} holds {values.dtype} values; IDs are integers or "
+            f"strings")
+    _unique(ids, column.name, path)
+    return ids
+
+
+def _unique(ids: np.ndarray, name: str, path: Path) -> None:
+    """Raises DataContractError naming the IDs given to more than one row: a cut-out, a mass and
+    a skipped line must each say which cluster they are."""
+    twice = repeated(ids)
+    if twice:
+        raise DataContractError(f"{path}: ID column {name} gives {describe_repeated(twice)}; IDs "
+                                "must be unique (name another column with --id-column)")
 
 
 def _log_mass(table: Table, name: str, given: str | None, path: Path,

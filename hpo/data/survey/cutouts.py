@@ -16,6 +16,7 @@ cluster's events binned by bin_cutout), write_images and write_skipped.
 
 from __future__ import annotations
 
+import collections
 import csv
 import glob
 import json
@@ -54,8 +55,9 @@ from hpo.errors import DataContractError
 from hpo.errors import first_line
 
 GENERATOR = f"hpo cutouts {__version__}"
-OUTSIDE, EDGE, NO_EXPOSURE, NO_REDSHIFT = (
-    "outside every given tile", "too near a tile edge", "no exposure", "no redshift")
+OUTSIDE, EDGE, MAP_GAP, NO_EXPOSURE, NO_REDSHIFT = (
+    "outside every given tile", "too near a tile edge", "a gap in the exposure maps", "no exposure",
+    "no redshift")
 _WRITE_ROWS = 256  # cut-outs buffered per HDF5 write
 
 
@@ -64,7 +66,8 @@ class CutoutReport:
     """What `make_cutouts` wrote and skipped.
 
     Attributes:
-        path: the HDF5 file; skipped_csv: the list of skipped clusters (ID, RA, DEC, reason).
+        path: the HDF5 file; skipped_csv: the list of skipped clusters (ID, RA, DEC, reason and
+            what was found).
         n_written: clusters in the file; skipped: (ID, reason) per skipped cluster.
         removed: events removed per cut, plus 'repeated' (photons in two overlapping tiles).
         exposure_source: where exposure_s came from, or why there is none.
@@ -217,11 +220,11 @@ def make_cutouts(
     if not rows:
         tmp.unlink()
         raise DataContractError(
-            f"{catalog_path}: every cluster was skipped ({_reasons(skipped, cat)}); nothing to "
+            f"{catalog_path}: every cluster was skipped ({_reasons(skipped)}); nothing to "
             f"write")
     os.replace(tmp, out)
     skipped_csv = write_skipped(out, cat, skipped)
-    return CutoutReport(out, skipped_csv, len(rows), [(cat.ids[i], r) for i, r in skipped],
+    return CutoutReport(out, skipped_csv, len(rows), [(cat.ids[s.row], s.reason) for s in skipped],
                         clean.removed, exposure_source, cat.notes)
 
 
@@ -327,11 +330,12 @@ class Cutout:
 
 @dataclass(frozen=True)
 class Skip:
-    """A cluster not cut out: its catalogue row and the reason (OUTSIDE, EDGE, NO_EXPOSURE,
-    NO_REDSHIFT)."""
+    """A cluster not cut out: its catalogue row, the reason (OUTSIDE, EDGE, MAP_GAP, NO_EXPOSURE,
+    NO_REDSHIFT) and what was found there."""
 
     row: int
     reason: str
+    found: str = ""
 
 
 class ClusterSky:
@@ -353,8 +357,9 @@ class ClusterSky:
         self.pixels = gx.ravel(), gy.ravel()
 
     def place(self, i: int) -> Placement | Skip:
-        """Cluster i's cut-out, or why it is skipped: its centre outside every tile, a pixel
-        off the tiles or the exposure maps (EDGE), no exposure, no redshift; in that order."""
+        """Cluster i's cut-out, or why it is skipped: its centre outside every tile, pixels off
+        the tiles (EDGE), pixels where the exposure maps hold none (MAP_GAP: a hole, or off the
+        maps), no exposure, no redshift; in that order."""
         if not self.centre_in[i]:
             return Skip(i, OUTSIDE)
         cat = self.cat
@@ -365,22 +370,24 @@ class ClusterSky:
             if near:
                 covered |= fp.contains(pra, pdec)
         if not covered.all():
-            return Skip(i, EDGE)
+            return Skip(i, EDGE, f"{np.count_nonzero(~covered)} of {covered.size} pixels off the "
+                        "event files' tiles")
         exposure = np.nan
         if self.maps:
             values = np.fmax.reduce([m.sample(pra, pdec) for m in self.maps])
             has = np.isfinite(values) & (values > 0)
             if not has.any():
-                return Skip(i, NO_EXPOSURE)
+                return Skip(i, NO_EXPOSURE, "the exposure maps hold no exposure at any pixel")
             if not has.all():
-                return Skip(i, EDGE)
+                return Skip(i, MAP_GAP, f"the exposure maps hold none at {np.count_nonzero(~has)} of "
+                            f"{has.size} pixels (zero, NaN or off the maps)")
             exposure = float(values.mean())
         elif cat.exposure_s is not None:
             exposure = float(cat.exposure_s[i])
             if not exposure > 0:
-                return Skip(i, NO_EXPOSURE)
+                return Skip(i, NO_EXPOSURE, f"catalogue exposure {exposure:g} s")
         if not cat.redshift[i] > 0:
-            return Skip(i, NO_REDSHIFT)
+            return Skip(i, NO_REDSHIFT, f"catalogue redshift {cat.redshift[i]:g}")
         nearby = self.tree.query_ball_point(self.cat_vec[i], self.chord)
         return Placement(i, w, exposure, np.asarray(nearby, dtype=np.int64))
 
@@ -439,11 +446,11 @@ def bin_cutout(where: Placement, events: EventList, grid: CutoutGrid) -> np.ndar
 
 def write_images(
     f: h5py.File, grid: CutoutGrid, cutouts: Iterable[Cutout | Skip]
-) -> tuple[list[int], list[float], list[tuple[int, str]]]:
+) -> tuple[list[int], list[float], list[Skip]]:
     """Writes the images of `cutouts` to f["images"] as they come (_WRITE_ROWS at a time).
 
     Returns:
-        The catalogue rows written and their exposures, and (row, reason) of each skipped one.
+        The catalogue rows written and their exposures, and each skipped cluster.
     """
     size, nchan = grid.size, grid.channels
     images = f.create_dataset("images", shape=(0, size, size, nchan), dtype=np.uint16,
@@ -452,11 +459,11 @@ def write_images(
                               compression_opts=4, shuffle=True)
     rows: list[int] = []
     exposures: list[float] = []
-    skipped: list[tuple[int, str]] = []
+    skipped: list[Skip] = []
     buffer: list[np.ndarray] = []
     for cutout in cutouts:
         if isinstance(cutout, Skip):
-            skipped.append((cutout.row, cutout.reason))
+            skipped.append(cutout)
             continue
         buffer.append(cutout.image)
         rows.append(cutout.where.row)
@@ -467,14 +474,15 @@ def write_images(
     return rows, exposures, skipped
 
 
-def write_skipped(out: Path, cat: Catalog, skipped: list[tuple[int, str]]) -> Path:
-    """OUT.skipped.csv: ID, RA, DEC and reason of each skipped cluster; returns its path."""
+def write_skipped(out: Path, cat: Catalog, skipped: list[Skip]) -> Path:
+    """OUT.skipped.csv: ID, RA, DEC, reason and what was found of each skipped cluster; returns
+    its path."""
     skipped_csv = out.with_name(out.stem + ".skipped.csv")
     with skipped_csv.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["cluster_id", "ra", "dec", "reason"])
-        for i, reason in skipped:
-            writer.writerow([cat.ids[i], f"{cat.ra[i]:.6f}", f"{cat.dec[i]:.6f}", reason])
+        writer.writerow(["cluster_id", "ra", "dec", "reason", "found"])
+        for s in skipped:
+            writer.writerow([cat.ids[s.row], f"{cat.ra[s.row]:.6f}", f"{cat.dec[s.row]:.6f}", s.reason, s.found])
     return skipped_csv
 
 
@@ -528,11 +536,9 @@ def _write_attrs(f: h5py.File, cfg: SimConfig, event_paths: list[Path],
     f.attrs["projection"] = "TAN centred on each catalogue position, north up, east left (ICRS)"
 
 
-def _reasons(skipped: list[tuple[int, str]], cat: Catalog) -> str:
-    counts: dict[str, list] = {}
-    for i, reason in skipped:
-        counts.setdefault(reason, []).append(cat.ids[i])
-    return "; ".join(f"{len(v)} {k}" for k, v in counts.items())
+def _reasons(skipped: list[Skip]) -> str:
+    counts = collections.Counter(s.reason for s in skipped)
+    return "; ".join(f"{n} {reason}" for reason, n in counts.items())
 
 
 def _unit(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
