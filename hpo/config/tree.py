@@ -231,6 +231,11 @@ class TrainConfig(_Section):
     jit_compile: bool | Literal["auto"] = Field(
         "auto", description="XLA compilation of the train step; auto: wherever Keras can (as model.fit)."
     )
+    loop: Literal["fit", "device"] = Field(
+        "fit", description="fit: Keras' model.fit, on any backend (the CPU path). device: Keras' JAX "
+        "backend only (refused on another), the clusters kept on the accelerator and one compiled "
+        "call per epoch (hpo/training/device_loop.py; always compiled, whatever jit_compile says); "
+        "the same model, metrics, pruning and early stopping.")
 
 
 class RunConfig(_Section):

@@ -45,7 +45,7 @@ class EpochEvaluator(keras.callbacks.Callback):
         self.patience, self.batch_size = patience, batch_size
         self.best_value = math.inf
         self.best_epoch = -1
-        self.best_weights: list[np.ndarray] | None = None
+        self.best_weights: Any = None  # what `snapshot` returned at the best epoch
         self.history: dict[str, list[float]] = {}
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -56,11 +56,10 @@ class EpochEvaluator(keras.callbacks.Callback):
         for kind in STREAMING_KINDS:
             if kind in logs:
                 logs["train_" + kind] = logs.pop(kind)
-        x, z, y = self.val
-        mu, sigma = predict(self.model, x, z, exposure=self.exposure, batch_size=self.batch_size)
+        mu, sigma = self.val_predictions()
         if not np.all(np.isfinite(mu)):
             raise TrialFailed(f"predictions became non-finite at epoch {epoch}")
-        for name, value in residual_metrics(mu, y, sigma).items():
+        for name, value in residual_metrics(mu, self.val[2], sigma).items():
             logs["val_" + name] = value
         for name, value in logs.items():
             self.history.setdefault(name, []).append(float(value))
@@ -68,6 +67,20 @@ class EpochEvaluator(keras.callbacks.Callback):
         value = logs[self.monitor]
         if value < self.best_value:
             self.best_value, self.best_epoch = value, epoch
-            self.best_weights = self.model.get_weights()
+            self.best_weights = self.snapshot()
         elif self.patience is not None and epoch - self.best_epoch >= self.patience:
             self.model.stop_training = True
+
+    def val_predictions(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """mu and sigma (or None) of the validation split, from the model as it is now."""
+        x, z, _ = self.val
+        return predict(self.model, x, z, exposure=self.exposure, batch_size=self.batch_size)
+
+    def snapshot(self) -> Any:
+        """The weights of a new best epoch, as `restore_best` takes them back."""
+        return self.model.get_weights()
+
+    def restore_best(self) -> None:
+        """Sets the model to the weights of its best epoch (if one was scored)."""
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)

@@ -21,6 +21,7 @@ from hpo.data.contract import load_dataset
 from hpo.data.lazy import H5Source
 from hpo.data.split import Split
 from hpo.data.split import split_indices
+from hpo.errors import ConfigError
 from hpo.errors import DataContractError
 from hpo.errors import first_line
 from hpo.errors import TrialFailed
@@ -59,6 +60,8 @@ class TrainResult:
         sigma_scale: with train.calibrate_sigma, the factor on sigma fitted on the calibration
             clusters (val_metrics are the calibrated model's), else None.
         shift: with train.calibrate_bias, the shift of log mass fitted on them, else None.
+        training_path: which loop trained it (train.loop): "fit" (Keras' model.fit) or "device"
+            (device_loop.py).
     """
 
     model: keras.Model
@@ -70,6 +73,7 @@ class TrainResult:
     split: Split = field(repr=False)
     sigma_scale: float | None = None
     shift: Shift | None = None
+    training_path: str = "fit"
 
 
 def prepare(cfg: RunConfig, ds: Dataset | H5Source) -> tuple[Dataset | H5Source, Split]:
@@ -113,6 +117,10 @@ def train(
         raise DataContractError(
             f"{ds.path}: missing key 'exposure_s' (each cluster's exposure, s), which "
             "model.use_exposure needs; hpo simulate writes it, or set model.use_exposure: false")
+    on_device = cfg.train.loop == "device"
+    if on_device and keras.backend.backend() != "jax":
+        raise ConfigError(f"train.loop device needs Keras' JAX backend, this process runs "
+                          f"{keras.backend.backend()}: set KERAS_BACKEND=jax, or train.loop: fit")
     # ---------------------------------------------------------------- setup
     keras.utils.set_random_seed(cfg.train.seed)
     policy = keras.mixed_precision.global_policy()
@@ -124,7 +132,8 @@ def train(
     sample = np.sort(np.random.default_rng(cfg.train.seed).permutation(split.train)[:STATS_SAMPLE])
     tr_sample = ds.subset(sample)
     assert ds.log_mass is not None and va.log_mass is not None
-    feed = fit_inputs(ds, split.train, cfg.train.batch_size, cfg.train.seed, exposure=exposure)
+    feed = {} if on_device else fit_inputs(ds, split.train, cfg.train.batch_size, cfg.train.seed,
+                                           exposure=exposure)
     cal, bins = calibration_set(cfg, ds, va)
 
     # ---------------------------------------------------------------- model
@@ -159,11 +168,31 @@ def train(
             jit_compile=cfg.train.jit_compile,
         )
 
-    evaluator = EpochEvaluator(
-        (va.images, va.redshift, va.log_mass), patience=cfg.train.early_stopping_patience,
-        monitor=monitor, exposure=va.exposure_s if exposure else None,
-    )
+    if on_device:
+        from hpo.training import device_loop  # imports JAX
+
+        evaluator: EpochEvaluator = device_loop.DeviceEvaluator(
+            va.log_mass, patience=cfg.train.early_stopping_patience, monitor=monitor)
+    else:
+        evaluator = EpochEvaluator(
+            (va.images, va.redshift, va.log_mass), patience=cfg.train.early_stopping_patience,
+            monitor=monitor, exposure=va.exposure_s if exposure else None,
+        )
     all_callbacks = [evaluator, *callbacks]
+
+    def fit(first: int, last: int) -> None:
+        """Epochs first .. last - 1 through model.fit, or through the device loop."""
+        if not on_device:
+            model.fit(**feed, initial_epoch=first, epochs=last, callbacks=all_callbacks,
+                      verbose=verbose)
+            return
+        from hpo.training.device_data import place
+
+        assert isinstance(evaluator, device_loop.DeviceEvaluator)
+        device_loop.fit_on_device(
+            model, place(ds, split.train, split.val, exposure=exposure), loss=model.loss,
+            batch_size=cfg.train.batch_size, seed=cfg.train.seed, initial_epoch=first,
+            epochs=last, evaluator=evaluator, callbacks=callbacks)
 
     # ---------------------------------------------------------------- fit
     t0 = time.perf_counter()
@@ -172,16 +201,10 @@ def train(
         if warm:
             # The mean first, with MSE; the likelihood then only has to learn sigma and refine.
             compile_for("mse", warm)
-            model.fit(**feed, epochs=warm, callbacks=all_callbacks, verbose=verbose)
+            fit(0, warm)
         if cfg.train.epochs > warm and not getattr(model, "stop_training", False):
             compile_for(loss_cfg.type, cfg.train.epochs - warm)
-            model.fit(
-                **feed,
-                verbose=verbose,
-                initial_epoch=warm,
-                epochs=cfg.train.epochs,
-                callbacks=all_callbacks,
-            )
+            fit(warm, cfg.train.epochs)
     except MemoryError as exc:
         raise TrialFailed(f"out of memory: {exc}") from exc
     finally:
@@ -189,8 +212,8 @@ def train(
     seconds = time.perf_counter() - t0
 
     # ---------------------------------------------------------------- result
-    if cfg.train.restore_best_weights and evaluator.best_weights is not None:
-        model.set_weights(evaluator.best_weights)
+    if cfg.train.restore_best_weights:
+        evaluator.restore_best()
     # One pass over the validation split gives the final metrics (and calibrates, unless a file of
     # its own does); the calibration is applied to these predictions as the model applies it now.
     tta = cfg.train.augment.tta
@@ -222,6 +245,7 @@ def train(
         split=split,
         sigma_scale=scale,
         shift=shift,
+        training_path=cfg.train.loop,
     )
 
 

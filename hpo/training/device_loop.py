@@ -1,0 +1,213 @@
+"""The device-resident training path (train.loop: device): one compiled dispatch per epoch on JAX.
+
+    KERAS_BACKEND=jax hpo train run.yaml      # with train: {loop: device}
+
+Keras' JAX trainer copies every batch from host memory and dispatches one step at a time. Here
+the clusters are on the device already (device_data.py), and one jitted call runs a whole
+epoch: a shuffle drawn on the device, `jax.lax.scan` over the full batches (and one step on
+the short last batch, as model.fit takes it), each step the Keras model's `stateless_call`,
+the configured loss plus the regularisation losses the model adds, and the compiled
+optimizer's `stateless_apply`; then a forward pass over the validation split. Trainable,
+non-trainable (batch-norm statistics, the seeds of dropout and RandomDihedral: augmentation is
+a layer of the model, so it runs on the device in the same call) and optimizer variables are
+threaded through the scan, and the learning-rate schedule is the optimizer's own (it reads
+the optimizer's iteration count). After each epoch the variables are written back to the same
+Keras model, so the callbacks of a trial (evaluator, epoch log, pruning, stop request) see it
+as they do after an epoch of model.fit, and what is saved, logged and loaded is unchanged.
+
+What crosses to the host each epoch: the mean loss, the training-split residual sums and the
+validation predictions (mu, sigma: 8 bytes a cluster), which EpochEvaluator scores as it
+scores model.fit's. A stop request (StopCheck) is seen at the end of an epoch, not of a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+
+from hpo.errors import TrialFailed
+from hpo.model.metrics import StreamingResidual
+from hpo.training.callbacks import EpochEvaluator
+from hpo.training.device_data import DeviceData
+
+State = tuple[list[Any], list[Any], list[Any]]  # trainable, non-trainable, optimizer variables
+
+
+class DeviceEvaluator(EpochEvaluator):
+    """EpochEvaluator for the device path: the validation predictions come from the epoch's own
+    dispatch, and the best epoch's weights stay on the device until restored."""
+
+    def __init__(self, log_mass: np.ndarray, *, patience: int | None = None, monitor: str) -> None:
+        empty = np.zeros((0,), np.float32)
+        super().__init__((empty, empty, np.asarray(log_mass)), patience=patience, monitor=monitor)
+        self.predictions: tuple[np.ndarray, np.ndarray | None] | None = None
+        self.state: State | None = None
+
+    def val_predictions(self) -> tuple[np.ndarray, np.ndarray | None]:
+        assert self.predictions is not None, "the device loop sets them before each epoch end"
+        return self.predictions
+
+    def snapshot(self) -> Any:
+        assert self.state is not None
+        return self.state[:2]  # device arrays, not copied to the host
+
+    def restore_best(self) -> None:
+        # As model.set_weights(model.get_weights()) of the best epoch: every weight, not the
+        # seed generators' states (which model.weights does not hold either).
+        if self.best_weights is None:
+            return
+        trainable, non_trainable = self.best_weights
+        weights = {id(v) for v in self.model.weights}
+        for var, value in zip(self.model.trainable_variables, trainable, strict=True):
+            var.assign(value)
+        for var, value in zip(self.model.non_trainable_variables, non_trainable, strict=True):
+            if id(var) in weights:
+                var.assign(value)
+
+
+def fit_on_device(
+    model: keras.Model,
+    data: DeviceData,
+    *,
+    loss: Callable[[Any, Any], Any],
+    batch_size: int,
+    seed: int,
+    initial_epoch: int,
+    epochs: int,
+    evaluator: DeviceEvaluator,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> None:
+    """Trains a compiled model for epochs `initial_epoch` .. `epochs - 1`, as model.fit would.
+
+    Args:
+        model: a network from build_model, compiled (its optimizer is the one applied).
+        data: the training and validation clusters on the device.
+        loss: a loss of hpo.model.losses (the model's regularisation losses are added to it).
+        batch_size: clusters per step; the last step of an epoch takes the remainder.
+        seed: the shuffle seed; epoch e shuffles with key fold_in(key(seed), e).
+        evaluator: scores each epoch, keeps the best weights, stops early; first callback.
+        callbacks: the trial's other Keras callbacks, called after the evaluator each epoch.
+
+    Raises:
+        TrialFailed: a non-finite loss or prediction (from the evaluator), or device memory ran
+            out.
+    """
+    optimizer = model.optimizer
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    hooks = keras.callbacks.CallbackList([evaluator, *callbacks], model=model)
+    model.stop_training = False
+    hooks.on_train_begin()
+    epoch_fn = jax.jit(epoch_program(model, loss, data, batch_size))
+    with_sigma = model.output_shape[-1] > 1
+    key = jax.random.key(seed)
+    state: State = (
+        [v.value for v in model.trainable_variables],
+        [v.value for v in model.non_trainable_variables],
+        [v.value for v in optimizer.variables],
+    )  # read after on_train_begin: a warm start may have set the weights
+    for epoch in range(initial_epoch, epochs):
+        hooks.on_epoch_begin(epoch)
+        try:
+            state, logs, val_out = epoch_fn(state, data.train_x, data.train_y, data.val_x,
+                                            jax.random.fold_in(key, epoch))
+            logs = {k: float(v) for k, v in logs.items()}
+            val_out = np.asarray(val_out)[: data.n_val]
+        except jax.errors.JaxRuntimeError as exc:
+            if "RESOURCE_EXHAUSTED" in str(exc):
+                raise TrialFailed(f"out of device memory: {str(exc).splitlines()[0]}") from exc
+            raise
+        write_back(model, state)
+        evaluator.state = state
+        evaluator.predictions = (val_out[:, 0], val_out[:, 1] if with_sigma else None)
+        hooks.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    hooks.on_train_end()
+
+
+def epoch_program(model: keras.Model, loss: Callable[[Any, Any], Any], data: DeviceData,
+                  batch_size: int) -> Callable[..., tuple[State, dict[str, Any], Any]]:
+    """The pure function of one epoch, to be jitted: (state, train_x, train_y, val_x, key) ->
+    (state, logs, validation outputs (n_val padded, outputs)).
+
+    logs are what model.fit's would be: `loss`, the batch-size-weighted mean of the steps'
+    total losses, and the training-split residual metrics of StreamingResidual, unprefixed.
+    """
+    optimizer = model.optimizer
+    metric = StreamingResidual(with_sigma=model.output_shape[-1] > 1)
+    n, full = data.n_train, data.n_train // batch_size
+    rest = n - full * batch_size
+
+    def total_loss(trainable: list[Any], non_trainable: list[Any], opt_vars: list[Any],
+                   x: dict[str, Any], y: Any) -> tuple[Any, tuple[Any, Any, list[Any]]]:
+        y_pred, non_trainable, extra = model.stateless_call(
+            trainable, non_trainable, x, training=True, return_losses=True)
+        value = loss(y, y_pred)
+        if extra:  # as Keras' compute_loss: the compiled loss plus each added loss, summed
+            value = jnp.sum(jnp.stack([value, *[jnp.sum(e).astype(value.dtype) for e in extra]]))
+        unscaled = value
+        # A loss-scale optimizer (mixed precision) scales it, reading its own variables.
+        with keras.StatelessScope(state_mapping=list(zip(optimizer.variables, opt_vars))):
+            value = optimizer.scale_loss(value)
+        return value, (unscaled, y_pred, non_trainable)
+
+    grad = jax.value_and_grad(total_loss, has_aux=True)
+
+    def step(carry: tuple[Any, ...], rows: Any, train_x: dict[str, Any], train_y: Any
+             ) -> tuple[Any, ...]:
+        trainable, non_trainable, opt_vars, metric_vars, loss_sum = carry
+        x = {k: jnp.take(v, rows, axis=0) for k, v in train_x.items()}
+        y = jnp.take(train_y, rows, axis=0)
+        (_, (unscaled, y_pred, non_trainable)), grads = grad(
+            trainable, non_trainable, opt_vars, x, y)
+        trainable, opt_vars = optimizer.stateless_apply(opt_vars, grads, trainable)
+        metric_vars = metric.stateless_update_state(metric_vars, y, y_pred)
+        loss_sum = loss_sum + unscaled.astype("float32") * rows.shape[0]
+        return trainable, non_trainable, opt_vars, metric_vars, loss_sum
+
+    def epoch(state: State, train_x: dict[str, Any], train_y: Any, val_x: dict[str, Any],
+              key: Any) -> tuple[State, dict[str, Any], Any]:
+        order = jax.random.permutation(key, n)
+        carry = (*state, [jnp.zeros(v.shape, v.dtype) for v in metric.variables], jnp.zeros(()))
+        if full:
+            carry, _ = jax.lax.scan(lambda c, rows: (step(c, rows, train_x, train_y), None),
+                                    carry, order[: full * batch_size].reshape(full, batch_size))
+        if rest:
+            carry = step(carry, order[full * batch_size :], train_x, train_y)
+        trainable, non_trainable, opt_vars, metric_vars, loss_sum = carry
+        logs = {"loss": loss_sum / n, **metric.stateless_result(metric_vars)}
+        val_out = validate(trainable, non_trainable, val_x)
+        return (trainable, non_trainable, opt_vars), logs, val_out
+
+    def validate(trainable: list[Any], non_trainable: list[Any], val_x: dict[str, Any]) -> Any:
+        rows = next(iter(val_x.values())).shape[0]
+        batches = {k: v.reshape(rows // data.val_batch, data.val_batch, *v.shape[1:])
+                   for k, v in val_x.items()}
+
+        def forward(x: dict[str, Any]) -> Any:
+            y_pred, _ = model.stateless_call(trainable, non_trainable, x, training=False)
+            return y_pred.astype("float32")
+
+        out = jax.lax.map(forward, batches)
+        return out.reshape(rows, out.shape[-1])
+
+    return epoch
+
+
+def write_back(model: keras.Model, state: State) -> None:
+    """Assigns the state's values to the model's and its optimizer's variables (no copy on JAX:
+    a variable then holds the same device array)."""
+    trainable, non_trainable, opt_vars = state
+    for var, value in zip(model.trainable_variables, trainable, strict=True):
+        var.assign(value)
+    for var, value in zip(model.non_trainable_variables, non_trainable, strict=True):
+        var.assign(value)
+    for var, value in zip(model.optimizer.variables, opt_vars, strict=True):
+        var.assign(value)
