@@ -23,6 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Hyperparameter optimisation, tracked in MLflow, of a CNN that measures galaxy-cluster masses.",
 )
+OVERWRITE_HELP = "Replace output files that exist (refused otherwise); an input is never replaced."
 
 
 @app.callback()

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from hpo.cli import app
+from hpo.cli import OVERWRITE_HELP
 from hpo.cli._table import table
 from hpo.config.tree import SEED_MAX
 
@@ -25,24 +26,36 @@ def simulate(
     events: Path | None = typer.Option(
         None, "--events", help="Also write the clusters as eROSITA survey files in this folder (eSASS event "
         "lists per tile, exposure maps, catalog.fits): a fixture for hpo cutouts."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Write an eROSITA-like mock data set (images, redshift, exposure_s, log_mass, truth/)."""
+    from hpo.data.sim.simulator import fill_mock
     from hpo.data.sim.simulator import load_sim_config
-    from hpo.data.sim.simulator import write_mock
+    from hpo.outputs import atomic_outputs
+    from hpo.outputs import check_outputs
 
-    cfg = load_sim_config(config, preset)
+    fixture: list[Path] = []
     if events is not None:
+        from hpo.data.survey.mock_survey import fixture_files
         from hpo.data.survey.mock_survey import MAX_CLUSTERS
         from hpo.errors import ConfigError
 
         if n > MAX_CLUSTERS:
             raise ConfigError(f"--events writes a test fixture of at most {MAX_CLUSTERS} clusters, got --n {n}")
-    path = write_mock(out, n, seed, cfg, progress=not quiet, jobs=jobs)
-    typer.echo(f"wrote {n} clusters to {path}")
-    if events is not None:
-        from hpo.data.survey.mock_survey import write_event_fixture
+        fixture = fixture_files(events, n)
+    check_outputs([out, *fixture], inputs=[config], overwrite=overwrite, option="")
+    cfg = load_sim_config(config, preset)
+    fx = None
+    # The data file and its fixture appear together: the fixture is written (whole) from the
+    # data file's temporary, before that is renamed.
+    with atomic_outputs([out], inputs=[config], overwrite=overwrite, option="") as (tmp,):
+        fill_mock(tmp, n, seed, cfg, progress=not quiet, jobs=jobs)
+        if events is not None:
+            from hpo.data.survey.mock_survey import write_event_fixture
 
-        fx = write_event_fixture(path, events, seed, cfg)
+            fx = write_event_fixture(tmp, events, seed, cfg, overwrite=overwrite, data_name=out)
+    typer.echo(f"wrote {n} clusters to {out}")
+    if fx is not None:
         typer.echo(f"wrote {len(fx.event_files)} event files, {len(fx.exposure_maps)} exposure maps and "
                    f"{fx.catalog.name} to {fx.directory} ({fx.n_photons} photons, {fx.n_fodder} events the "
                    f"cuts remove; {len(fx.edge_ids)} clusters stick out of the survey)")
@@ -68,6 +81,7 @@ def cutouts(
         None, "--exposure-column", help="Catalogue column of exposure (s), used when no --exposure map is given."),
     keep_light_leak: bool = typer.Option(
         False, "--keep-light-leak", help="Keep TM5/TM7 events below 0.8 keV (dropped by default: light leak)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Cut eROSITA event files (eSASS format) out around each catalogue cluster, into the data contract."""
     from hpo.data.survey.catalog import CatalogColumns
@@ -79,7 +93,8 @@ def cutouts(
                              mass_unit=mass_unit, exposure=exposure_column)
     cuts = EventCuts(light_leak_tms=() if keep_light_leak else (5, 7))
     r = make_cutouts(expand_paths(events, "event file"), catalog, out,
-                     exposure_paths=expand_paths(exposure, "exposure map"), columns=columns, cuts=cuts)
+                     exposure_paths=expand_paths(exposure, "exposure map"), columns=columns, cuts=cuts,
+                     overwrite=overwrite)
     removed = ", ".join(f"{v} {k}" for k, v in r.removed.items())
     typer.echo(f"wrote {r.n_written} clusters to {r.path} (exposure_s: {r.exposure_source}; events removed: {removed})")
     for note in r.notes:

@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from hpo.cli import app
+from hpo.cli import OVERWRITE_HELP
 from hpo.registry.gate import DEFAULT_MIN_GAIN
 
 STORAGE_HELP = "Optuna storage URL (default: HPO_STORAGE or sqlite:///hpo.db)."
@@ -52,13 +53,17 @@ def promote(
 @app.command()
 def pull(
     ref: str = typer.Argument(..., help="NAME@alias, NAME/version, models:/NAME@alias, models:/NAME/version or runs:/RUN_ID/model."),
-    out: Path = typer.Option(..., "-o", "--out", help="Folder to download into."),
+    out: Path = typer.Option(..., "-o", "--out", help="Folder to download into: new, empty, or one an "
+                             "earlier hpo pull wrote (then --overwrite)."),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an earlier pull in the folder: exactly the files it wrote (its "
+        ".hpo-pull.json lists them); any other file there stays."),
 ) -> None:
     """Download a registered model (loadable with mlflow.pyfunc.load_model)."""
     from hpo.registry.models import pull as run_pull
 
-    typer.echo(f"model in {run_pull(ref, out, tracking_uri)}")
+    typer.echo(f"model in {run_pull(ref, out, tracking_uri, overwrite=overwrite)}")
 
 
 @app.command()
@@ -69,11 +74,12 @@ def predict(
     out: Path = typer.Option(..., "-o", "--out", help="Where to write: OUT.fits and OUT.csv (a .csv or .fits "
                              "suffix is replaced); index, cluster_id, log_mass, sigma, flags, flag_names."),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Log mass, its uncertainty and quality flags for every cluster in a file, as a FITS and a CSV table."""
     from hpo.registry.predict import predict_file
 
-    summary = predict_file(model, data, out, tracking_uri)
+    summary = predict_file(model, data, out, tracking_uri, overwrite=overwrite)
     flagged = ", ".join(f"{k} {v}" for k, v in summary["flags"].items() if v)
     typer.echo(f"wrote {summary['n']} clusters to {summary['fits']} and {summary['csv']}"
                + (f"; flagged {summary['flagged']} ({flagged})" if flagged else "; none flagged")

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from hpo.cli import app
+from hpo.cli import OVERWRITE_HELP
 from hpo.cli._table import table
 from hpo.launch.docker import DEFAULT_IMAGE
 from hpo.launch.docker import DEFAULT_NETWORK
@@ -101,25 +102,34 @@ def refit(
     tta: bool = typer.Option(False, "--tta", help="Validation scored with test-time augmentation."),
     refit_name: str | None = typer.Option(None, "--name", help="Name of the refit study (default: NAME-refit)."),
     storage: str | None = typer.Option(None, "--storage", help=STORAGE_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Write a search space that trains a study's best trials again, once per seed."""
     from hpo.errors import ConfigError
+    from hpo.outputs import atomic_outputs
+    from hpo.outputs import check_outputs
+    from hpo.outputs import sqlite_file
     from hpo.study.create import load_study
     from hpo.study.refit import refit_comment
     from hpo.study.refit import refit_space
+    from hpo.store.storage import default_storage_url
     from hpo.store.storage import make_storage
 
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
         raise ConfigError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
-    if out.exists():
-        raise ConfigError(f"{out} exists; refit writes a new file (remove it or pick another -o)")
+    url = storage or default_storage_url()
+    database = sqlite_file(url)
+    check_outputs([out], inputs=[database], overwrite=overwrite)  # before the study is read
+    if database is not None and not Path(database).exists():  # SQLite would create it, empty
+        raise ConfigError(f"no study '{name}': the storage {url} does not exist (no file {database}); "
+                          "give --storage (or HPO_STORAGE) of the study's database")
     study, space = load_study(make_storage(storage), name)
     space = refit_space(study, space, top=top, seeds=seed_list, epochs=epochs, patience=patience,
                         tta=tta, name=refit_name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(refit_comment(study, top, seed_list) + space.to_yaml())
+    with atomic_outputs([out], inputs=[database], overwrite=overwrite) as (tmp,):
+        tmp.write_text(refit_comment(study, top, seed_list) + space.to_yaml())
     typer.echo(f"wrote {out}: {space.budget()} trials ({len(space.study.enqueue) // len(seed_list)} "
                f"configurations x {len(seed_list)} seeds) as study '{space.study.name}'")
     from hpo.store.storage import redact

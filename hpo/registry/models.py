@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
+import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from pathlib import PurePosixPath
 from typing import Any
 
 import mlflow
@@ -24,6 +26,9 @@ from hpo.errors import DataContractError
 from hpo.errors import first_line
 from hpo.errors import HpoError
 from hpo.errors import TrackingError
+from hpo.outputs import make_folders
+from hpo.outputs import remove_empty_folders
+from hpo.outputs import sqlite_file
 from hpo.redact import redact
 from hpo.tracking.retry import auth_error
 from hpo.tracking.runs import checked_uri
@@ -59,7 +64,9 @@ def load(ref: str, tracking_uri: str | None = None) -> Any:
         TrackingError: the reference resolves to nothing, or the server refuses or is away.
     """
     uri = model_uri(ref)
-    mlflow.set_tracking_uri(checked_uri(tracking_uri) if tracking_uri else default_tracking_uri())
+    tracking_uri = checked_uri(tracking_uri) if tracking_uri else default_tracking_uri()
+    _require_local_store(uri, tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
     pyfunc_log = logging.getLogger("mlflow.pyfunc")
     pyfunc_log.addFilter(_other_python_version)
     try:
@@ -76,23 +83,38 @@ def _other_python_version(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("The version of Python that the model was saved in")
 
 
-def pull(ref: str, out_dir: str | Path, tracking_uri: str | None = None) -> Path:
+def pull(ref: str, out_dir: str | Path, tracking_uri: str | None = None, *, overwrite: bool = False) -> Path:
     """Downloads the model behind `ref` into `out_dir` (out_dir/MLmodel; pyfunc.load_model takes it).
 
-    `out_dir` must be new, empty, or hold an earlier pull (its MANIFEST lists what that pull
-    wrote): then only those files are replaced, and the folder's other files are left alone.
+    `out_dir` must be new, empty, or (with `overwrite`) hold an earlier pull: its MANIFEST lists
+    every file that pull wrote and every folder it created. Then exactly those files are
+    replaced, file by file, and a folder of that pull is removed only once empty; a file of the
+    user's anywhere in the folder, inside the model's subfolders too, stays (and nothing is
+    followed through a link). The swap is all or nothing: on any failure the earlier pull is
+    put back as it was, and a folder this call created is removed.
+
+    An older manifest lists top-level names only, so a folder it lists (artifacts/, code/)
+    holds that pull's files and maybe the user's, indistinguishably: then only the files the
+    new model writes at the same paths are replaced, nothing else in such a folder is removed
+    (a file the older model had and the new one lacks stays), and the manifest written then
+    lists files one by one.
 
     Raises:
         HpoError: `out_dir` is a file, or a folder with other files, or one the model would
-            overwrite.
-        TrackingError: as for `load`, or the download holds no MLmodel.
+            overwrite, or one with an earlier pull and no `overwrite`; or it cannot be created
+            or written to.
+        TrackingError: as for `load`, or the download holds no MLmodel, or the local store
+            named by the tracking URI does not exist.
     """
     uri = model_uri(ref)
     tracking_uri = checked_uri(tracking_uri) if tracking_uri else default_tracking_uri()
     out = Path(out_dir)
     previous = _earlier_pull(out)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    if (previous.files or previous.folders) and not overwrite:
+        raise HpoError(f"-o {out} holds an earlier hpo pull; give --overwrite to replace it (only the "
+                       f"files that pull wrote, listed in {MANIFEST}), or another -o")
+    _require_local_store(uri, tracking_uri)
+    created = make_folders(out, option="-o")
     mlflow.set_tracking_uri(tracking_uri)  # models:/ URIs resolve through the registry URI
     try:
         with tempfile.TemporaryDirectory(dir=out, prefix=".hpo-pull-") as tmp:
@@ -105,49 +127,146 @@ def pull(ref: str, out_dir: str | Path, tracking_uri: str | None = None) -> Path
             found = [path] if (path / "MLmodel").exists() else [p.parent for p in path.rglob("MLmodel")]
             if not found:
                 raise TrackingError(f"{uri} holds no MLmodel file: it is not a model; use {REF_FORMS}")
-            items = sorted(found[0].iterdir())
-            clash = [i.name for i in items if (out / i.name).exists() and i.name not in previous]
-            if clash:
-                raise HpoError(f"-o {out}: the model would overwrite {', '.join(clash[:3])}, which no "
-                               "earlier hpo pull wrote; give a new or empty folder")
-            for name in previous:  # only what the earlier pull wrote
-                target = out / name
-                if target.is_dir() and not target.is_symlink():
-                    shutil.rmtree(target)
-                elif target.exists() or target.is_symlink():
-                    target.unlink()
-            for item in items:
-                shutil.move(str(item), out / item.name)
-            manifest = {"uri": uri, "tracking_uri": redact(tracking_uri), "files": [i.name for i in items]}
-            (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-    except BaseException:
-        if created and not any(out.iterdir()):
-            out.rmdir()
+            _swap(out, found[0], previous, Path(tmp), {"uri": uri, "tracking_uri": redact(tracking_uri)})
+    except BaseException as exc:
+        remove_empty_folders(created)
+        if isinstance(exc, OSError):
+            raise HpoError(f"-o {out}: cannot write the model there ({exc.strerror or first_line(exc)}); "
+                           "the folder is as it was") from None
         raise
     return out
 
 
-def _earlier_pull(out: Path) -> list[str]:
-    """The names an earlier pull wrote into `out` ([] for a folder that is new or empty).
+def _swap(out: Path, model: Path, previous: _Pull, tmp: Path, about: dict[str, str]) -> None:
+    """Moves the downloaded `model` folder's files into `out` in place of the earlier pull's."""
+    new_files = sorted(p.relative_to(model).as_posix() for p in model.rglob("*")
+                       if p.is_file() or p.is_symlink())
+    replaced = [f for f in previous.files if f not in new_files] + [f for f in new_files if previous.owns(f)]
+    clash = [f for f in new_files if _occupied(out, f, previous)]
+    if clash:
+        raise HpoError(f"-o {out}: the model would overwrite {', '.join(clash[:3])}, which no "
+                       "earlier hpo pull wrote; give a new or empty folder")
+    aside = tmp / ".replaced"
+    moved: list[str] = []  # files of the earlier pull, moved aside
+    placed: list[str] = []  # files of this one, moved in
+    made: list[Path] = []  # folders made for them
+    manifest = out / MANIFEST
+    old_manifest = manifest.read_bytes() if manifest.is_file() else None
+    try:
+        for f in replaced:
+            if not _within(out, f):  # a folder on the way is a link: what it holds is not the pull's
+                continue
+            if (out / f).is_file() or (out / f).is_symlink():  # a folder the user made there stays
+                (aside / f).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(out / f, aside / f)
+                moved.append(f)
+        for f in new_files:
+            made += make_folders((out / f).parent, option="-o")
+            os.replace(model / f, out / f)
+            placed.append(f)
+        folders = sorted({p.as_posix() for f in new_files for p in PurePosixPath(f).parents
+                          if p.name and (Path(os.path.abspath(out / p)) in made
+                                         or p.as_posix() in previous.folders)})
+        text = json.dumps({**about, "files": new_files, "folders": folders}, indent=1) + "\n"
+        part = tmp / MANIFEST
+        part.write_text(text)
+        os.replace(part, manifest)
+    except BaseException:
+        for f in reversed(placed):
+            (out / f).unlink(missing_ok=True)
+        remove_empty_folders(made)
+        for f in moved:
+            os.replace(aside / f, out / f)
+        if old_manifest is not None:
+            manifest.write_bytes(old_manifest)
+        raise
+    # The earlier pull's folders that are empty now: removed, deepest first.
+    remove_empty_folders([out / d for d in sorted(previous.folders, key=lambda d: d.count("/"))
+                          if _within(out, d) and not (out / d).is_symlink()])
+
+
+def _within(out: Path, rel: str) -> bool:
+    """Whether `rel`'s folders inside `out` are real folders of it, no link leading elsewhere."""
+    return not any((out / parent).is_symlink() for parent in PurePosixPath(rel).parents if parent.name)
+
+
+def _occupied(out: Path, rel: str, previous: _Pull) -> bool:
+    """Whether something not the earlier pull's is at `rel` in `out` (a folder always is), or a
+    file where its folders go."""
+    if not _within(out, rel) or ((out / rel).is_dir() and not (out / rel).is_symlink()):
+        return True
+    if os.path.lexists(out / rel):
+        return not previous.owns(rel)
+    for parent in PurePosixPath(rel).parents:
+        if parent.name and os.path.lexists(out / parent) and not (out / parent).is_dir():
+            return not previous.owns(parent.as_posix())
+    return False
+
+
+@dataclass(frozen=True)
+class _Pull:
+    """What an earlier pull wrote into a folder: its files and the folders it created (paths
+    relative to the folder); `folders_of_old` are the folders an older manifest listed by name."""
+
+    files: tuple[str, ...] = ()
+    folders: tuple[str, ...] = ()
+    folders_of_old: tuple[str, ...] = ()
+
+    def owns(self, rel: str) -> bool:
+        """Whether the earlier pull wrote `rel` (for an older manifest: it lies in a folder it listed)."""
+        return rel in self.files or any(rel.startswith(d + "/") for d in self.folders_of_old)
+
+
+def _earlier_pull(out: Path) -> _Pull:
+    """What an earlier pull wrote into `out` (nothing for a folder that is new or empty).
 
     Raises:
         HpoError: `out` is a file, or a non-empty folder without a pull's manifest.
     """
     if not out.exists():
-        return []
+        if os.path.lexists(out):
+            raise HpoError(f"-o {out}: is a broken link; give a new or empty folder")
+        return _Pull()
     if not out.is_dir():
         raise HpoError(f"-o {out}: is a file, not a folder; give a new or empty folder")
     others = sorted(p.name for p in out.iterdir())
     if not others:
-        return []
+        return _Pull()
     try:
-        files = json.loads((out / MANIFEST).read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+        manifest = json.loads((out / MANIFEST).read_text())
+        listed, folders = manifest["files"], manifest.get("folders")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         shown = ", ".join(others[:3]) + (" ..." if len(others) > 3 else "")
         raise HpoError(f"-o {out}: the folder holds files ({shown}) and no earlier hpo pull "
                        f"(no {MANIFEST}); give a new or empty folder") from None
-    # Plain names only: a hand-edited manifest must not reach outside the folder.
-    return [f for f in files if isinstance(f, str) and f not in ("", ".", "..", MANIFEST) and Path(f).name == f]
+    # Relative paths inside the folder only: a hand-edited manifest must not reach outside it.
+    files = tuple(f for f in listed if _inside(f)) if isinstance(listed, list) else ()
+    if isinstance(folders, list):
+        return _Pull(files, tuple(d for d in folders if _inside(d)))
+    # An older manifest: top-level names, files and folders alike.
+    names = [f for f in files if "/" not in f]
+    old_folders = tuple(f for f in names if (out / f).is_dir() and not (out / f).is_symlink())
+    return _Pull(tuple(f for f in names if f not in old_folders), old_folders, old_folders)
+
+
+def _inside(rel: object) -> bool:
+    """Whether a manifest entry is a plain relative path inside the folder (not the manifest)."""
+    if not isinstance(rel, str) or not rel or "\\" in rel:
+        return False
+    parts = PurePosixPath(rel).parts
+    return (not PurePosixPath(rel).is_absolute() and ".." not in parts and "." not in rel.split("/")
+            and rel not in (MANIFEST,) and not parts[0].startswith(".hpo-pull-") and "" not in rel.split("/"))
+
+
+def _require_local_store(uri: str, tracking_uri: str) -> None:
+    """TrackingError, before MLflow creates it empty, where `tracking_uri` is a SQLite file that
+    does not exist and `uri` needs the store (models:/, runs:/)."""
+    path = sqlite_file(tracking_uri)
+    if uri.startswith(("models:/", "runs:/")) and path is not None and not Path(path).exists():
+        raise TrackingError(
+            f"no MLflow store at {redact(tracking_uri)}: {path} does not exist (in {Path.cwd()}); "
+            "give --tracking-uri or MLFLOW_TRACKING_URI of the store that holds the model, or run "
+            "where that file is")
 
 
 def predict_arrays(

@@ -22,16 +22,21 @@ from hpo.data.contract import Dataset
 from hpo.data.contract import EXPOSURE_KEY
 from hpo.data.contract import load_dataset
 from hpo.errors import DataContractError
-from hpo.errors import HpoError
 from hpo.model.metrics import residual_metrics
+from hpo.outputs import atomic_outputs
+from hpo.outputs import check_outputs
 from hpo.registry import flags as quality
 from hpo.registry import models
 
 TABLE_SUFFIXES = (".csv", ".fits", ".fit")
 
 
-def predict_file(ref: str, data_path: str | Path, out: str | Path, tracking_uri: str | None = None) -> dict:
+def predict_file(ref: str, data_path: str | Path, out: str | Path, tracking_uri: str | None = None, *,
+                 overwrite: bool = False) -> dict:
     """Writes <stem>.fits and <stem>.csv (stem: `out` less a .csv or .fits suffix); returns a summary.
+
+    The tables (and, for a file with reference/log_mass, <stem>_vs_reference.json and .png)
+    appear together or not at all (hpo.outputs); they are checked before the model loads.
 
     Returns:
         n, csv, fits, flagged (clusters with any flag), flags (clusters per flag),
@@ -41,9 +46,21 @@ def predict_file(ref: str, data_path: str | Path, out: str | Path, tracking_uri:
     Raises:
         DataContractError: the file breaks the contract, its images are not the model's shape,
             or it lacks exposure_s and the model takes it.
-        HpoError: an output cannot be written.
+        OutputError: an output exists (without `overwrite`), is the data file, or cannot be
+            written.
     """
     ds = load_dataset(data_path, require_labels=False)
+    stem = _stem(Path(out))
+    csv_path, fits_path = stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".fits")
+    reference = ds.reference.get("log_mass")
+    compared = reference is not None
+    plotted = compared and bool(np.isfinite(reference).any())
+    paths = [fits_path, csv_path]
+    if compared:
+        paths.append(stem.with_name(stem.name + "_vs_reference.json"))
+    if plotted:
+        paths.append(stem.with_name(stem.name + "_vs_reference.png"))
+    check_outputs(paths, inputs=[data_path], overwrite=overwrite)  # before the model loads
     model = models.load(ref, tracking_uri)
     expected = _image_shape(model)
     if expected is not None and tuple(ds.image_shape) != expected:
@@ -58,17 +75,9 @@ def predict_file(ref: str, data_path: str | Path, out: str | Path, tracking_uri:
     mu, sigma = models.predict_arrays(model, ds.images, ds.redshift, exposure=ds.exposure_s)
     flags, unchecked = quality.cluster_flags(ds.images, ds.redshift, mu, ds.exposure_s,
                                              models.training_ranges(model))
-    stem = _stem(Path(out))
     columns = _columns(ds, mu, sigma, flags)
     meta = {"model": ref, "data": str(data_path), "flags_unchecked": unchecked,
             "reference_mass_source": ds.attrs.get("reference_mass_source")}
-    csv_path, fits_path = stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".fits")
-    try:
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        _write_csv(csv_path, columns)
-        _write_fits(fits_path, columns, meta)
-    except OSError as exc:
-        raise HpoError(f"-o {out}: cannot write the predictions ({exc.strerror or exc})") from None
     summary: dict[str, Any] = {
         "n": len(ds), "csv": str(csv_path), "fits": str(fits_path),
         "flagged": int(np.count_nonzero(flags)),
@@ -77,40 +86,43 @@ def predict_file(ref: str, data_path: str | Path, out: str | Path, tracking_uri:
     }
     if ds.log_mass is not None:
         summary.update(residual_metrics(mu, ds.log_mass, sigma))
-    if "log_mass" in ds.reference:
-        summary["comparison"] = compare(mu, sigma, ds.reference["log_mass"], stem,
-                                        ds.attrs.get("reference_mass_source"))
+    with atomic_outputs(paths, inputs=[data_path], overwrite=overwrite) as temps:
+        _write_fits(temps[0], columns, meta)
+        _write_csv(temps[1], columns)
+        if compared:
+            comparison = compare(mu, sigma, reference, ds.attrs.get("reference_mass_source"))
+            comparison["json"] = str(paths[2])
+            if plotted:
+                comparison["plot"] = str(paths[3])
+                _plot_comparison(temps[3], mu, sigma, reference, comparison["source"])
+            temps[2].write_text(json.dumps(comparison, indent=1) + "\n")
+            summary["comparison"] = comparison
     return summary
 
 
-def compare(mu: np.ndarray, sigma: np.ndarray | None, reference: np.ndarray, stem: Path,
+def compare(mu: np.ndarray, sigma: np.ndarray | None, reference: np.ndarray,
             source: str | None) -> dict[str, Any]:
-    """Ours against a catalogue's mass where it has one: numbers and a plot, saved beside `stem`."""
-    from hpo.tracking import plots
-
+    """Ours against a catalogue's mass where it has one: n, source, and (for n > 0) scatter,
+    bias and rmse of ours minus theirs."""
     have = np.isfinite(reference)
     out: dict[str, Any] = {"n": int(have.sum()), "source": source or "reference/log_mass"}
     if have.any():
         diff = mu[have] - reference[have]
         out.update(scatter=float(np.std(diff)), bias=float(np.mean(diff)),
                    rmse=float(np.sqrt(np.mean(diff**2))))
-        plot = stem.with_name(stem.name + "_vs_reference.png")
-        fig = plots.ours_vs_reference(mu[have], reference[have], None if sigma is None else sigma[have],
-                                      out["source"])
-        try:
-            fig.savefig(plot, dpi=120)
-        except OSError as exc:
-            raise HpoError(f"{plot}: cannot write the comparison plot ({exc.strerror or exc})") from None
-        finally:
-            plots.close(fig)
-        out["plot"] = str(plot)
-    path = stem.with_name(stem.name + "_vs_reference.json")
-    out["json"] = str(path)
-    try:
-        path.write_text(json.dumps(out, indent=1) + "\n")
-    except OSError as exc:
-        raise HpoError(f"{path}: cannot write the comparison ({exc.strerror or exc})") from None
     return out
+
+
+def _plot_comparison(path: Path, mu: np.ndarray, sigma: np.ndarray | None, reference: np.ndarray,
+                     source: str) -> None:
+    from hpo.tracking import plots
+
+    have = np.isfinite(reference)
+    fig = plots.ours_vs_reference(mu[have], reference[have], None if sigma is None else sigma[have], source)
+    try:
+        fig.savefig(path, dpi=120, format="png")
+    finally:
+        plots.close(fig)
 
 
 def _stem(out: Path) -> Path:

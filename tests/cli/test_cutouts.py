@@ -150,3 +150,80 @@ def test_simulate_events_writes_the_survey_files_and_the_same_data_file(tmp_path
                                    "--events", str(tmp_path / "ev2")])
     _refused(big, "at most 2000 clusters")
     assert not (tmp_path / "c.h5").exists()
+
+
+def _names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_cutouts_never_write_over_an_input(good, tmp_path):
+    # Rule: -o naming the catalogue, an event file or an exposure map is refused in one line,
+    # even with --overwrite, and that input is left byte for byte as it was.
+    image = fits.PrimaryHDU(np.full((300, 300), 500.0, np.float32), cutout_wcs(RA0, DEC0, 300, 8).to_header())
+    image.writeto(tmp_path / "exp.fits")
+    for target in ("cat.fits", "ev.fits", "exp.fits"):
+        before = (tmp_path / target).read_bytes()
+        result = CliRunner().invoke(app, [
+            "cutouts", str(good["events"]), "--catalog", str(good["catalog"]), "--exposure",
+            str(tmp_path / "exp.fits"), "-o", str(tmp_path / target), "--overwrite"])
+        _refused(result, target, "is an input of this command")
+        assert (tmp_path / target).read_bytes() == before
+    assert _names(tmp_path) == ["cat.fits", "ev.fits", "exp.fits"]
+
+
+def test_an_existing_output_is_replaced_only_with_overwrite(good, tmp_path):
+    # Rule: an -o that exists (or its OUT.skipped.csv) is refused in one line naming it and
+    # --overwrite, untouched; with --overwrite both are replaced.
+    (tmp_path / "o.h5").write_text("mine")
+    _refused(_run(good["events"], good["catalog"], tmp_path), "o.h5 exists", "--overwrite")
+    assert (tmp_path / "o.h5").read_text() == "mine"
+    (tmp_path / "o.h5").unlink()
+    (tmp_path / "o.skipped.csv").write_text("mine")
+    _refused(_run(good["events"], good["catalog"], tmp_path), "o.skipped.csv exists")
+    assert not (tmp_path / "o.h5").exists()
+    result = _run(good["events"], good["catalog"], tmp_path, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "o.skipped.csv").read_text().startswith("cluster_id,")
+    assert _names(tmp_path) == ["cat.fits", "ev.fits", "o.h5", "o.skipped.csv"]
+
+
+@pytest.mark.parametrize("case", ["a folder", "under a file", "in /proc"])
+def test_an_output_where_no_file_can_be_is_one_line(good, tmp_path, case):
+    # Rule: -o naming a folder, a path under a regular file, or a place no file can be made is
+    # one line on stderr naming it, exit 1, no traceback, and no NAME.partial or temporary left.
+    (tmp_path / "d").mkdir()
+    out = {"a folder": "d", "under a file": "cat.fits/o.h5", "in /proc": "/proc/o.h5"}[case]
+    proc = hpo(tmp_path, "cutouts", "ev.fits", "--catalog", "cat.fits", "-o", out, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and out in proc.stderr
+    assert _names(tmp_path) == ["cat.fits", "d", "ev.fits"] and _names(tmp_path / "d") == []
+
+
+def test_a_pixel_of_more_photons_than_an_image_holds_names_the_cluster(good, tmp_path):
+    # Rule: a pixel over 65,535 photons in one channel is one line naming the cluster and the
+    # output, which is not written: no OUT, no OUT.partial, no OUT.skipped.csv.
+    ra, dec = _field()
+    n = 70_000
+    ev = write_esass_events(tmp_path / "hot.fits", np.r_[ra, np.full(n, RA0)], np.r_[dec, np.full(n, DEC0)],
+                            time=np.r_[np.full(ra.size, 500.0), np.linspace(1.0, 999.0, n)])
+    result = _run(ev, good["catalog"], tmp_path)
+    _refused(result, "cluster 1 (catalogue row 0", "70,000 photons", "65,535", "o.h5 was not written")
+    assert _names(tmp_path) == ["cat.fits", "ev.fits", "hot.fits"]
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError])
+def test_cutouts_that_fail_while_writing_leave_nothing(good, tmp_path, monkeypatch, failure):
+    # Rule: Ctrl-C or a full disk after the images are written (here: half of OUT.skipped.csv)
+    # leaves neither OUT nor OUT.skipped.csv nor a temporary.
+    from hpo.data.survey import cutouts
+
+    def half(path, *args):
+        path.write_text("cluster_id,r")
+        raise failure(28, "No space left on device", str(path)) if failure is OSError else failure()
+
+    monkeypatch.setattr(cutouts, "write_skipped", half)
+    result = _run(good["events"], good["catalog"], tmp_path)
+    assert result.exit_code != 0
+    if failure is OSError:
+        _refused(result, "o.skipped.csv", "No space left on device")
+    assert _names(tmp_path) == ["cat.fits", "ev.fits"]

@@ -32,3 +32,67 @@ def test_unknown_preset_is_one_line(tmp_path):
     # Rule: a bad option value is one clear line naming the valid choices.
     proc = hpo(tmp_path, "simulate", "x.h5", "--n", "5", "--preset", "eRASS:9", check=False)
     _assert_one_line_error(proc, "eRASS:9", "eRASS:8")
+
+
+def _names(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_simulate_replaces_an_existing_file_only_with_overwrite(tmp_path):
+    # Rule: OUT.h5 that exists, or a file of the --events fixture, is refused in one line naming
+    # it and --overwrite, before anything is simulated; --overwrite replaces them; OUT that is the
+    # --config file is refused even with --overwrite.
+    (tmp_path / "mock.h5").write_text("mine")
+    proc = hpo(tmp_path, "simulate", "mock.h5", "--n", "5", "--quiet", check=False)
+    _assert_one_line_error(proc, "mock.h5 exists", "--overwrite")
+    assert (tmp_path / "mock.h5").read_text() == "mine"
+    (tmp_path / "ev").mkdir()
+    (tmp_path / "ev" / "catalog.fits").write_text("mine")
+    proc = hpo(tmp_path, "simulate", "new.h5", "--n", "5", "--quiet", "--events", "ev", check=False)
+    _assert_one_line_error(proc, "ev/catalog.fits exists", "--overwrite")
+    assert _names(tmp_path) == ["ev", "mock.h5"] and _names(tmp_path / "ev") == ["catalog.fits"]
+    hpo(tmp_path, "simulate", "mock.h5", "--n", "5", "--quiet", "--events", "ev", "--overwrite")
+    assert len(load_dataset(tmp_path / "mock.h5")) == 5 and (tmp_path / "ev" / "catalog.fits").stat().st_size > 100
+    (tmp_path / "sim.yaml").write_text("survey: {preset: eFEDS}\n")
+    proc = hpo(tmp_path, "simulate", "sim.yaml", "--config", "sim.yaml", "--overwrite", check=False)
+    _assert_one_line_error(proc, "sim.yaml is an input")
+    assert (tmp_path / "sim.yaml").read_text() == "survey: {preset: eFEDS}\n"
+
+
+def test_simulate_where_no_file_can_be_is_one_line(tmp_path):
+    # Rule: OUT naming a folder, a path under a regular file, or a place no file can be made is
+    # one line naming it, and leaves nothing (no OUT.partial, no temporary, no folder).
+    (tmp_path / "d").mkdir()
+    (tmp_path / "afile").write_text("keep")
+    for out in ("d", "afile/sub/x.h5", "/proc/x.h5"):
+        proc = hpo(tmp_path, "simulate", out, "--n", "5", "--quiet", check=False)
+        _assert_one_line_error(proc, out)
+    assert _names(tmp_path) == ["afile", "d"] and _names(tmp_path / "d") == []
+
+
+def test_simulate_is_whole_or_absent_with_its_fixture(tmp_path, monkeypatch):
+    # Rule: a failure while the --events fixture is written (here: Ctrl-C after its first event
+    # file) leaves neither the fixture's files nor OUT.h5; a failure while OUT.h5 is written
+    # leaves nothing either.
+    from typer.testing import CliRunner
+
+    from hpo.cli import app
+    from hpo.data.sim import simulator
+    from hpo.data.survey import mock_survey
+
+    def interrupted(path, *args, **kwargs):
+        path.write_bytes(b"SIMPLE  =")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mock_survey, "_write_map", interrupted)
+    result = CliRunner().invoke(app, ["simulate", str(tmp_path / "m.h5"), "--n", "5", "--quiet", "--events",
+                                      str(tmp_path / "ev")])
+    assert result.exit_code != 0 and _names(tmp_path) == []
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(simulator, "_create", full_disk)
+    result = CliRunner().invoke(app, ["simulate", str(tmp_path / "m.h5"), "--n", "5", "--quiet"])
+    assert str(result.exception) == f"{tmp_path / 'm.h5'}: cannot write it (No space left on device); nothing was left behind"
+    assert _names(tmp_path) == []

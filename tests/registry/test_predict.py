@@ -8,12 +8,14 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
 from hpo.errors import DataContractError
+from hpo.errors import HpoError
 from hpo.registry.flags import aperture_significance
 from hpo.registry.flags import FLAGS
 from hpo.registry.predict import predict_file
@@ -106,3 +108,86 @@ def test_the_faint_flag_marks_a_cut_out_of_background_only():
     source[1, 22:28, 22:28] += 20
     significance = aperture_significance(source)
     assert abs(significance[0]) < 3 and significance[1] > 30
+
+
+def _hpo_predict(uri, tracking, data, out, *extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HPO_"))}
+    proc = subprocess.run([sys.executable, "-m", "hpo", "predict", uri, str(data), "-o", str(out),
+                           "--tracking-uri", tracking, *extra], env=env, capture_output=True, text=True,
+                          timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("hpo: error: ")]
+    return proc, errors
+
+
+@pytest.mark.slow
+def test_predict_where_its_fits_is_a_folder_writes_no_csv_either(logged, tmp_path):
+    # Rule: -o pred/z where pred/z.fits is a folder: one line naming it, no pred/z.csv, no
+    # temporary, before the model is loaded.
+    uri, tracking = logged
+    data = _catalogue(tmp_path / "cat.h5", reference=False)
+    (tmp_path / "pred" / "z.fits").mkdir(parents=True)
+    proc, errors = _hpo_predict(uri, tracking, data, tmp_path / "pred" / "z")
+    assert proc.returncode == 1 and len(errors) == 1 and "z.fits is a folder" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["z.fits"]
+
+
+@pytest.mark.slow
+def test_predict_refuses_existing_tables_unless_overwrite_and_never_its_input(logged, tmp_path):
+    # Rule: OUT.fits or OUT.csv that exists is refused (one line naming it and --overwrite) and
+    # left as it was; --overwrite replaces the set; a data file among the outputs is always refused.
+    from typer.testing import CliRunner
+
+    from hpo.cli import app
+
+    uri, tracking = logged
+    data = _catalogue(tmp_path / "cat.h5")
+    (tmp_path / "m.csv").write_text("mine\n")
+    run = ["predict", uri, str(data), "-o", str(tmp_path / "m"), "--tracking-uri", tracking]
+    result = CliRunner().invoke(app, run)
+    assert result.exit_code == 1 and "m.csv exists; give --overwrite" in str(result.exception)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.h5", "m.csv"]
+    assert (tmp_path / "m.csv").read_text() == "mine\n"
+    result = CliRunner().invoke(app, [*run, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "cat.h5", "m.csv", "m.fits", "m_vs_reference.json", "m_vs_reference.png"]
+    assert (tmp_path / "m.csv").read_text().startswith("index,cluster_id")
+
+    named_fits = tmp_path / "cat.fits"  # an HDF5 data file named .fits: -o cat.fits would be it
+    named_fits.write_bytes(data.read_bytes())
+    proc, errors = _hpo_predict(uri, tracking, named_fits, named_fits, "--overwrite")
+    assert proc.returncode == 1 and len(errors) == 1 and "is an input" in errors[0], proc.stderr
+    assert named_fits.read_bytes() == data.read_bytes() and not (tmp_path / "cat.csv").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failing", ["_write_csv", "_plot_comparison"])
+def test_predict_that_fails_midway_leaves_none_of_its_files(logged, tmp_path, monkeypatch, failing):
+    # Rule: the FITS, the CSV and the comparison's JSON and plot appear together or not at all:
+    # a failure after some are written (here: half a CSV, or the plot) leaves none of them.
+    from hpo.registry import predict as predict_module
+
+    uri, tracking = logged
+    data = _catalogue(tmp_path / "cat.h5")
+
+    def half(path, *args, **kwargs):
+        Path(path).write_text("index,clus")
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(predict_module, failing, half)
+    with pytest.raises(HpoError) as info:
+        predict_file(uri, data, tmp_path / "out" / "m", tracking)
+    assert "No space left on device" in str(info.value) and "\n" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.h5"]
+
+
+def test_predict_against_a_store_that_does_not_exist_creates_nothing(tmp_path):
+    # Rule: with the default store ./mlflow.db absent, a registry reference is one line, and
+    # neither an empty mlflow.db nor mlartifacts/ nor any output is created.
+    data = _catalogue(tmp_path / "cat.h5", reference=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HPO_"))}
+    proc = subprocess.run([sys.executable, "-m", "hpo", "predict", "xray-cluster-mass@champion", "cat.h5",
+                           "-o", "p"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("hpo: error: ")]
+    assert proc.returncode == 1 and len(errors) == 1 and "mlflow.db does not exist" in errors[0], proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [data.name]

@@ -90,3 +90,77 @@ def test_repeated_or_impossible_seeds_are_refused(seeds, fragment):
     with pytest.raises(HpoError) as info:
         refit_space(None, None, top=1, seeds=seeds)  # type: ignore[arg-type]  refused before either is read
     assert fragment in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """(folder, storage URL) of a study with one COMPLETE trial (added by hand: nothing trained)."""
+    import optuna
+
+    cwd = tmp_path_factory.mktemp("refit-out")
+    write_study_files(cwd, "done", n_trials=2)
+    storage = f"sqlite:///{cwd / 'hpo.db'}"
+    create_study(cwd, storage)
+    study = optuna.load_study(study_name="done", storage=storage)
+    study.add_trial(optuna.trial.create_trial(
+        params={"model.dropout.rate": 0.1}, value=0.2,
+        distributions={"model.dropout.rate": optuna.distributions.FloatDistribution(0.0, 0.2, step=0.1)}))
+    return cwd, storage
+
+
+def test_refit_replaces_an_existing_file_only_with_overwrite(finished, tmp_path):
+    # Rule: -o that exists is refused with one line naming it and --overwrite, left as it was;
+    # with --overwrite it is replaced whole.
+    cwd, storage = finished
+    out = tmp_path / "r.yaml"
+    out.write_text("mine")
+    proc = hpo_cmd(cwd, "refit", "done", "-o", str(out), "--storage", storage)
+    assert proc.returncode == 1 and "r.yaml exists" in proc.stderr and "--overwrite" in proc.stderr
+    assert out.read_text() == "mine" and "Traceback" not in proc.stderr
+    proc = hpo_cmd(cwd, "refit", "done", "-o", str(out), "--storage", storage, "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load(out.read_text())["study"]["name"] == "done-refit"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
+
+
+@pytest.mark.parametrize("case", ["the database", "a folder", "under a file", "in /proc"])
+def test_refit_output_where_it_cannot_go_is_one_line(finished, tmp_path, case):
+    # Rule: -o naming the study's own database (even with --overwrite), a folder, a path under a
+    # regular file, or a place no file can be made is one line naming it; nothing changes.
+    cwd, storage = finished
+    (tmp_path / "afile").write_text("keep")
+    out = {"the database": str(cwd / "hpo.db"), "a folder": str(tmp_path),
+           "under a file": str(tmp_path / "afile" / "r.yaml"), "in /proc": "/proc/r.yaml"}[case]
+    before = (cwd / "hpo.db").stat().st_size
+    proc = hpo_cmd(cwd, "refit", "done", "-o", out, "--storage", storage, "--overwrite")
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("hpo: error:")]
+    assert proc.returncode == 1 and len(errors) == 1 and out in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and (cwd / "hpo.db").stat().st_size == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_refit_of_a_database_that_does_not_exist_creates_none(tmp_path):
+    # Rule: a storage file that is not there is one line; SQLite does not get to create it empty.
+    proc = hpo_cmd(tmp_path, "refit", "done", "-o", "r.yaml")
+    assert proc.returncode == 1 and "hpo.db does not exist" in proc.stderr, proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refit_interrupted_while_writing_leaves_nothing(finished, tmp_path, monkeypatch):
+    # Rule: a failure after part of the file is written leaves no file and no temporary.
+    import pathlib
+
+    from typer.testing import CliRunner
+
+    from hpo.cli import app
+
+    cwd, storage = finished
+
+    def half(self, text, *args, **kwargs):
+        with open(self, "w") as f:
+            f.write(text[: len(text) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pathlib.Path, "write_text", half)
+    result = CliRunner().invoke(app, ["refit", "done", "-o", str(tmp_path / "r.yaml"), "--storage", storage])
+    assert result.exit_code != 0 and list(tmp_path.iterdir()) == []

@@ -17,7 +17,7 @@ hidden parameters, makes the Poisson images and writes the file.
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from hpo.data.sim.imaging import grid_pixels
 from hpo.data.sim.imaging import PointSources
 from hpo.data.sim.response import band_integral
 from hpo.errors import ConfigError
+from hpo.outputs import atomic_outputs
 
 __all__ = [
     "CHUNK_CLUSTERS",
@@ -295,13 +296,14 @@ def _select(sources: PointSources | None, sl: slice) -> PointSources | None:
 
 def write_mock(
     path: str | Path, n: int, seed: int, cfg: SimConfig | None = None, progress: bool = False,
-    jobs: int = 1,
+    jobs: int = 1, *, overwrite: bool = True,
 ) -> Path:
     """Writes n simulated clusters to an HDF5 file following the data contract, chunk by chunk.
 
     Chunk i (CHUNK_CLUSTERS clusters) draws from SeedSequence(seed).spawn(...)[i], so the same
     (n, seed, cfg) gives the same file, byte for byte, whatever `jobs`; memory stays bounded for
-    any n. The file is written next to `path` and renamed into place when complete.
+    any n. The file is written next to `path` and renamed into place when complete; on any
+    failure nothing is left (hpo.outputs).
 
     Args:
         path: output file (.h5).
@@ -310,27 +312,47 @@ def write_mock(
         cfg: the simulator config; None for defaults.
         progress: show a tqdm bar.
         jobs: processes simulating chunks at once (chunks are independent draws).
+        overwrite: replace `path` if it exists (`hpo simulate` passes its --overwrite, False by
+            default; a script rewriting its own file keeps this default).
 
     Returns:
         The path written.
 
     Raises:
         ConfigError: n < 1 or seed < 0.
+        OutputError: `path` exists (without `overwrite`) or cannot be written.
     """
     cfg = cfg or SimConfig()
     if n < 1 or seed < 0:
         raise ConfigError(f"write_mock needs n >= 1 and seed >= 0, got {n=}, {seed=}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
+    with atomic_outputs([path], overwrite=overwrite) as (tmp,):
+        fill_mock(tmp, n, seed, cfg, progress, jobs)
+    return path
+
+
+def fill_mock(file: Path, n: int, seed: int, cfg: SimConfig, progress: bool = False,
+              jobs: int = 1) -> None:
+    """write_mock's file, written at `file` itself (no temporary: for a caller that writes it
+    whole or not at all with other files, as `hpo simulate --events` does)."""
     n_chunks = -(-n // CHUNK_CLUSTERS)
     streams = np.random.SeedSequence(seed).spawn(n_chunks)
-    size, n_chan = cfg.instrument.image_size, len(cfg.spectrum.channel_edges_kev) - 1
     sizes = [min(n, (i + 1) * CHUNK_CLUSTERS) - i * CHUNK_CLUSTERS for i in range(n_chunks)]
     pool = ProcessPoolExecutor(min(jobs, n_chunks)) if jobs > 1 and n_chunks > 1 else None
     draws = (pool.map(_draw_chunk, streams, sizes, [cfg] * n_chunks) if pool is not None
              else map(_draw_chunk, streams, sizes, [cfg] * n_chunks))
-    with h5py.File(tmp, "w") as f, tqdm(total=n, disable=not progress, unit="cluster") as bar:
+    try:
+        _write_chunks(file, n, seed, cfg, draws, sizes, progress)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def _write_chunks(file: Path, n: int, seed: int, cfg: SimConfig,
+                  draws: Iterable[dict[str, np.ndarray]], sizes: list[int], progress: bool) -> None:
+    """The file, chunk by chunk as `draws` yields them."""
+    size, n_chan = cfg.instrument.image_size, len(cfg.spectrum.channel_edges_kev) - 1
+    with h5py.File(file, "w") as f, tqdm(total=n, disable=not progress, unit="cluster") as bar:
         for i, chunk in enumerate(draws):  # in chunk order, whichever process drew it
             start = i * CHUNK_CLUSTERS
             stop = start + sizes[i]
@@ -349,10 +371,6 @@ def write_mock(
         f.attrs["chunk_clusters"] = CHUNK_CLUSTERS
         f.attrs["image_shape"] = np.asarray([size, size, n_chan])
         f.attrs["sim_config"] = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
-    if pool is not None:
-        pool.shutdown()
-    os.replace(tmp, path)
-    return path
 
 
 def _draw_chunk(stream: np.random.SeedSequence, size: int, cfg: SimConfig) -> dict[str, np.ndarray]:

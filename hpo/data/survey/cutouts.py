@@ -20,7 +20,6 @@ import collections
 import csv
 import glob
 import json
-import os
 from collections.abc import Iterable
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,6 +52,8 @@ from hpo.data.survey.esass import merge_events
 from hpo.data.survey.esass import read_events
 from hpo.errors import DataContractError
 from hpo.errors import first_line
+from hpo.outputs import atomic_outputs
+from hpo.outputs import check_outputs
 
 GENERATOR = f"hpo cutouts {__version__}"
 OUTSIDE, EDGE, MAP_GAP, NO_EXPOSURE, NO_REDSHIFT = (
@@ -178,8 +179,11 @@ def make_cutouts(
     columns: CatalogColumns | None = None,
     cuts: EventCuts | None = None,
     cfg: SimConfig | None = None,
+    overwrite: bool = False,
 ) -> CutoutReport:
     """Cuts every catalogue cluster out of the event files and writes the contract's HDF5.
+
+    OUT and OUT.skipped.csv appear together when complete, or not at all (hpo.outputs).
 
     Args:
         event_paths: eSASS event files (events may span several; overlapping tiles are fine).
@@ -191,17 +195,24 @@ def make_cutouts(
         cuts: the event selection; None for the survey's standard cuts.
         cfg: image size, pixel scale and channel edges (the simulator's, which the models
             expect); None for defaults.
+        overwrite: replace OUT and OUT.skipped.csv if they exist (refused otherwise).
 
     Returns:
         A CutoutReport.
 
     Raises:
         DataContractError: bad survey input (see read_events, read_catalog, ExposureMap), or no
-            catalogue position inside the given tiles, or every cluster skipped.
+            catalogue position inside the given tiles, or every cluster skipped, or a pixel of
+            more photons than an image holds (naming the cluster).
+        OutputError: OUT or OUT.skipped.csv exists (without `overwrite`), is an input, or
+            cannot be written; checked before any input is read.
     """
     columns, cuts, cfg = columns or CatalogColumns(), cuts or EventCuts(), cfg or SimConfig()
     exposure_paths = exposure_paths or []
     _check_inputs(event_paths, exposure_paths, columns)
+    outputs = [out, skipped_path(out)]
+    inputs = [*event_paths, catalog_path, *exposure_paths]
+    check_outputs(outputs, inputs=inputs, overwrite=overwrite)
     grid = CutoutGrid.of(cfg)
     cuts = replace(cuts, pi_min_ev=grid.band_ev[0], pi_max_ev=grid.band_ev[1])
     cat = read_catalog(catalog_path, columns)
@@ -209,23 +220,28 @@ def make_cutouts(
     maps = [ExposureMap(p) for p in exposure_paths]
     sky = locate_clusters(cat, clean, maps, grid, catalog_path)
 
-    tmp = out.with_name(out.name + ".partial")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(tmp, "w") as f:
-        rows, exposures, skipped = write_images(f, grid, cut_out(sky, clean.events, grid))
-        exposure_source = _write_vectors(f, cat, np.asarray(rows, dtype=np.int64),
-                                         np.asarray(exposures), maps, columns)
-        _write_attrs(f, cfg, event_paths, exposure_paths, catalog_path, columns, cuts,
-                     clean.removed, exposure_source, cat.notes, len(skipped))
-    if not rows:
-        tmp.unlink()
-        raise DataContractError(
-            f"{catalog_path}: every cluster was skipped ({_reasons(skipped)}); nothing to "
-            f"write")
-    os.replace(tmp, out)
-    skipped_csv = write_skipped(out, cat, skipped)
-    return CutoutReport(out, skipped_csv, len(rows), [(cat.ids[s.row], s.reason) for s in skipped],
+    with atomic_outputs(outputs, inputs=inputs, overwrite=overwrite) as (tmp, tmp_skipped):
+        with h5py.File(tmp, "w") as f:
+            try:
+                rows, exposures, skipped = write_images(f, grid, cut_out(sky, clean.events, grid))
+            except PixelOverflow as exc:
+                raise PixelOverflow(f"{exc}; {out} was not written") from None
+            exposure_source = _write_vectors(f, cat, np.asarray(rows, dtype=np.int64),
+                                             np.asarray(exposures), maps, columns)
+            _write_attrs(f, cfg, event_paths, exposure_paths, catalog_path, columns, cuts,
+                         clean.removed, exposure_source, cat.notes, len(skipped))
+        if not rows:
+            raise DataContractError(
+                f"{catalog_path}: every cluster was skipped ({_reasons(skipped)}); nothing to "
+                f"write")
+        write_skipped(tmp_skipped, cat, skipped)
+    return CutoutReport(out, outputs[1], len(rows), [(cat.ids[s.row], s.reason) for s in skipped],
                         clean.removed, exposure_source, cat.notes)
+
+
+def skipped_path(out: Path) -> Path:
+    """OUT.skipped.csv: where make_cutouts lists the clusters it skipped (beside OUT, less its suffix)."""
+    return out.with_name(out.stem + ".skipped.csv")
 
 
 def _check_inputs(event_paths: list[Path], exposure_paths: list[Path],
@@ -416,17 +432,33 @@ def locate_clusters(cat: Catalog, clean: CleanEvents, maps: list[ExposureMap], g
 
 
 def cut_out(sky: ClusterSky, events: EventList, grid: CutoutGrid) -> Iterator[Cutout | Skip]:
-    """Each catalogue cluster in order: cut out (its events binned), or why it is skipped."""
+    """Each catalogue cluster in order: cut out (its events binned), or why it is skipped.
+
+    Raises:
+        PixelOverflow: naming the cluster (ID, catalogue row, position) and the photons.
+    """
     for i in range(len(sky.cat)):
         where = sky.place(i)
-        yield where if isinstance(where, Skip) else Cutout(where, bin_cutout(where, events, grid))
+        if isinstance(where, Skip):
+            yield where
+            continue
+        try:
+            yield Cutout(where, bin_cutout(where, events, grid))
+        except PixelOverflow as exc:
+            cat = sky.cat
+            raise PixelOverflow(f"cluster {cat.ids[i]} (catalogue row {i}, RA {cat.ra[i]:.5f}, DEC "
+                                f"{cat.dec[i]:.5f}): {exc}") from None
+
+
+class PixelOverflow(DataContractError):
+    """A cut-out pixel holds more photons in one channel than its uint16 image can (65,535)."""
 
 
 def bin_cutout(where: Placement, events: EventList, grid: CutoutGrid) -> np.ndarray:
     """(size, size, C) uint16 counts of the events near a cut-out on its pixel grid and channels.
 
     Raises:
-        DataContractError: a pixel holds more than 65535 photons in one channel.
+        PixelOverflow: a pixel holds more than 65,535 photons in one channel.
     """
     idx, size, edges_ev = where.nearby, grid.size, grid.edges_ev
     x, y = where.wcs.world_to_pixel_values(events.ra[idx], events.dec[idx])
@@ -437,7 +469,9 @@ def bin_cutout(where: Placement, events: EventList, grid: CutoutGrid) -> np.ndar
     flat = (iy[ok].astype(np.int64) * size + ix[ok].astype(np.int64)) * nchan + ch[ok]
     counts = np.bincount(flat, minlength=size * size * nchan)
     if counts.max(initial=0) > np.iinfo(np.uint16).max:
-        raise DataContractError("a cut-out pixel holds more than 65535 photons in one channel")
+        raise PixelOverflow(f"a cut-out pixel holds {int(counts.max()):,} photons in one channel, more "
+                            f"than the {np.iinfo(np.uint16).max:,} an image pixel can; the event "
+                            "files hold that many events at one place (repeated events?)")
     return counts.astype(np.uint16).reshape(size, size, nchan)
 
 
@@ -474,10 +508,9 @@ def write_images(
     return rows, exposures, skipped
 
 
-def write_skipped(out: Path, cat: Catalog, skipped: list[Skip]) -> Path:
-    """OUT.skipped.csv: ID, RA, DEC, reason and what was found of each skipped cluster; returns
-    its path."""
-    skipped_csv = out.with_name(out.stem + ".skipped.csv")
+def write_skipped(skipped_csv: Path, cat: Catalog, skipped: list[Skip]) -> Path:
+    """`skipped_csv` (OUT.skipped.csv, see skipped_path): ID, RA, DEC, reason and what was found
+    of each skipped cluster; returns its path."""
     with skipped_csv.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["cluster_id", "ra", "dec", "reason", "found"])

@@ -37,6 +37,7 @@ from hpo.data.sim.response import background_spectrum
 from hpo.data.survey.esass import cutout_wcs
 from hpo.data.survey.esass import FLAG_BITS
 from hpo.errors import ConfigError
+from hpo.outputs import atomic_outputs
 
 MAX_CLUSTERS = 2000  # a fixture: 80 tiles at most keeps the field within ~10 deg
 FIELD_CENTRE = (0.0, -45.0)  # deg; RA 0 crosses the field, which the cut-outs must handle
@@ -70,9 +71,22 @@ class EventFixture:
     n_fodder: int
 
 
+def fixture_files(out_dir: str | Path, n: int) -> list[Path]:
+    """What write_event_fixture writes for `n` clusters: per tile an event list and an exposure
+    map, then catalog.fits and fixture.json."""
+    out_dir = Path(out_dir)
+    tiles = range(-(-n // 25))
+    return ([out_dir / f"tile{k:03d}_EventList.fits" for k in tiles]
+            + [out_dir / f"tile{k:03d}_ExposureMap.fits" for k in tiles]
+            + [out_dir / "catalog.fits", out_dir / "fixture.json"])
+
+
 def write_event_fixture(data_path: str | Path, out_dir: str | Path, seed: int,
-                        cfg: SimConfig | None = None) -> EventFixture:
+                        cfg: SimConfig | None = None, *, overwrite: bool = True,
+                        data_name: str | Path | None = None) -> EventFixture:
     """Writes a simulated data file's clusters as event files, exposure maps and a catalogue.
+
+    The files (fixture_files) appear together when complete, or none of them (hpo.outputs).
 
     Args:
         data_path: a file written by `write_mock` with this `cfg` (images, redshift, log_mass,
@@ -81,22 +95,36 @@ def write_event_fixture(data_path: str | Path, out_dir: str | Path, seed: int,
             fixture.json.
         seed: seeds the events' positions, energies and times (a stream apart from the images').
         cfg: the simulator config the file was written with.
+        overwrite: replace files of an earlier fixture (`hpo simulate --events` passes its
+            --overwrite, False by default).
+        data_name: the data file's name to record in fixture.json (default `data_path`).
 
     Raises:
         ConfigError: more than MAX_CLUSTERS clusters.
+        OutputError: a file exists (without `overwrite`), or cannot be written.
     """
     cfg = cfg or SimConfig()
     with h5py.File(data_path, "r") as f:
         images = f["images"][()]
         redshift, log_mass = f["redshift"][()], f["log_mass"][()]
         exposure = f["truth/exposure_s"][()]
-    n, size = images.shape[0], images.shape[1]
+    n = images.shape[0]
     if n > MAX_CLUSTERS:
         raise ConfigError(f"--events writes a test fixture of at most {MAX_CLUSTERS} clusters, "
                           f"got --n {n}")
     rng = np.random.default_rng([seed, 0x657674])
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    files = fixture_files(out_dir, n)
+    with atomic_outputs(files, inputs=[data_path], overwrite=overwrite, option="--events") as temps:
+        return _write_fixture(dict(zip(files, temps, strict=True)), out_dir, images, redshift, log_mass,
+                              exposure, rng, cfg, {"data": str(data_name or data_path), "seed": seed})
+
+
+def _write_fixture(temp: dict[Path, Path], out_dir: Path, images: np.ndarray, redshift: np.ndarray,
+                   log_mass: np.ndarray, exposure: np.ndarray, rng: np.random.Generator,
+                   cfg: SimConfig, about: dict) -> EventFixture:
+    """The fixture's files, each written to its temporary `temp[path]`."""
+    n, size = images.shape[0], images.shape[1]
     pix = cfg.instrument.pixel_arcsec
     edges_ev = 1000.0 * np.asarray(cfg.spectrum.channel_edges_kev)
 
@@ -133,17 +161,19 @@ def write_event_fixture(data_path: str | Path, out_dir: str | Path, seed: int,
                   & (ey >= y0 - OVERLAP_DEG) & (ey < y0 + TILE_DEG + OVERLAP_DEG))
         spanning[np.unique(owner[inside & (owner >= 0)])] += 1
         path = out_dir / f"tile{k:03d}_EventList.fits"
-        _write_events(path, {key: v[inside] for key, v in events.items()})
+        _write_events(temp[path], {key: v[inside] for key, v in events.items()})
         event_files.append(path)
-        maps.append(_write_map(out_dir / f"tile{k:03d}_ExposureMap.fits", plane, x0, y0, nearest,
-                               exposure))
-    catalog = _write_catalog(out_dir / "catalog.fits", ra, dec, redshift, log_mass, exposure)
+        path = out_dir / f"tile{k:03d}_ExposureMap.fits"
+        _write_map(temp[path], plane, x0, y0, nearest, exposure)
+        maps.append(path)
+    catalog = out_dir / "catalog.fits"
+    _write_catalog(temp[catalog], ra, dec, redshift, log_mass, exposure)
     fixture = EventFixture(out_dir, event_files, maps, catalog,
                            [int(i) for i in np.flatnonzero(edge)],
                            [int(i) for i in np.flatnonzero(spanning >= 2)],
                            int(parts[0]["ra"].size), int(parts[1]["ra"].size))
-    (out_dir / "fixture.json").write_text(json.dumps({
-        "data": str(data_path), "seed": seed, "field_centre_deg": FIELD_CENTRE,
+    temp[out_dir / "fixture.json"].write_text(json.dumps({
+        **about, "field_centre_deg": FIELD_CENTRE,
         "tiles": len(tiles), "tile_deg": TILE_DEG, "overlap_deg": OVERLAP_DEG,
         "edge_ids": fixture.edge_ids, "spanning_ids": fixture.spanning_ids,
         "n_photons": fixture.n_photons, "n_fodder": fixture.n_fodder}, indent=1))
