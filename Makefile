@@ -39,10 +39,11 @@ test: $(BIN)/python
 	KERAS_BACKEND=jax $(BIN)/python -m pytest $(JAX_CORE) --ignore=tests/training/test_backends.py
 
 # The end-to-end tests (worker containers, the MLflow UI in a browser, promotes against a
-# PostgreSQL-backed mlflow server): minutes more, run by CI after `make test`.
+# PostgreSQL-backed mlflow server), and the fuzz tests again with hundreds of examples each
+# instead of make test's few dozen (tests/conftest.py): minutes more, run by CI after `make test`.
 test-e2e: $(BIN)/python
 	$(PIP) -e ".[test]"
-	$(BIN)/python -m pytest -m e2e
+	HYPOTHESIS_PROFILE=e2e $(BIN)/python -m pytest -m "e2e or fuzz"
 
 # The documentation site, from docs/ (mkdocs.yml) into site/, with warnings as errors: a broken link
 # or anchor, or a page missing from the nav, fails it. The command-line page is generated from the

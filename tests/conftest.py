@@ -11,9 +11,19 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+# The fuzz tests (marker fuzz): a few dozen examples each in `make test`, hundreds in `make
+# test-e2e`, which sets HYPOTHESIS_PROFILE=e2e. No deadline: a loaded CI machine is slow at times,
+# and what is checked is the outcome, not the speed.
+_FUZZ = dict(deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("default", max_examples=40, **_FUZZ)
+settings.register_profile("e2e", max_examples=500, **_FUZZ)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 class FakeClock:

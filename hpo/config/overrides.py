@@ -42,21 +42,22 @@ def check_path(path: str, where: str, root: type[BaseModel] = RunConfig) -> None
         where: the file and section, for the message ("search_spaces/x.yaml, params").
         root: the pydantic tree the path walks (RunConfig, or the simulator's SimConfig).
     """
-    node: type[BaseModel] = root
+    node: type[BaseModel] | None = root
     walked: list[str] = []
     for part in path.split("."):
+        if node is None:  # the part before was a value, not a section
+            above = ".".join(walked)
+            raise ConfigError(f"{where}: {path!r} goes below {above!r}, which is a value")
         fields = node.model_fields
         if part not in fields:
             here = ".".join(walked) or "the config"
             raise ConfigError(
-                f"{where}: '{path}' is not a config path; {here} has: {', '.join(fields)}"
+                f"{where}: {path!r} is not a config path; {here} has: {', '.join(fields)}"
             )
         walked.append(part)
         annotation = fields[part].annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            node = annotation
-        elif part != path.split(".")[-1]:
-            raise ConfigError(f"{where}: '{path}' goes below '{'.'.join(walked)}', which is a value")
+        section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        node = annotation if section else None
 
 
 def override_model(root: type[M], overrides: dict[str, Any], *, base: M | None = None,
@@ -71,7 +72,13 @@ def override_model(root: type[M], overrides: dict[str, Any], *, base: M | None =
         check_path(path, where, root)
         node = tree
         *parents, leaf = path.split(".")
-        for part in parents:
+        for i, part in enumerate(parents):
+            if not isinstance(node[part], dict):  # an earlier key set this section to a value
+                section = ".".join(parents[: i + 1])
+                raise ConfigError(
+                    f"{where}: {path!r} goes below {section!r}, which is given as "
+                    f"{node[part]!r} here; give {section!r} as a mapping of its keys"
+                )
             node = node[part]
         node[leaf] = copy.deepcopy(value)
     try:
@@ -96,17 +103,52 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: is a directory, not a YAML file")
     try:
         data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+        cyclic = _holds_itself(data)
     except yaml.MarkedYAMLError as exc:
         raise ConfigError(f"{path}: {_yaml_problem(exc)}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid YAML ({first_line(exc)})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"{path}: cannot read it ({reason})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    if cyclic:
+        raise ConfigError(f"{path}: an alias (*name) refers to a node that holds it; YAML that "
+                          "configures must be a tree")
     return data
 
 
+def _holds_itself(node: Any, open_: set[int] | None = None, done: set[int] | None = None) -> bool:
+    """Whether a recursive alias (`&a [1, *a]`) made `node` contain itself. Each shared node is
+    walked once, so a document of many aliases of aliases is checked in linear time."""
+    open_, done = (set() if open_ is None else open_), (set() if done is None else done)
+    if not isinstance(node, (dict, list)) or id(node) in done:
+        return False
+    if id(node) in open_:
+        return True
+    open_.add(id(node))
+    children = node.values() if isinstance(node, dict) else node
+    if any(_holds_itself(child, open_, done) for child in children):
+        return True
+    open_.discard(id(node))
+    done.add(id(node))
+    return False
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a key given twice in one mapping (where it keeps the last)."""
+    """PyYAML's safe loader, refusing a key given twice in one mapping (where it keeps the last),
+    and a value its tag does not fit (`!!int x`, a 13th month) as a YAML error at its line."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, OverflowError) as exc:  # PyYAML lets these out as they are
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{node.tag.rsplit(':', 1)[-1]} value: {first_line(exc)}",
+                node.start_mark) from None
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         first: dict[Any, yaml.Node] = {}
@@ -117,7 +159,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             if key in first:
                 raise yaml.constructor.ConstructorError(
                     None, None,
-                    f"key '{key}' is given twice (lines {first[key].start_mark.line + 1} and "
+                    f"key {key!r} is given twice (lines {first[key].start_mark.line + 1} and "
                     f"{key_node.start_mark.line + 1}); keep one",
                     key_node.start_mark)
             first[key] = key_node
@@ -131,7 +173,7 @@ def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
     problem = " ".join(str(exc.problem or exc.context or "not valid YAML").split())
     if "'\\t'" in problem or "\t" in problem:
         problem += " (YAML indents with spaces, not tabs)"
-    if not problem.startswith("key '"):
+    if not (problem.startswith("key ") and "is given twice" in problem):
         problem = f"not valid YAML: {problem}"
     return f"{where}{problem}"
 
@@ -143,5 +185,5 @@ def _describe(exc: ValidationError) -> str:
         msg = err["msg"].removeprefix("Value error, ")
         # A section's own validator gets the whole section as input; its message names the values.
         got = "" if isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})"
-        parts.append(f"'{loc}': {msg}{got}")
+        parts.append(f"{loc!r}: {msg}{got}")
     return "; ".join(parts)

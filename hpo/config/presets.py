@@ -21,14 +21,24 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-@functools.lru_cache(maxsize=16)
-def preset_config(name: str | None, where: str = "config") -> RunConfig:
-    """RunConfig() with the named preset applied (the plain defaults for None)."""
+def preset_config(name: Any, where: str = "config") -> RunConfig:
+    """RunConfig() with the named preset applied (the plain defaults for None).
+
+    Raises:
+        ConfigError: `name` (as a file gives it: any YAML value) is not one of preset_names().
+    """
     if name is None:
         return RunConfig()
+    # Only a known name reaches a path: not a list, a number, a NUL byte or '../x'.
+    if not isinstance(name, str) or name not in preset_names():
+        raise ConfigError(
+            f"{where}: unknown preset {name!r}; presets are: {', '.join(preset_names())}")
+    return _preset(name)
+
+
+@functools.lru_cache(maxsize=16)
+def _preset(name: str) -> RunConfig:
     path = PRESET_DIR / f"{name}.yaml"
-    if not path.exists():
-        raise ConfigError(f"{where}: unknown preset '{name}'; presets are: {', '.join(preset_names())}")
     return apply_overrides(read_yaml(path), where=str(path))
 
 

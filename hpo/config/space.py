@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 from typing import Literal
 
-import numpy as np
 import yaml
 from pydantic import BaseModel
 from pydantic import ConfigDict
@@ -38,6 +37,8 @@ from hpo.errors import ConfigError
 from hpo.keys import METRIC
 
 Scalar = bool | int | float | str | None
+# The most points of a grid study: each is a trial, and Optuna's grid sampler holds them all.
+GRID_MAX = 1_000_000
 # study.metric -> the residual_metrics name it reads (val_nll needs a model with a sigma head)
 
 
@@ -70,7 +71,28 @@ class Distribution(_Strict):
             raise ValueError("log and step cannot be combined")
         if self.categorical is not None and not self.categorical:
             raise ValueError("categorical needs at least one choice")
+        if self.int_ is not None and self.step is not None and self.step != int(self.step):
+            raise ValueError(f"the step of an int range must be a whole number, got {self.step}")
+        if self.float_ is not None:  # each end is finite, yet high - low may not be
+            lo, hi = self.float_
+            if not math.isfinite(hi - lo):
+                raise ValueError(f"high - low must be a finite number, got {[lo, hi]}")
+            if self.step is not None and not math.isfinite((hi - lo) / self.step):
+                raise ValueError(f"step {self.step} is too small for the range {[lo, hi]}")
+        for choice in self.categorical or []:
+            _check_choice(choice)
         return self
+
+    def size(self) -> int | None:
+        """How many values grid() holds (without making them), or None when it is continuous."""
+        if self.categorical is not None:
+            return len(self.categorical)
+        if self.int_ is not None:
+            return (self.int_[1] - self.int_[0]) // int(self.step or 1) + 1
+        if self.float_ is not None and self.step is not None:
+            lo, hi = self.float_
+            return int(math.floor((hi - lo) / self.step + 1e-9)) + 1
+        return None
 
     def grid(self) -> list[Any] | None:
         """Every value of a discrete distribution, or None when it is continuous."""
@@ -169,7 +191,9 @@ class StudySpec(_Strict):
     pruner: PrunerSpec = PrunerSpec()
     n_trials: int | None = Field(None, ge=1, description="COMPLETE + PRUNED trials; grid: its size")
     timeout_s: float | None = Field(None, gt=0, description="stop starting trials after this long")
-    repeats: int = Field(1, ge=1, description="seeds per grid point (train.seed 0..repeats-1)")
+    repeats: int = Field(
+        1, ge=1, le=GRID_MAX, description="seeds per grid point (train.seed 0..repeats-1)"
+    )
     heartbeat_s: int = Field(30, ge=1, description="seconds between a running trial's heartbeats")
     grace_s: int | None = Field(
         None, ge=1, description="a RUNNING trial silent this long is failed and re-queued; "
@@ -244,8 +268,10 @@ class SearchSpace(_Strict):
         """The run config every trial starts from: defaults + preset + data + base."""
         from hpo.config.presets import preset_config
 
-        return apply_overrides({**self.base, "data": {**self.base.get("data", {}), **self.data}},
-                               base=preset_config(self.preset, self.source), where=f"{self.source}, base")
+        # data: as dotted keys after base's own, so that they win whatever form base gives data.
+        data = {f"data.{key}": value for key, value in self.data.items()}
+        return apply_overrides({**self.base, **data}, base=preset_config(self.preset, self.source),
+                               where=f"{self.source}, base")
 
     def config_for(self, point: dict[str, Any], where: str, base: RunConfig | None = None) -> RunConfig:
         """The run config of one point of the space, {dotted path: value} (decoded choices), as
@@ -258,21 +284,41 @@ class SearchSpace(_Strict):
         return apply_overrides(point, base=base or self.resolved_base(), where=where)
 
     def grid(self) -> dict[str, list[Any]]:
-        """The full grid, `train.seed` included when repeats > 1; ConfigError if a param is continuous."""
-        out: dict[str, list[Any]] = {}
-        for path, dist in self.params.items():
-            values = dist.grid()
-            if values is None:
-                raise ConfigError(
-                    f"{self.source}: params key '{path}': a grid needs a step or categorical choices"
-                )
-            out[path] = values
+        """The full grid, `train.seed` included when repeats > 1.
+
+        Raises:
+            ConfigError: a param is continuous, or the grid has more than GRID_MAX points.
+        """
+        self.grid_size()
+        out = {path: dist.grid() or [] for path, dist in self.params.items()}
         if self.study.repeats > 1:
             out["train.seed"] = list(range(self.study.repeats))
         return out
 
     def grid_size(self) -> int:
-        return int(np.prod([len(v) for v in self.grid().values()])) if self.params else 1
+        """Points of the full grid (repeats included), counted without making them.
+
+        Raises:
+            ConfigError: a param is continuous, or the grid has more than GRID_MAX points.
+        """
+        sizes = {}
+        for path, dist in self.params.items():
+            size = dist.size()
+            if size is None:
+                raise ConfigError(
+                    f"{self.source}: params key {path!r}: a grid needs a step or categorical choices"
+                )
+            sizes[path] = size
+        if not self.params:
+            return 1
+        total = math.prod(sizes.values()) * (self.study.repeats if self.study.repeats > 1 else 1)
+        if total > GRID_MAX:
+            each = ", ".join(f"{path} {n}" for path, n in sizes.items())
+            raise ConfigError(
+                f"{self.source}: params: a grid of {total} points ({each}); a grid study runs "
+                f"every point, at most {GRID_MAX:,}: take a larger step or fewer choices"
+            )
+        return total
 
     def budget(self) -> int:
         """n_trials, defaulting to the grid size for a grid sampler (keras_tuner: tuner_budget)."""
@@ -313,9 +359,10 @@ class SearchSpace(_Strict):
                 )
             lines.append(f"{what}; budget: {trials} trials, {epochs} epochs; "
                          "sampler and pruner are Optuna's and not used")
-            discrete = all(d.grid() is not None for d in self.params.values())
-            if discrete and self.grid_size() < trials:
-                lines.append(f"note: the space has only {self.grid_size()} distinct points; "
+            discrete = all(d.size() is not None for d in self.params.values())
+            points = math.prod(d.size() or 0 for d in self.params.values())
+            if discrete and points < trials:
+                lines.append(f"note: the space has only {points} distinct points; "
                              "keras-tuner stops the search once it draws no new one")
             return "\n".join(lines)
         if self.study.sampler.type == "grid":
@@ -328,13 +375,33 @@ class SearchSpace(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)
 
 
+def _check_choice(choice: Any) -> None:
+    """Raises ValueError unless `choice` is a JSON value (what Optuna stores and MLflow logs): a
+    string, a finite number, true/false, null, or a list or mapping (string keys) of them."""
+    try:
+        same = json.loads(json.dumps(choice, allow_nan=False)) == choice
+    except (TypeError, ValueError, RecursionError):
+        same = False
+    if not same:
+        raise ValueError(
+            "a choice must be a finite number, a string, true, false, null, or a list or "
+            f"mapping (string keys) of them (got {choice!r})"
+        )
+    if isinstance(choice, str) and choice[:1] in ("[", "{"):  # see encode_choice
+        raise ValueError(
+            f"a string choice cannot begin with [ or {{, which marks a list or mapping (got "
+            f"{choice!r}); give the list or mapping itself"
+        )
+
+
 def encode_choice(value: Any) -> Scalar:
-    """Optuna choices must be scalars: lists and mappings travel as JSON strings."""
+    """Optuna choices must be scalars: lists and mappings travel as JSON strings (and so no
+    string choice may begin with [ or {: _check_choice)."""
     return json.dumps(value) if isinstance(value, (list, dict)) else value
 
 
 def decode_choice(value: Any) -> Any:
-    if isinstance(value, str) and value[:1] in "[{":
+    if isinstance(value, str) and value[:1] in ("[", "{"):
         return json.loads(value)
     return value
 
@@ -359,12 +426,12 @@ def parse_space(raw: dict[str, Any], *, source: str) -> SearchSpace:
         msg = err["msg"].removeprefix("Value error, ")
         got = "" if isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})"
         more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-        raise ConfigError(f"{source}: key '{loc}': {msg}{got}{more}") from None
+        raise ConfigError(f"{source}: key {loc!r}: {msg}{got}{more}") from None
     for path in space.params:
         check_path(path, f"{source}, params")
         if path.split(".")[0] == "data":
             raise ConfigError(
-                f"{source}: params key '{path}': data settings cannot be searched: every trial "
+                f"{source}: params key {path!r}: data settings cannot be searched: every trial "
                 "must train on the same file and split, and the test split must stay the one "
                 "`hpo promote` scores; set it under data: instead")
     for path in flatten(space.base):
@@ -382,10 +449,10 @@ def parse_space(raw: dict[str, Any], *, source: str) -> SearchSpace:
             values = list(dist.float_ or dist.int_ or ())
         for value in values:
             corner = apply_overrides({path: decode_choice(value)}, base=space.resolved_base(),
-                                     where=f"{source}: params {path}={value}")
+                                     where=f"{source}: params {path}={value!r}")
             if space.study.metric == "val_nll" and corner.train.loss.type != "gaussian_nll":
                 raise ConfigError(
-                    f"{source}: params key '{path}': {value!r} trains without a sigma head, which "
+                    f"{source}: params key {path!r}: {value!r} trains without a sigma head, which "
                     "study.metric val_nll needs; use val_rmse or keep train.loss.type gaussian_nll")
     for i, point in enumerate(space.study.enqueue):
         _check_point(space, point, f"{source}: key 'study.enqueue.{i}'")
@@ -405,13 +472,14 @@ def _check_point(space: SearchSpace, point: dict[str, Any], where: str) -> None:
         dist = space.params.get(path)
         if dist is None:
             known = ", ".join(space.params) or "none"
-            raise ConfigError(f"{where}: '{path}' is not a param of this space (params: {known})")
+            raise ConfigError(f"{where}: {path!r} is not a param of this space (params: {known})")
         if dist.categorical is not None:
             if encode_choice(value) not in (dist.grid() or []):
                 raise ConfigError(f"{where}: {path} = {value!r} is not one of {dist.categorical}")
             continue
         lo, hi = dist.int_ or dist.float_  # type: ignore[misc]
         numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        numeric = numeric and (isinstance(value, int) or math.isfinite(value))
         if not numeric or (dist.int_ is not None and value != int(value)) or not lo <= value <= hi:
             kind = "an int" if dist.int_ is not None else "a number"
             raise ConfigError(f"{where}: {path} = {value!r}: expected {kind} in [{lo}, {hi}]")

@@ -56,9 +56,10 @@ def ends(dist: Distribution) -> list[Any]:
     if dist.categorical is not None:
         return [decode_choice(v) for v in dist.grid() or []]
     lo, hi = dist.int_ or dist.float_  # type: ignore[misc]
-    if dist.step is not None:
-        hi = lo + math.floor((hi - lo) / dist.step + 1e-9) * dist.step
-        hi = int(hi) if dist.int_ is not None else round(hi, 12)
+    if dist.step is not None and dist.int_ is not None:  # whole numbers: no float to overflow
+        hi = lo + (hi - lo) // int(dist.step) * int(dist.step)
+    elif dist.step is not None:
+        hi = round(lo + math.floor((hi - lo) / dist.step + 1e-9) * dist.step, 12)
     return [lo] if lo == hi else [lo, hi]
 
 

@@ -158,7 +158,7 @@ def test_study_metric_choices_and_val_nll_needs_a_sigma_head():
     ({"float": [1.0e-4, float("inf")], "log": True}, "key 'params.train.optimizer.learning_rate.float.1': Input should be a finite number (got inf)"),
     ({"float": [float("-inf"), 0.1]}, "Input should be a finite number (got -inf)"),
     ({"float": [0.0, 0.1], "step": float("nan")}, "Input should be a finite number"),
-    ({"categorical": [1.0e-3, float("inf")]}, "Input should be a finite number"),
+    ({"categorical": [1.0e-3, float("inf")]}, "a choice must be a finite number"),
 ])
 def test_every_range_bound_and_choice_is_finite(dist, fragment):
     # Rule: a range or choice holding inf or NaN is refused when the space is read (every trial
