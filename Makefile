@@ -16,7 +16,7 @@ install: $(BIN)/python
 	$(PIP) -e .
 
 quickstart: install
-	$(BIN)/hpo simulate data/quickstart.h5 --n 600 --seed 0 --quiet
+	test -e data/quickstart.h5 || $(BIN)/hpo simulate data/quickstart.h5 --n 600 --seed 0 --quiet
 	$(BIN)/hpo launch search_spaces/quickstart.yaml --workers 2
 	$(BIN)/hpo promote quickstart --model xray-cluster-mass
 	$(BIN)/hpo status quickstart
