@@ -63,6 +63,8 @@ COPY search_spaces/ search_spaces/
 # Data is mounted at /app/data (paths in search spaces are relative to /app).
 RUN mkdir -p /app/data && chown -R hpo:hpo /app
 
+# Compose runs workers as hpo (uid 1000); `hpo launch --launcher docker` runs them as the user who
+# launches them (--user UID:GID, HOME=/tmp, hpo/launch/docker.py), so nothing here may need uid 1000.
 USER hpo
 
 ENTRYPOINT ["hpo"]

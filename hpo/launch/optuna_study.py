@@ -71,9 +71,11 @@ def launch_optuna(
     # A launcher's own errors (no GPU, a file URL for containers) come before the study exists.
     processes: list[WorkerProcess] | None = None
     if workers != 0:
+        cal = data_cfg.calibration_path
         plan = Plan(
             name, storage_url, tracker.uri, str(data_cfg.path), workers, visible_gpus(),
             Path.cwd(), image, network, workers_per_gpu=workers_per_gpu,
+            calibration_path=None if cal is None else str(cal),
         )
         processes = LAUNCHERS[launcher](plan)
         stop_timeout_s()  # a bad HPO_STOP_TIMEOUT_S too

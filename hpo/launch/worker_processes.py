@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 
+from hpo.launch.docker import check_readable
+from hpo.launch.docker import ContainerUser
 from hpo.launch.docker import DEFAULT_IMAGE
 from hpo.launch.docker import DEFAULT_NETWORK
 from hpo.launch.docker import docker_workers
@@ -42,6 +44,7 @@ class Plan:
     network: str = DEFAULT_NETWORK
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     workers_per_gpu: int = 1
+    calibration_path: str | None = None  # data.calibration_path, which workers read too
 
     def worker_count(self) -> int:
         """plan.workers, or by default workers_per_gpu per visible GPU (1 without a GPU)."""
@@ -101,12 +104,18 @@ def _threads_per_worker(workers: int) -> int:
 
 def container_workers(plan: Plan) -> list[WorkerProcess]:
     """One worker container per GPU (or plan.workers containers), see hpo/launch/docker.py; with
-    workers_per_gpu K each container runs K worker processes on its GPU."""
+    workers_per_gpu K each container runs K worker processes on its GPU.
+
+    The containers run as this process's user; a data file they cannot read even so is refused
+    here, before any study or trial exists (docker.check_readable).
+    """
+    user = ContainerUser.current()
     containers = docker_workers(
         plan.study,
         storage_url=plan.storage_url,
         tracking_uri=plan.tracking_uri,
         data_path=plan.data_path,
+        calibration_path=plan.calibration_path,
         gpus=plan.gpus,
         workers=plan.workers,
         image=plan.image,
@@ -116,7 +125,10 @@ def container_workers(plan: Plan) -> list[WorkerProcess]:
         secrets_file=write_secrets_file(plan.storage_url, plan.tracking_uri, plan.env),
         threads=_threads_per_worker(plan.workers or len(plan.gpus)),
         workers_per_gpu=plan.workers_per_gpu,
+        user=user,
     )
+    files = [plan.data_path, *([plan.calibration_path] if plan.calibration_path else [])]
+    check_readable(files, cwd=plan.cwd, image=plan.image, user=user)
     return [WorkerProcess(c.name, c.run, plan.env, c.kill, c.key) for c in containers]
 
 

@@ -98,14 +98,17 @@ def with_password(pg_url: str) -> str:
     return pg_url.replace("@", f":{DB_PASSWORD}@", 1)
 
 
-def write_space(cwd: Path, name: str, *, n_trials: int, epochs: int, **study) -> Path:
-    """data/signal.h5 (read by the containers' uid 1000 through the mount) and space.yaml."""
-    (cwd / "data").mkdir()
-    write_h5(cwd / "data" / "signal.h5", make_signal_data(300))
+def write_space(cwd: Path, name: str, *, n_trials: int, epochs: int, data: str | None = None,
+                **study) -> Path:
+    """space.yaml, and its data file: data/signal.h5 (read by the containers, which run as this
+    user, through the mount), or the one `data` names, which the test writes."""
+    if data is None:
+        (cwd / "data").mkdir()
+        write_h5(cwd / "data" / "signal.h5", make_signal_data(300))
     space = {
         "study": {"name": name, "n_trials": n_trials, "sampler": {"type": "random", "seed": 0},
                   "pruner": {"type": "none"}, **study},
-        "data": {"path": "data/signal.h5"},
+        "data": {"path": data or "data/signal.h5"},
         "base": {**TINY, "train": {**TINY["train"], "epochs": epochs}},
         "params": {"model.dropout.rate": {"float": [0.0, 0.3], "step": 0.1}},
     }
@@ -268,3 +271,48 @@ def test_a_container_with_a_bad_storage_exits_with_one_line(tmp_path, worker_ima
     assert len(lines) == 1, lines
     assert lines[0].startswith("hpo: error: cannot open study storage postgresql+psycopg://")
     assert "127.0.0.1:1/optuna" in lines[0] and DB_PASSWORD not in lines[0]
+
+
+def test_a_data_file_in_a_folder_only_its_user_can_enter_is_read_by_the_workers(
+        tmp_path, pg_url, tracking, worker_image):
+    # Rule: the worker containers run as the user who launches them, so a data file that user
+    # can read is read by the workers too, even in a folder of mode 0700 (every `mktemp -d`):
+    # the study spends its budget. Before, the image's own user (uid 1000) could not enter the
+    # folder and every worker printed a PermissionError traceback.
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    write_h5(private / "signal.h5", make_signal_data(300))
+    (private / "signal.h5").chmod(0o600)
+    write_space(tmp_path, "private", n_trials=2, epochs=1, data=str(private / "signal.h5"))
+    launch = start_launch(tmp_path, pg_url, tracking, worker_image, workers=2)
+    try:
+        assert_launched(launch, tmp_path / "launch.log")
+    finally:
+        for leftover in containers(f"hpo-private-{launch.pid}-", all_states=True):
+            docker("rm", "-f", leftover, check=False)
+    assert_budget_spent(trials_of(pg_url, "private"), 2)
+    assert "Traceback" not in (tmp_path / "launch.log").read_text()
+
+
+def test_a_data_file_the_workers_cannot_read_is_one_line_before_any_trial(
+        tmp_path, pg_url, tracking, worker_image):
+    # Rule: a data file that the workers still cannot read (here a symbolic link to a file of
+    # another name, outside the folder containers mount) stops the launch before the study or
+    # any worker exists: exit 1 and one line naming the file and the user, no traceback, no
+    # container left.
+    (tmp_path / "store").mkdir()
+    write_h5(tmp_path / "store" / "real.h5", make_signal_data(300))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "signal.h5").symlink_to(tmp_path / "store" / "real.h5")
+    write_space(tmp_path, "unread", n_trials=2, epochs=1, data="data/signal.h5")
+    launch = start_launch(tmp_path, pg_url, tracking, worker_image, workers=2)
+    assert finish(launch, 300, tmp_path / "launch.log") == 1
+    lines = (tmp_path / "launch.log").read_text().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("hpo: error: worker containers cannot read the data file "
+                               "data/signal.h5 (/app/data/signal.h5 in image ")
+    assert f"(uid {os.getuid()}, gid {os.getgid()})" in lines[0]
+    assert "symbolic link" in lines[0]
+    assert containers(f"hpo-unread-{launch.pid}-", all_states=True) == []
+    with pytest.raises(KeyError):
+        trials_of(pg_url, "unread")  # no study was created
