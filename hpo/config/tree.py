@@ -236,6 +236,11 @@ class TrainConfig(_Section):
         "backend only (refused on another), the clusters kept on the accelerator and one compiled "
         "call per epoch (hpo/training/device_loop.py; always compiled, whatever jit_compile says); "
         "the same model, metrics, pruning and early stopping.")
+    device_dispatch: Literal["auto", "epoch", "step"] = Field(
+        "auto", description="train.loop device: `epoch` runs a whole epoch per compiled call, "
+        "`step` one optimizer step per call (data, shuffle and augmentation still on the device); "
+        "auto: epoch on a GPU, step on a CPU, where XLA runs the gradient convolutions inside a "
+        "loop body on a slow path (jax-ml/jax#12868).")
 
 
 class RunConfig(_Section):

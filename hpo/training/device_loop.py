@@ -4,10 +4,11 @@
 
 Keras' JAX trainer copies every batch from host memory and dispatches one step at a time. Here
 the clusters are on the device already (device_data.py), and one jitted call runs a whole
-epoch: a shuffle drawn on the device, `jax.lax.scan` over the full batches (and one step on
-the short last batch, as model.fit takes it), each step the Keras model's `stateless_call`,
-the configured loss plus the regularisation losses the model adds, and the compiled
-optimizer's `stateless_apply`; then a forward pass over the validation split. Trainable,
+epoch (train.device_dispatch epoch, the default on a GPU): a shuffle drawn on the device,
+`jax.lax.scan` over the full batches (and one step on the short last batch, as model.fit takes
+it), each step the Keras model's `stateless_call`, the configured loss plus the regularisation
+losses the model adds, and the compiled optimizer's `stateless_apply`; then a forward pass over
+the validation split. Trainable,
 non-trainable (batch-norm statistics, the seeds of dropout and RandomDihedral: augmentation is
 a layer of the model, so it runs on the device in the same call) and optimizer variables are
 threaded through the scan, and the learning-rate schedule is the optimizer's own (it reads
@@ -18,6 +19,10 @@ as they do after an epoch of model.fit, and what is saved, logged and loaded is 
 What crosses to the host each epoch: the mean loss, the training-split residual sums and the
 validation predictions (mu, sigma: 8 bytes a cluster), which EpochEvaluator scores as it
 scores model.fit's. A stop request (StopCheck) is seen at the end of an epoch, not of a batch.
+
+On a CPU (train.device_dispatch auto) each step is a call of its own, the same step on the
+same device-resident data: XLA:CPU runs the gradient convolutions inside a loop body on a slow
+path, about 10x a step here (jax-ml/jax#12868, benchmarks/bench_device_loop.py).
 """
 
 from __future__ import annotations
@@ -82,6 +87,7 @@ def fit_on_device(
     epochs: int,
     evaluator: DeviceEvaluator,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    dispatch: str = "auto",
 ) -> None:
     """Trains a compiled model for epochs `initial_epoch` .. `epochs - 1`, as model.fit would.
 
@@ -93,6 +99,8 @@ def fit_on_device(
         seed: the shuffle seed; epoch e shuffles with key fold_in(key(seed), e).
         evaluator: scores each epoch, keeps the best weights, stops early; first callback.
         callbacks: the trial's other Keras callbacks, called after the evaluator each epoch.
+        dispatch: train.device_dispatch: `epoch` (one call an epoch), `step` (one call a step)
+            or `auto` (resolve_dispatch).
 
     Raises:
         TrialFailed: a non-finite loss or prediction (from the evaluator), or device memory ran
@@ -104,7 +112,7 @@ def fit_on_device(
     hooks = keras.callbacks.CallbackList([evaluator, *callbacks], model=model)
     model.stop_training = False
     hooks.on_train_begin()
-    epoch_fn = jax.jit(epoch_program(model, loss, data, batch_size))
+    epoch_fn = epoch_program(model, loss, data, batch_size, resolve_dispatch(dispatch))
     with_sigma = model.output_shape[-1] > 1
     key = jax.random.key(seed)
     state: State = (
@@ -115,8 +123,7 @@ def fit_on_device(
     for epoch in range(initial_epoch, epochs):
         hooks.on_epoch_begin(epoch)
         try:
-            state, logs, val_out = epoch_fn(state, data.train_x, data.train_y, data.val_x,
-                                            jax.random.fold_in(key, epoch))
+            state, logs, val_out = epoch_fn(state, jax.random.fold_in(key, epoch))
             logs = {k: float(v) for k, v in logs.items()}
             val_out = np.asarray(val_out)[: data.n_val]
         except jax.errors.JaxRuntimeError as exc:
@@ -132,14 +139,31 @@ def fit_on_device(
     hooks.on_train_end()
 
 
-def epoch_program(model: keras.Model, loss: Callable[[Any, Any], Any], data: DeviceData,
-                  batch_size: int) -> Callable[..., tuple[State, dict[str, Any], Any]]:
-    """The pure function of one epoch, to be jitted: (state, train_x, train_y, val_x, key) ->
-    (state, logs, validation outputs (n_val padded, outputs)).
+DISPATCHES = ("epoch", "step")
 
+
+def resolve_dispatch(dispatch: str) -> str:
+    """train.device_dispatch for this process: auto is `epoch` on an accelerator and `step` on
+    a CPU, where XLA runs the gradient convolutions inside a loop body on a slow path (about 10x
+    a step here; jax-ml/jax#12868)."""
+    if dispatch == "auto":
+        return "step" if jax.default_backend() == "cpu" else "epoch"
+    return dispatch
+
+
+def epoch_program(model: keras.Model, loss: Callable[[Any, Any], Any], data: DeviceData,
+                  batch_size: int, dispatch: str = "epoch"
+                  ) -> Callable[[State, Any], tuple[State, dict[str, Any], Any]]:
+    """One epoch as a function (state, key) -> (state, logs, validation outputs (n_val padded,
+    outputs)), compiled.
+
+    dispatch `epoch`: one call runs it all (the steps in a lax.scan); `step`: one call per
+    optimizer step, the same step function, the data and the shuffle still on the device.
     logs are what model.fit's would be: `loss`, the batch-size-weighted mean of the steps'
     total losses, and the training-split residual metrics of StreamingResidual, unprefixed.
     """
+    if dispatch not in DISPATCHES:
+        raise ValueError(f"dispatch must be one of {DISPATCHES}, got {dispatch!r}")
     optimizer = model.optimizer
     metric = StreamingResidual(with_sigma=model.output_shape[-1] > 1)
     n, full = data.n_train, data.n_train // batch_size
@@ -172,15 +196,20 @@ def epoch_program(model: keras.Model, loss: Callable[[Any, Any], Any], data: Dev
         loss_sum = loss_sum + unscaled.astype("float32") * rows.shape[0]
         return trainable, non_trainable, opt_vars, metric_vars, loss_sum
 
-    def epoch(state: State, train_x: dict[str, Any], train_y: Any, val_x: dict[str, Any],
-              key: Any) -> tuple[State, dict[str, Any], Any]:
-        order = jax.random.permutation(key, n)
+    def start(state: State, key: Any) -> tuple[tuple[Any, ...], Any]:
         carry = (*state, [jnp.zeros(v.shape, v.dtype) for v in metric.variables], jnp.zeros(()))
-        if full:
-            carry, _ = jax.lax.scan(lambda c, rows: (step(c, rows, train_x, train_y), None),
-                                    carry, order[: full * batch_size].reshape(full, batch_size))
-        if rest:
-            carry = step(carry, order[full * batch_size :], train_x, train_y)
+        return carry, jax.random.permutation(key, n)
+
+    def step_at(carry: tuple[Any, ...], order: Any, i: Any, train_x: dict[str, Any],
+                train_y: Any) -> tuple[Any, ...]:
+        rows = jax.lax.dynamic_slice_in_dim(order, i * batch_size, batch_size)
+        return step(carry, rows, train_x, train_y)
+
+    def last(carry: tuple[Any, ...], order: Any, train_x: dict[str, Any], train_y: Any
+             ) -> tuple[Any, ...]:  # the short last batch, as model.fit takes it
+        return step(carry, order[full * batch_size :], train_x, train_y)
+
+    def finish(carry: tuple[Any, ...], val_x: dict[str, Any]) -> tuple[State, dict[str, Any], Any]:
         trainable, non_trainable, opt_vars, metric_vars, loss_sum = carry
         logs = {"loss": loss_sum / n, **metric.stateless_result(metric_vars)}
         val_out = validate(trainable, non_trainable, val_x)
@@ -198,7 +227,31 @@ def epoch_program(model: keras.Model, loss: Callable[[Any, Any], Any], data: Dev
         out = jax.lax.map(forward, batches)
         return out.reshape(rows, out.shape[-1])
 
-    return epoch
+    def whole_epoch(state: State, key: Any, train_x: dict[str, Any], train_y: Any,
+                    val_x: dict[str, Any]) -> tuple[State, dict[str, Any], Any]:
+        carry, order = start(state, key)
+        if full:
+            carry, _ = jax.lax.scan(
+                lambda c, i: (step_at(c, order, i, train_x, train_y), None), carry, jnp.arange(full))
+        if rest:
+            carry = last(carry, order, train_x, train_y)
+        return finish(carry, val_x)
+
+    if dispatch == "epoch":
+        epoch_fn = jax.jit(whole_epoch)
+        return lambda state, key: epoch_fn(state, key, data.train_x, data.train_y, data.val_x)
+
+    start_fn, step_fn, last_fn, finish_fn = (jax.jit(f) for f in (start, step_at, last, finish))
+
+    def by_step(state: State, key: Any) -> tuple[State, dict[str, Any], Any]:
+        carry, order = start_fn(state, key)
+        for i in range(full):
+            carry = step_fn(carry, order, i, data.train_x, data.train_y)
+        if rest:
+            carry = last_fn(carry, order, data.train_x, data.train_y)
+        return finish_fn(carry, data.val_x)
+
+    return by_step
 
 
 def write_back(model: keras.Model, state: State) -> None:

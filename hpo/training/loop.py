@@ -192,7 +192,8 @@ def train(
         device_loop.fit_on_device(
             model, place(ds, split.train, split.val, exposure=exposure), loss=model.loss,
             batch_size=cfg.train.batch_size, seed=cfg.train.seed, initial_epoch=first,
-            epochs=last, evaluator=evaluator, callbacks=callbacks)
+            epochs=last, evaluator=evaluator, callbacks=callbacks,
+            dispatch=cfg.train.device_dispatch)
 
     # ---------------------------------------------------------------- fit
     t0 = time.perf_counter()
