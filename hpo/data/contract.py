@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -16,6 +18,7 @@ import numpy as np
 
 from hpo.data.recipe import missing
 from hpo.errors import DataContractError
+from hpo.errors import HpoError
 
 REQUIRED_KEYS = ("images", "redshift")
 EXPOSURE_KEY = "exposure_s"  # optional (N,) effective exposure per cluster, s; a model may use it
@@ -133,44 +136,60 @@ def load_dataset(path: str | Path, *, require_labels: bool = True) -> Dataset:
 
 def read_h5(path: Path, *, skip_images: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The contract's arrays and attrs of an HDF5 file, unvalidated (images left out if asked)."""
-    try:
-        with h5py.File(path, "r") as f:
-            raw: dict[str, np.ndarray] = {}
-            for key in VECTOR_KEYS if skip_images else ("images", *VECTOR_KEYS):
-                if key in f:
-                    raw[key] = _dataset_array(f, key, path)
-            for group in GROUPS:
-                if group in f and isinstance(f[group], h5py.Group):
-                    for key in f[group]:
-                        raw[f"{group}/{key}"] = _dataset_array(f, f"{group}/{key}", path)
-            attrs = {k: _plain(v) for k, v in f.attrs.items()}
-    except OSError as exc:
-        # h5py's message can run over lines; the error is one.
-        raise DataContractError(f"{path}: not a readable HDF5 file ({' '.join(str(exc).split())})") from None
+    with reading(path, "HDF5 file"), h5py.File(path, "r") as f:
+        raw: dict[str, np.ndarray] = {}
+        for key in VECTOR_KEYS if skip_images else ("images", *VECTOR_KEYS):
+            if key in f:
+                raw[key] = _dataset_array(f, key, path)
+        for group in GROUPS:
+            if group in f and isinstance(f[group], h5py.Group):
+                for key in f[group]:
+                    raw[f"{group}/{key}"] = _dataset_array(f, f"{group}/{key}", path)
+        attrs = {k: _plain(v) for k, v in f.attrs.items()}
     return raw, attrs
+
+
+@contextmanager
+def reading(path: Path, what: str) -> Iterator[None]:
+    """Makes any error of a reader library (h5py, astropy, zipfile, numpy) on `path` one
+    DataContractError line, "PATH: not a readable WHAT (its message)".
+
+    Bytes cut short or overwritten reach parsers that raise whatever their first failed check
+    raises: OSError, KeyError, RuntimeError, EOFError, ValueError, TypeError, SyntaxError (numpy's
+    .npy header), MemoryError (a header that claims petabytes). Each means the same: the file
+    cannot be read. An HpoError raised inside (a contract check) passes through as it is.
+    """
+    try:
+        yield
+    except HpoError:
+        raise
+    except Exception as exc:  # see above: untrusted bytes, any type
+        raise DataContractError(f"{path}: not a readable {what} ({one_line(exc)})") from None
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception of a reader as one line (h5py's messages run over several)."""
+    return " ".join(str(exc).strip("'\"").split())[:300] or type(exc).__name__
 
 
 def _dataset_array(f: h5py.File, key: str, path: Path) -> np.ndarray:
     node = f[key]
     if not isinstance(node, h5py.Dataset):
-        raise DataContractError(f"{path}: key '{key}' must be a data set, got a {type(node).__name__}")
+        raise DataContractError(f"{path}: key {key!r} must be a data set, got a {type(node).__name__}")
     if h5py.check_string_dtype(node.dtype) is not None:  # HDF5 strings (IDs) come back as str
         return np.asarray(node.asstr()[()], dtype=object)
     return np.asarray(node[()])
 
 
 def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            raw = {}
-            for key in z.files:
-                name = key
-                for group in GROUPS:
-                    if key.startswith(group + "_"):
-                        name = f"{group}/{key[len(group) + 1 :]}"
-                raw[name] = np.asarray(z[key])
-    except (OSError, ValueError) as exc:
-        raise DataContractError(f"{path}: not a readable .npz file ({exc})") from None
+    with reading(path, ".npz file"), np.load(path, allow_pickle=False) as z:
+        raw = {}
+        for key in z.files:
+            name = key
+            for group in GROUPS:
+                if key.startswith(group + "_"):
+                    name = f"{group}/{key[len(group) + 1 :]}"
+            raw[name] = np.asarray(z[key])
     return raw, {}
 
 
@@ -190,24 +209,15 @@ def validate_arrays(
     """Checks raw arrays against the contract; the Dataset, or DataContractError naming the key."""
     for key in REQUIRED_KEYS:
         if key not in raw:
-            raise DataContractError(f"{path}: missing key '{key}' (found: {sorted(raw) or 'none'})")
+            raise DataContractError(f"{path}: missing key {key!r} (found: {sorted(raw) or 'none'})")
     if require_labels and "log_mass" not in raw:
         also = (" ('reference/log_mass' is a catalogue's mass, kept for comparison, never a "
                 "training label)" if "reference/log_mass" in raw else "")
         raise DataContractError(f"{path}: missing key 'log_mass', which training needs{also}")
 
     images = raw["images"]
-    if images.ndim != 4:
-        raise DataContractError(
-            f"{path}: key 'images' must have rank 4 (N, H, W, C), got shape {images.shape}"
-        )
-    if not np.issubdtype(images.dtype, np.number):
-        raise DataContractError(f"{path}: key 'images' must be numeric, got {images.dtype}")
-    n = images.shape[0]
-    if n == 0:
-        raise DataContractError(f"{path}: key 'images' holds no clusters")
-    images = images.astype(np.float32, copy=False)
-    _check_finite(images, "images", path)
+    n = check_image_shape(images.shape, path)
+    images = as_float32(images, "images", path)
     negative = int(np.count_nonzero(images < 0))
     if negative:
         raise DataContractError(
@@ -218,20 +228,18 @@ def validate_arrays(
     for key in [k for k in raw if k != "images"]:
         arr = raw[key]
         if arr.ndim != 1:
-            raise DataContractError(f"{path}: key '{key}' must have shape (N,), got {arr.shape}")
+            raise DataContractError(f"{path}: key {key!r} must have shape (N,), got {arr.shape}")
         if arr.shape[0] != n:
             raise DataContractError(
-                f"{path}: key '{key}' has {arr.shape[0]} values but 'images' has {n} clusters"
+                f"{path}: key {key!r} has {arr.shape[0]} values but 'images' has {n} clusters"
             )
         if key == ID_KEY:
             vectors[key] = _ids(arr, path)
             continue
-        if not np.issubdtype(arr.dtype, np.number):
-            raise DataContractError(f"{path}: key '{key}' must be numeric, got {arr.dtype}")
+        _check_real(arr, key, path)
         vectors[key] = arr
 
-    redshift = vectors["redshift"].astype(np.float32)
-    _check_finite(redshift, "redshift", path)
+    redshift = as_float32(vectors["redshift"], "redshift", path)
     bad = np.flatnonzero(redshift <= 0)
     if bad.size:
         raise DataContractError(
@@ -240,13 +248,11 @@ def validate_arrays(
         )
     log_mass = vectors.get("log_mass")
     if log_mass is not None:
-        log_mass = log_mass.astype(np.float32)
-        _check_finite(log_mass, "log_mass", path)
+        log_mass = as_float32(log_mass, "log_mass", path)
 
     exposure = vectors.get(EXPOSURE_KEY)
     if exposure is not None:
-        exposure = exposure.astype(np.float32)
-        _check_finite(exposure, EXPOSURE_KEY, path)
+        exposure = as_float32(exposure, EXPOSURE_KEY, path)
         bad = np.flatnonzero(exposure <= 0)
         if bad.size:
             raise DataContractError(
@@ -254,8 +260,8 @@ def validate_arrays(
                 f"(first at index {bad[0]})"
             )
     # A catalogue may lack a value for some clusters: NaN there is allowed, and not compared.
-    reference = {k[len(REFERENCE_PREFIX) :]: v.astype(np.float32) for k, v in vectors.items()
-                 if k.startswith(REFERENCE_PREFIX)}
+    reference = {k[len(REFERENCE_PREFIX) :]: as_float32(v, k, path, allow_nan=True)
+                 for k, v in vectors.items() if k.startswith(REFERENCE_PREFIX)}
 
     truth = {k[len("truth/") :]: v for k, v in vectors.items() if k.startswith("truth/")}
     return Dataset(images, redshift, log_mass, truth, attrs, path, exposure, vectors.get(ID_KEY),
@@ -297,10 +303,55 @@ def describe_repeated(twice: dict[object, list[int]]) -> str:
     return f"{len(twice)} ID(s) to more than one row: {shown}{more}"
 
 
-def _check_finite(arr: np.ndarray, key: str, path: Path) -> None:
-    bad = np.flatnonzero(~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1))
-    if bad.size:
+def check_image_shape(shape: tuple[int, ...], path: Path) -> int:
+    """The number of clusters of an `images` array of `shape`, or DataContractError unless it
+    is (N, H, W, C) with N, H, W and C all at least 1."""
+    if len(shape) != 4:
         raise DataContractError(
-            f"{path}: key '{key}' has NaN or infinite values in {bad.size} clusters "
-            f"(first at index {bad[0]})"
+            f"{path}: key 'images' must have rank 4 (N, H, W, C), got shape {tuple(shape)}"
+        )
+    if shape[0] == 0:
+        raise DataContractError(f"{path}: key 'images' holds no clusters")
+    if min(shape[1:]) < 1:
+        raise DataContractError(
+            f"{path}: key 'images' must have at least 1 pixel and 1 channel (H, W, C >= 1), got "
+            f"shape {tuple(shape)}"
+        )
+    return int(shape[0])
+
+
+def _check_real(arr: np.ndarray, key: str, path: Path) -> None:
+    """Raises DataContractError unless `arr` holds real numbers (integers or floats, not bool,
+    complex, strings or records)."""
+    if arr.dtype.kind not in "iuf":
+        raise DataContractError(
+            f"{path}: key {key!r} must hold real numbers (integers or floats), got dtype "
+            f"{arr.dtype}"
+        )
+
+
+def as_float32(arr: np.ndarray, key: str, path: Path, *, allow_nan: bool = False,
+               first: int = 0) -> np.ndarray:
+    """`arr` (N, ...) as float32, refused unless it holds real numbers that are finite (NaN
+    allowed with `allow_nan`) and within float32's range; `first` is the index of arr[0] in the
+    file, for the message."""
+    _check_real(arr, key, path)
+    if arr.dtype.kind == "f":  # integers are finite, and none float32 cannot hold
+        rows = arr.reshape(arr.shape[0], -1)
+        bad = np.isinf(rows) if allow_nan else ~np.isfinite(rows)
+        _refuse_rows(bad, key, path, first, "infinite values" if allow_nan else
+                     "NaN or infinite values")
+        if arr.dtype.itemsize > 4:
+            limit = float(np.finfo(np.float32).max)
+            _refuse_rows(np.abs(rows) > limit, key, path, first,
+                         f"values beyond float32's range (+-{limit:.3g})")
+    return arr.astype(np.float32, copy=False)
+
+
+def _refuse_rows(bad: np.ndarray, key: str, path: Path, first: int, what: str) -> None:
+    rows = np.flatnonzero(bad.any(axis=1))
+    if rows.size:
+        raise DataContractError(
+            f"{path}: key {key!r} has {what} in {rows.size} clusters (first at index "
+            f"{first + rows[0]})"
         )

@@ -14,10 +14,13 @@ from typing import Any
 import h5py
 import numpy as np
 
+from hpo.data.contract import as_float32
+from hpo.data.contract import check_image_shape
 from hpo.data.contract import Dataset
 from hpo.data.contract import fingerprint
 from hpo.data.contract import load_dataset
 from hpo.data.contract import read_h5
+from hpo.data.contract import reading
 from hpo.data.contract import take_rows
 from hpo.data.contract import validate_arrays
 from hpo.data.recipe import missing
@@ -73,9 +76,9 @@ class H5Source:
         so a file replaced since it was opened changes what the next read returns)."""
         try:
             raw, attrs = read_h5(self.path, skip_images=True)
-            with h5py.File(self.path, "r") as f:
+            with reading(self.path, "HDF5 file"), h5py.File(self.path, "r") as f:
                 shape = tuple(int(d) for d in f["images"].shape[1:])
-        except (OSError, KeyError, DataContractError) as exc:
+        except DataContractError as exc:
             return f"unreadable ({type(exc).__name__})"
         return str(fingerprint(raw["redshift"], raw.get("log_mass"), shape, attrs)["sha256"])
 
@@ -89,9 +92,9 @@ def open_dataset(path: str | Path, *, max_in_memory_gb: float = 4.0, require_lab
     if path.suffix.lower() == ".npz" or not path.exists():
         return load_dataset(path, require_labels=require_labels)
     try:
-        with h5py.File(path, "r") as f:
+        with reading(path, "HDF5 file"), h5py.File(path, "r") as f:
             shape = f["images"].shape if isinstance(f.get("images"), h5py.Dataset) else None
-    except OSError:
+    except DataContractError:
         shape = None  # load_dataset gives the precise error
     if shape is None or len(shape) != 4 or np.prod(shape, dtype=np.float64) * 4 <= max_in_memory_gb * 2**30:
         return load_dataset(path, require_labels=require_labels)
@@ -109,17 +112,18 @@ def data_header(path: str | Path) -> tuple[int, tuple[int, int, int]] | None:
     if not path.exists():
         raise missing(path)
     try:
-        if path.suffix.lower() == ".npz":
-            with zipfile.ZipFile(path) as z, z.open("images.npy") as f:
-                version = np.lib.format.read_magic(f)
-                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                        else np.lib.format.read_array_header_2_0)
-                shape = read(f)[0]
-        else:
-            with h5py.File(path, "r") as f:
-                node = f.get("images")
-                shape = node.shape if isinstance(node, h5py.Dataset) else ()
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        with reading(path, "data file"):
+            if path.suffix.lower() == ".npz":
+                with zipfile.ZipFile(path) as z, z.open("images.npy") as f:
+                    version = np.lib.format.read_magic(f)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape = read(f)[0]
+            else:
+                with h5py.File(path, "r") as f:
+                    node = f.get("images")
+                    shape = node.shape if isinstance(node, h5py.Dataset) else ()
+    except DataContractError:
         return None
     if len(shape) != 4:
         return None
@@ -129,14 +133,11 @@ def data_header(path: str | Path) -> tuple[int, tuple[int, int, int]] | None:
 
 def _open_streamed(path: Path, require_labels: bool) -> H5Source:
     # Validate everything but the images with the in-memory checks, on a one-cluster image stub.
-    with h5py.File(path, "r") as f:
+    with reading(path, "HDF5 file"), h5py.File(path, "r") as f:
         images = f["images"]
-        n, h, w, c = images.shape
+        n, h, w, c = check_image_shape(images.shape, path), *images.shape[1:]
         for start in range(0, n, VALIDATE_CHUNK):
-            block = np.asarray(images[start : start + VALIDATE_CHUNK], np.float32)
-            bad = np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(axis=1))
-            if bad.size:
-                raise DataContractError(f"{path}: key 'images' has NaN or infinite values (first at index {start + bad[0]})")
+            block = as_float32(images[start : start + VALIDATE_CHUNK], "images", path, first=start)
             if (block < 0).any():
                 raise DataContractError(f"{path}: key 'images' must hold counts >= 0, found negative values near index {start}")
     raw, attrs = read_h5(path, skip_images=True)

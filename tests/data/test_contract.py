@@ -55,6 +55,12 @@ def test_prediction_files_need_no_labels(tmp_path):
         (lambda a: a.update(exposure_s=np.full(12, np.nan)), "exposure_s", "NaN or infinite"),
         (lambda a: a.update(exposure_s=np.ones(11)), "exposure_s", "11 values"),
         (lambda a: a.update(cluster_id=np.linspace(0, 1, 12)), "cluster_id", "integers or strings"),
+        # Found by fuzzing (tests/data/test_contract_fuzz.py): accepted before, each meaningless.
+        (lambda a: a.update(images=a["images"] + 1j), "images", "real numbers"),
+        (lambda a: a.update(images=a["images"][:, :0]), "images", "H, W, C >= 1"),
+        (lambda a: a.update(redshift=a["redshift"] > 0), "redshift", "real numbers"),
+        (lambda a: a.update({"truth/kT": np.full(12, 1 + 1j)}), "truth/kT", "real numbers"),
+        (lambda a: a.update(log_mass=np.full(12, 1e300)), "log_mass", "beyond float32's range"),
     ],
 )
 def test_broken_files_are_refused_naming_file_and_key(tmp_path, change, key, text):

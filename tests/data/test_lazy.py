@@ -58,6 +58,24 @@ def test_streamed_file_is_still_checked(tmp_path):
         open_dataset(path, max_in_memory_gb=TINY_GB)
 
 
+@pytest.mark.parametrize(("images", "text"), [
+    (lambda im: im + 1j, "must hold real numbers"),
+    (lambda im: im.astype(np.float64) * 1e300, "beyond float32's range"),
+    (lambda im: im.astype("S8"), "must hold real numbers"),
+    (lambda im: im[:, :, :0], "H, W, C >= 1"),
+])
+def test_streamed_images_of_no_real_counts_are_refused_in_one_line(tmp_path, images, text):
+    # Rule: streamed images are checked by kind as in-memory ones: complex, strings, values
+    # float32 cannot hold and empty images are one DataContractError line naming the file (they
+    # were a traceback of numpy's cast, or silently cast; found by tests/data/test_contract_fuzz).
+    arrays = make_signal_data(40)
+    arrays["images"] = images(arrays["images"])
+    path = write_h5(tmp_path / "bad.h5", arrays)
+    with pytest.raises(DataContractError, match=text) as err:
+        open_dataset(path, max_in_memory_gb=TINY_GB)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
 @pytest.mark.slow
 def test_training_learns_from_a_streamed_file(signal_h5):
     # Rule: the block stream feeds every training cluster; the network learns as in memory.
