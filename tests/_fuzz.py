@@ -164,3 +164,16 @@ def accepted_or_one_line(call: Callable[[], Any], *names: str) -> Any:
         if names:
             assert any(n in message for n in names), f"names none of {names}: {message}"
         return exc
+
+
+def cli_accepted_or_one_line(result: Any, *names: str) -> None:
+    """A typer CliRunner result of an `hpo` command: exit 0, or an HpoError, which main() prints
+    as one line with exit 1, that accepted_or_one_line takes (not a traceback of another type)."""
+    if result.exit_code == 0:
+        return
+    assert isinstance(result.exception, HpoError), result.output
+    accepted_or_one_line(lambda: _raise(result.exception), *names)
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc

@@ -150,9 +150,11 @@ def read_h5(path: Path, *, skip_images: bool = False) -> tuple[dict[str, np.ndar
 
 
 @contextmanager
-def reading(path: Path, what: str) -> Iterator[None]:
+def reading(path: Path, what: str, notes: list[str] | None = None) -> Iterator[None]:
     """Makes any error of a reader library (h5py, astropy, zipfile, numpy) on `path` one
-    DataContractError line, "PATH: not a readable WHAT (its message)".
+    DataContractError line, "PATH: not a readable WHAT (NOTES; its message)", where `notes`
+    holds what the library said about the file before it failed (astropy logs "File may have
+    been truncated" and then fails to reshape an array).
 
     Bytes cut short or overwritten reach parsers that raise whatever their first failed check
     raises: OSError, KeyError, RuntimeError, EOFError, ValueError, TypeError, SyntaxError (numpy's
@@ -164,7 +166,8 @@ def reading(path: Path, what: str) -> Iterator[None]:
     except HpoError:
         raise
     except Exception as exc:  # see above: untrusted bytes, any type
-        raise DataContractError(f"{path}: not a readable {what} ({one_line(exc)})") from None
+        said = "; ".join(dict.fromkeys([*(n[:200] for n in (notes or [])[:2]), one_line(exc)]))
+        raise DataContractError(f"{path}: not a readable {what} ({said})") from None
 
 
 def one_line(exc: BaseException) -> str:

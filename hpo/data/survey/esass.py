@@ -11,16 +11,22 @@ carries its source in EventCuts.describe().
 
 from __future__ import annotations
 
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from astropy import log as astropy_log
 from astropy.io import fits
+from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
 
+from hpo.data.contract import reading
 from hpo.errors import DataContractError
-from hpo.errors import first_line
 
 EVENT_COLUMNS = ("TIME", "RA", "DEC", "PI", "PAT_TYP", "FLAG", "TM_NR")
 TELESCOPE_MODULES = (1, 2, 3, 4, 5, 6, 7)
@@ -125,50 +131,103 @@ def read_events(path: str | Path) -> EventList:
     """Reads and checks one eSASS event file.
 
     Raises:
-        DataContractError: unreadable, no EVENTS table, a missing column, PI not in eV (keV is
-            detected from the column's unit or its values), no GTI extension, coordinates out of
-            range; one line naming the file.
+        DataContractError: unreadable (any error of astropy's on its bytes or header: cut short,
+            overwritten, a bad keyword), no EVENTS table or no event in it, a missing column or
+            one that holds no number per event, PI not in eV (keV is detected from the column's
+            unit or its values), no GTI extension, coordinates out of range; one line naming the
+            file.
     """
     path = Path(path)
     if not path.exists():
         raise DataContractError(f"event file not found: {path}")
-    try:
-        hdul = fits.open(path, memmap=False)
-    except (OSError, ValueError) as exc:
-        raise DataContractError(f"{path}: not a readable FITS file ({first_line(exc)})") from None
-    with hdul:
-        names = [h.name for h in hdul]
-        if "EVENTS" not in names or not isinstance(hdul["EVENTS"], fits.BinTableHDU):
-            raise DataContractError(
-                f"{path}: no EVENTS extension (HDUs: {', '.join(names)}); an eSASS event file "
-                f"holds its events in a binary table named EVENTS{_looks_like_map(hdul, path)}")
-        table = hdul["EVENTS"]
-        have = [c.upper() for c in table.columns.names]
-        lacking = [c for c in EVENT_COLUMNS if c not in have]
-        if lacking:
-            raise DataContractError(
-                f"{path}: EVENTS lacks column(s) {', '.join(lacking)} (has: {', '.join(have)}); "
-                f"hpo cutouts needs {', '.join(EVENT_COLUMNS)}")
-        data = table.data
-        pi = np.asarray(data["PI"], dtype=np.float64)
-        _check_pi_unit(path, table.columns["PI"].unit, pi)
-        events = EventList(
-            path=path,
-            time=np.asarray(data["TIME"], dtype=np.float64),
-            ra=np.asarray(data["RA"], dtype=np.float64),
-            dec=np.asarray(data["DEC"], dtype=np.float64),
-            pi=pi,
-            pat_typ=np.asarray(data["PAT_TYP"]).astype(np.int64),
-            flag=(np.asarray(data["FLAG"]).astype(np.int64) & 0xFFFFFFFF).astype(np.uint32),
-            tm_nr=np.asarray(data["TM_NR"]).astype(np.int64),
-            gti=_read_gtis(hdul, path),
-        )
+    with _astropy_held() as said, reading(path, "FITS file", said):
+        with fits.open(path, memmap=False) as hdul:
+            events = _read_events(hdul, path)
     bad = ~(np.isfinite(events.ra) & np.isfinite(events.dec) & (np.abs(events.dec) <= 90))
     if bad.any():
         raise DataContractError(
             f"{path}: EVENTS has {int(bad.sum())} events with RA/DEC that are not finite degrees "
             f"(DEC within +-90)")
     return events
+
+
+@contextmanager
+def _astropy_held() -> Iterator[list[str]]:
+    """What astropy warns and logs meanwhile ("File may have been truncated", a header it
+    repairs), held in a list instead of printed: an error then says it in its one line."""
+    said: list[str] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        said.append(" ".join(record.getMessage().split()))
+        return False
+
+    def show(message: Warning | str, *args: object, **kwargs: object) -> None:
+        said.append(" ".join(str(message).split()))
+
+    astropy_log.addFilter(hold)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", AstropyWarning)
+            warnings.showwarning = show  # restored by catch_warnings
+            yield said
+    finally:
+        astropy_log.removeFilter(hold)
+
+
+def _read_events(hdul: fits.HDUList, path: Path) -> EventList:
+    """The EventList of an open event file (read_events checks its coordinates)."""
+    names = [h.name for h in hdul]
+    if "EVENTS" in names and not isinstance(hdul["EVENTS"], fits.BinTableHDU):
+        raise DataContractError(
+            f"{path}: EVENTS is {type(hdul['EVENTS']).__name__}, not a binary table of events")
+    if "EVENTS" not in names:
+        raise DataContractError(
+            f"{path}: no EVENTS extension (HDUs: {', '.join(names)}); an eSASS event file "
+            f"holds its events in a binary table named EVENTS{_looks_like_map(hdul, path)}")
+    table = hdul["EVENTS"]
+    have = [c.upper() for c in table.columns.names]
+    lacking = [c for c in EVENT_COLUMNS if c not in have]
+    if lacking:
+        raise DataContractError(
+            f"{path}: EVENTS lacks column(s) {', '.join(lacking)} (has: {', '.join(have)}); "
+            f"hpo cutouts needs {', '.join(EVENT_COLUMNS)}")
+    if table.data is None or len(table.data) == 0:
+        raise DataContractError(f"{path}: EVENTS holds no events")
+    pi = _column(table, "PI", path)
+    _check_pi_unit(path, table.columns["PI"].unit, pi)
+    return EventList(
+        path=path,
+        time=_column(table, "TIME", path),
+        ra=_column(table, "RA", path),
+        dec=_column(table, "DEC", path),
+        pi=pi,
+        pat_typ=_column(table, "PAT_TYP", path, whole=True),
+        flag=(_column(table, "FLAG", path, whole=True) & 0xFFFFFFFF).astype(np.uint32),
+        tm_nr=_column(table, "TM_NR", path, whole=True),
+        gti=_read_gtis(hdul, path),
+    )
+
+
+def _column(table: fits.BinTableHDU, name: str, path: Path, *, whole: bool = False) -> np.ndarray:
+    """Column `name` of a table as float64, or with `whole` as int64 (PAT_TYP, FLAG and TM_NR
+    are integers in eSASS; floats are taken when whole), refused unless it holds one number per
+    row."""
+    values = np.asarray(table.data[name])
+    if values.ndim != 1 or values.dtype.kind not in "iuf":
+        raise DataContractError(
+            f"{path}: {table.name} column {name} must hold one number per row, got format "
+            f"{table.columns[name].format} ({values.dtype}, shape {values.shape})")
+    if not whole:
+        return values.astype(np.float64)
+    if values.dtype.kind in "iu":
+        return values.astype(np.int64)  # a uint64 above 2**63 wraps: FLAG keeps its low 32 bits
+    bad = np.flatnonzero(~np.isfinite(values) | (np.abs(values) >= 2**63)
+                         | (values != np.round(values)))
+    if bad.size:
+        raise DataContractError(
+            f"{path}: {table.name} column {name} must hold whole numbers, found "
+            f"{values[bad[0]]!r} in row {bad[0] + 1}")
+    return values.astype(np.int64)
 
 
 def _looks_like_map(hdul: fits.HDUList, path: Path) -> str:
@@ -210,8 +269,11 @@ def _read_gtis(hdul: fits.HDUList, path: Path) -> dict[int, np.ndarray]:
         if "START" not in cols or "STOP" not in cols:
             raise DataContractError(f"{path}: extension {name} lacks START/STOP (has: "
                                     f"{', '.join(cols)})")
-        gtis.setdefault(tm, np.column_stack([np.asarray(hdu.data["START"], np.float64),
-                                             np.asarray(hdu.data["STOP"], np.float64)]))
+        if hdu.data is None or len(hdu.data) == 0:  # no interval: that module has no good time
+            gtis.setdefault(tm, np.zeros((0, 2)))
+            continue
+        gtis.setdefault(tm, np.column_stack([_column(hdu, "START", path),
+                                             _column(hdu, "STOP", path)]))
     if not gtis:
         raise DataContractError(
             f"{path}: no GTI extension (GTI1..GTI7 or GTI); an eSASS event file carries its good "
