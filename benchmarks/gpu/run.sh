@@ -6,6 +6,7 @@
 #   benchmarks/gpu/run.sh study finals pack        # on the GPU machine (no network): ~7 min on an H200
 #   benchmarks/gpu/run.sh kbench                   # K = 1, 2, 4, 8, 90 s each: ~8 min
 #   benchmarks/gpu/run.sh curve                    # the learning curve: ~4 min
+#   benchmarks/gpu/run.sh loops                    # one champion trial, model.fit vs device loop: ~2 min
 #
 # Stages run in the order given; "a+b" runs a and b at the same time, sharing the GPU.
 #
@@ -14,8 +15,8 @@
 # in .whl/, installed here with --no-index. Everything runs in $HPO_GPU_WORK (default
 # /tmp/gpu-run: the MLflow store's artifact paths are absolute, so unpack it at the same path to
 # browse it) and what comes back goes to $OUT: run.log, kbench.json, curve.json and the stores
-# (hpo.db, mlflow.db, mlartifacts/) as store.tgz in parts of 15 MB. HPO_GPU_SCALE=tiny runs the
-# same stages at CPU-rehearsal size.
+# (hpo.db, mlflow.db, mlartifacts/) as store.tgz in parts of 15 MB, and loops.json. HPO_GPU_SCALE=tiny
+# runs the same stages at CPU-rehearsal size.
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=${HPO_GPU_WORK:-/tmp/gpu-run}
@@ -39,9 +40,11 @@ stamp() { echo "== $(date -u +%T) $*"; }
 
 if [ "$SCALE" = tiny ]; then
   N=600; K=2; KS=1,2; KB_S=20; KB_EPOCHS=2; SIZES=300,600; CURVE_SAMPLES=600; CURVE_MIN=2; TEST_N=300
+  LOOP_N=480; LOOP_EPOCHS=2
   STUDY=(study.timeout_s=20 base.train.epochs=3); REFIT=(--epochs 3 --top 2 --seeds 1)
 else
   N=10000; K=8; KS=1,2,4,8; KB_S=90; KB_EPOCHS=15; SIZES=5000,20000,80000; CURVE_SAMPLES=1.5e6; CURVE_MIN=25; TEST_N=5000
+  LOOP_N=8000; LOOP_EPOCHS=8
   STUDY=(); REFIT=(--epochs 120 --top 3 --seeds 1,2)
 fi
 SPACE=$REPO/benchmarks/gpu/combined-gpu.yaml
@@ -90,6 +93,17 @@ curve() {
   python3 "$REPO/benchmarks/gpu/learning_curve.py" --config "$REPO/benchmarks/gpu/champion.yaml" \
     --sizes "$SIZES" --samples "$CURVE_SAMPLES" --min-epochs "$CURVE_MIN" --test-n "$TEST_N" --jobs "$JOBS" --mem-fraction 0.1 \
     --work "$WORK/curve" --out "$OUT/curve.json"
+}
+
+loops() {
+  # Issue 24 (a): clusters/s of one trial of the champion configuration through Keras' model.fit
+  # and through the device loop (train.loop: device) with one compiled call per step and one per
+  # epoch; same process, same data, alternating twice; memory grown as needed, not preallocated.
+  data || return 1
+  stamp "loops: the champion, $LOOP_N training clusters, $LOOP_EPOCHS epochs, model.fit vs device loop"
+  XLA_PYTHON_CLIENT_PREALLOCATE=false python3 "$REPO/benchmarks/bench_device_loop.py" \
+    --config "$REPO/benchmarks/gpu/champion.yaml" --data data/results/erass8_10k.h5 \
+    --train-clusters "$LOOP_N" --epochs "$LOOP_EPOCHS" --repeats 2 --json "$OUT/loops.json" --no-save
 }
 
 pack() {

@@ -124,6 +124,7 @@ def fit_on_device(
         hooks.on_epoch_begin(epoch)
         try:
             state, logs, val_out = epoch_fn(state, jax.random.fold_in(key, epoch))
+            logs, val_out = jax.device_get((logs, val_out))  # one transfer, a few KB
             logs = {k: float(v) for k, v in logs.items()}
             val_out = np.asarray(val_out)[: data.n_val]
         except jax.errors.JaxRuntimeError as exc:
