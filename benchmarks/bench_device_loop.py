@@ -30,12 +30,12 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import keras  # noqa: E402
 import yaml  # noqa: E402
 
+from bench_training import EpochTimer  # noqa: E402  (its epoch includes the other callbacks' work: add it last)
 from emit import emit  # noqa: E402
 
 from hpo.config import apply_overrides  # noqa: E402
@@ -48,20 +48,6 @@ from hpo.training.loop import train  # noqa: E402
 LOOPS = {"fit": {"train.loop": "fit"},
          "device, a step per call": {"train.loop": "device", "train.device_dispatch": "step"},
          "device, an epoch per call": {"train.loop": "device", "train.device_dispatch": "epoch"}}
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Wall time of each epoch, the other callbacks' epoch-end work included (add it last)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seconds: list[float] = []
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._t0 = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.seconds.append(time.perf_counter() - self._t0)
 
 
 def main() -> str:
