@@ -8,6 +8,7 @@ dozen per test, `make test-e2e` (HYPOTHESIS_PROFILE=e2e) hundreds.
 from __future__ import annotations
 
 import copy
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -171,8 +172,9 @@ def cli_accepted_or_one_line(result: Any, *names: str) -> None:
     as one line with exit 1, that accepted_or_one_line takes (not a traceback of another type)."""
     if result.exit_code == 0:
         return
-    assert isinstance(result.exception, HpoError), result.output
-    accepted_or_one_line(lambda: _raise(result.exception), *names)
+    exc = result.exception
+    assert isinstance(exc, HpoError), "".join(traceback.format_exception(exc)) + result.output
+    accepted_or_one_line(lambda: _raise(exc), *names)
 
 
 def _raise(exc: BaseException) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from hpo.data.cosmology import Z_MAX
 from hpo.data.recipe import missing
 from hpo.errors import DataContractError
 from hpo.errors import HpoError
@@ -248,6 +249,12 @@ def validate_arrays(
         raise DataContractError(
             f"redshift must be > 0: {path} key 'redshift' has {bad.size} values <= 0 "
             f"(first at index {bad[0]})"
+        )
+    bad = np.flatnonzero(redshift > Z_MAX)
+    if bad.size:
+        raise DataContractError(
+            f"redshift must be <= {Z_MAX:g}: {path} key 'redshift' has {bad.size} values above "
+            f"(first at index {bad[0]}: {redshift[bad[0]]:g})"
         )
     log_mass = vectors.get("log_mass")
     if log_mass is not None:

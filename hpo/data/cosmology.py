@@ -21,6 +21,10 @@ ARCSEC_PER_RAD = 206_264.806_247
 
 _Z_STEP = 2e-4  # grid spacing of the comoving-distance table (interpolation error < 1e-8)
 _Z_TABLE_MIN = 10.0  # the table always reaches at least this redshift
+# The highest redshift the package takes (the data contract, the simulator's range): no galaxy
+# cluster is known beyond z ~ 2, and the distance table grows with the largest z asked for
+# (z = 1e30 asked for 5e33 grid points).
+Z_MAX = 20.0
 
 
 class CosmologyConfig(BaseModel):
@@ -98,6 +102,8 @@ def _check_z(z: np.ndarray | float) -> np.ndarray:
     arr = np.asarray(z, dtype=np.float64)
     if arr.size and not (np.all(np.isfinite(arr)) and float(np.min(arr)) >= 0.0):
         raise ValueError(f"redshift must be finite and >= 0, got min {np.nanmin(arr)}")
+    if arr.size and float(np.max(arr)) > Z_MAX:
+        raise ValueError(f"redshift must be <= {Z_MAX:g}, got max {np.max(arr):g}")
     return arr
 
 

@@ -61,6 +61,8 @@ def test_prediction_files_need_no_labels(tmp_path):
         (lambda a: a.update(redshift=a["redshift"] > 0), "redshift", "real numbers"),
         (lambda a: a.update({"truth/kT": np.full(12, 1 + 1j)}), "truth/kT", "real numbers"),
         (lambda a: a.update(log_mass=np.full(12, 1e300)), "log_mass", "beyond float32's range"),
+        # z = 1e30 passed, and hpo baseline then asked the distance table for 5e33 points.
+        (lambda a: a["redshift"].__setitem__(4, 1e30), "redshift", "<= 20: "),
     ],
 )
 def test_broken_files_are_refused_naming_file_and_key(tmp_path, change, key, text):

@@ -180,6 +180,8 @@ def test_a_mutated_data_file_is_read_or_refused_in_one_line(folder, case):
     assert header is None or isinstance(header, tuple)
 
 
+@example((".npz", {**valid_arrays(), "redshift": np.r_[1e30, np.full(N - 1, 0.5)]}, None,
+          "none", 0))  # a traceback of the distance table (and 5e33 points asked for)
 @given(mutated_file())
 def test_hpo_baseline_of_a_mutated_file_exits_0_or_one_line(folder, case):
     # Rule: `hpo baseline FILE` of a mutated file prints its floors or stops with one HpoError

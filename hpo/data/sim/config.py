@@ -23,6 +23,7 @@ from pydantic import model_validator
 from hpo.config.overrides import override_model
 from hpo.config.overrides import read_yaml
 from hpo.data.cosmology import CosmologyConfig
+from hpo.data.cosmology import Z_MAX
 from hpo.errors import ConfigError
 
 PRESETS: dict[str, tuple[float, float]] = {
@@ -67,6 +68,9 @@ class PopulationConfig(_Section):
     def _positive_z(cls, value: tuple[float, float]) -> tuple[float, float]:
         if value[0] <= 0:
             raise ValueError(f"redshift must be > 0, got range {value}")
+        if value[1] > Z_MAX:
+            raise ValueError(
+                f"redshift must be <= {Z_MAX:g} (the data contract's), got range {value}")
         return value
 
 

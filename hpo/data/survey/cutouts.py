@@ -40,6 +40,7 @@ from scipy.spatial import QhullError
 from scipy.spatial import cKDTree
 
 from hpo import __version__
+from hpo.data.cosmology import Z_MAX
 from hpo.data.sim.config import SimConfig
 from hpo.data.survey.catalog import Catalog
 from hpo.data.survey.catalog import CatalogColumns
@@ -402,7 +403,7 @@ class ClusterSky:
             exposure = float(cat.exposure_s[i])
             if not exposure > 0:
                 return Skip(i, NO_EXPOSURE, f"catalogue exposure {exposure:g} s")
-        if not cat.redshift[i] > 0:
+        if not 0 < cat.redshift[i] <= Z_MAX:  # the data contract's range (hpo.data.cosmology)
             return Skip(i, NO_REDSHIFT, f"catalogue redshift {cat.redshift[i]:g}")
         nearby = self.tree.query_ball_point(self.cat_vec[i], self.chord)
         return Placement(i, w, exposure, np.asarray(nearby, dtype=np.int64))

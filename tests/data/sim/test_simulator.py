@@ -281,6 +281,15 @@ def test_bad_value_names_the_key(tmp_path: Path) -> None:
         load_sim_config(path, None)
 
 
+def test_a_redshift_range_beyond_the_contract_is_refused(tmp_path: Path) -> None:
+    # The range must lie in the data contract's 0 < z <= 20 (z = 1e30 asked the distance table
+    # for 5e33 points): refused naming the key, before anything is simulated.
+    path = tmp_path / "sim.yaml"
+    path.write_text("population.redshift_range: [0.1, 1.0e30]\n")
+    with pytest.raises(ConfigError, match=r"redshift_range.*<= 20"):
+        load_sim_config(path, None)
+
+
 def test_unknown_preset_lists_valid_ones() -> None:
     # An unknown preset is refused with the list of valid ones.
     with pytest.raises(ConfigError, match=r"eRASS:9.*eRASS1, eRASS:4, eRASS:8, eFEDS"):
