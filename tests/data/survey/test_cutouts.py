@@ -163,7 +163,7 @@ def test_the_published_champion_scores_the_same_on_both(survey, tmp_path):
     cut = load_dataset(report.path, require_labels=False)
     with h5py.File(report.path) as f:
         ids = f["cluster_id"][()]
-    model = models.load(str(Path(__file__).resolve().parents[2] / "models" / "xray-cluster-mass"))
+    model = models.load(str(Path(__file__).resolve().parents[3] / "models" / "xray-cluster-mass"))
     mu_cut, _ = models.predict_arrays(model, cut.images, cut.redshift)
     mu_sim, _ = models.predict_arrays(model, direct["images"][ids].astype(np.float32),
                                       direct["redshift"][ids])
