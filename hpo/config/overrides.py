@@ -70,6 +70,8 @@ def override_model(root: type[M], overrides: dict[str, Any], *, base: M | None =
     tree = (base or root()).model_dump(mode="python")
     for path, value in flatten(overrides).items():
         check_path(path, where, root)
+        if value == {}:  # an empty section (`model: {}`) overrides nothing
+            continue
         node = tree
         *parents, leaf = path.split(".")
         for i, part in enumerate(parents):

@@ -152,6 +152,7 @@ def test_a_mutated_run_config_is_accepted_or_one_line(folder, case):
      "model.dense.units", "train.epochs", "data", "model.conv", ""]), st.text(max_size=12)),
     junk, max_size=4))
 @example({"\n": None})  # a key that breaks the line of its message
+@example({"model": {}, "model.dropout.rate": None})  # an empty section, then a key inside it (KeyError)
 def test_overrides_of_any_shape_are_applied_or_one_line(overrides):
     # Rule: apply_overrides of any mapping (a section given a value and a path below it, a value
     # where a section was, junk values) is a RunConfig or one ConfigError line naming `where`.
