@@ -107,6 +107,15 @@ def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def slurm() -> Iterator:
+    """A private single-node Slurm cluster (deploy/slurm/cluster.sh), started once a session and
+    stopped after: a tests._slurm.Slurm; skips with the reason where Slurm cannot start."""
+    from tests._slurm import start_cluster
+
+    yield from start_cluster()
+
+
+@pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory):
     """A study of 2 tiny trials whose best is the champion of tests._registry.MODEL (SQLite
     stores), run once a session in this process: a tests._registry.Registry."""

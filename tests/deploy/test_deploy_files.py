@@ -3,8 +3,9 @@
     python -m pytest tests/deploy -q -p no:cacheprovider
 
 Covers docker-compose.yml, .env.example, docker/ (Dockerfiles, MLflow auth ini and entrypoint,
-PostgreSQL init), deploy/k8s/ and deploy/slurm/. `docker compose config` runs only where the
-Compose plugin is installed.
+PostgreSQL init), deploy/k8s/ (also against the Kubernetes API schema: kubernetes-validate) and
+deploy/slurm/ (run for real on a Slurm cluster by test_slurm.py, marked e2e). `docker compose
+config` runs only where the Compose plugin is installed.
 """
 
 from __future__ import annotations
@@ -384,6 +385,51 @@ def test_k8s_references_resolve() -> None:
             ref = source["configMapKeyRef"]
             assert ref["name"] == config_map["metadata"]["name"]
             assert ref["key"] in config_map["data"]
+
+
+
+# The Kubernetes release whose API schema the manifests are checked against (kubernetes-validate
+# ships the schemas of many; raise this with the oldest cluster version you deploy to).
+K8S_VERSION = "1.33.0"
+
+
+def k8s_schema_errors(path: Path, text: str | None = None) -> list[str]:
+    """kubernetes-validate's verdict on every document of `path` (or of `text`, a copy of it):
+    one line per document the schema of K8S_VERSION refuses, unknown fields included (strict)."""
+    import kubernetes_validate
+
+    docs = [doc for doc in yaml.safe_load_all(text or path.read_text()) if doc]
+    assert docs, f"{path.name} holds no document"
+    errors = []
+    for doc in docs:
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            errors.append(f"{doc.get('kind')} {doc['metadata']['name']}: {exc.message}")
+    return errors
+
+
+@pytest.mark.parametrize("path", [K8S_JOB, K8S_SECRET], ids=lambda p: p.name)
+def test_k8s_manifests_follow_the_kubernetes_schema(path: Path) -> None:
+    # Every document of the manifests is valid against Kubernetes K8S_VERSION's API schema, with
+    # no field the API does not know (kubernetes-validate, strict): what `kubectl apply
+    # --dry-run=server` would check, without a cluster.
+    assert k8s_schema_errors(path) == []
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [("completionMode: Indexed", "completionMod: Indexed"),  # a misspelt field
+     ("parallelism: 4 ", "parallelism: four "),  # a wrong type
+     ("- name: worker\n          image:", "- image:")],  # a required field left out
+    ids=["unknown field", "wrong type", "missing required field"],
+)
+def test_k8s_schema_check_refuses_a_broken_job(old: str, new: str) -> None:
+    # The check above can fail: a copy of the Job with one mistake is refused, naming the Job.
+    text = K8S_JOB.read_text()
+    assert old in text
+    errors = k8s_schema_errors(K8S_JOB, text.replace(old, new, 1))
+    assert len(errors) == 1 and errors[0].startswith("Job hpo-worker-dropout: "), errors
 
 
 # ---- Slurm
