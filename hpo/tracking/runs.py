@@ -45,7 +45,7 @@ _logger = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_ARTIFACT_DIR = "mlartifacts"
-FLOOR_METRICS = ("oracle_floor", "counts_baseline")  # parent-run metrics, drawn as lines by `hpo report`
+FLOOR_METRICS = ("oracle_floor", "counts_baseline", "feature_baseline")  # parent-run metrics, drawn as lines by `hpo report`
 # Marks an experiment as model training, not GenAI (what the UI filters and labels experiments by;
 # which view it opens them in is the sidebar's, see runs_page).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -147,7 +147,8 @@ class Tracker:
 
         Args:
             data_info: {"fingerprint": {...}, "path": ..., "floors": {"oracle_floor": dex,
-                "counts_baseline": dex, ...}} (floors optional), as the launcher builds it.
+                "counts_baseline": dex, "feature_baseline": dex, ...}} (floors optional), as the
+                launcher builds it.
         """
         run = self.client.create_run(
             experiment_id, run_name=f"study-{study_name}", tags={"hpo.study": study_name, "hpo.kind": "study"}

@@ -25,6 +25,7 @@ from hpo.tracking import plots  # noqa: F401  (selects the Agg backend before py
 SEED_PARAM = "train.seed"
 FLOOR_STYLES = {  # line style, colour, legend name
     "counts_baseline": ("--", "0.4", "counts baseline"),
+    "feature_baseline": ("-.", "tab:red", "feature baseline (trees)"),
     "oracle_floor": (":", "k", "oracle floor"),
 }
 
@@ -53,7 +54,8 @@ def scan(
         x_param: the scanned parameter (dotted config path).
         x_order: its grid values in the order to draw them (categorical axes); numbers are sorted.
         metric: the objective's name, for the y axis (dex).
-        floors: {"counts_baseline": dex, "oracle_floor": dex}, each optional.
+        floors: {"counts_baseline": dex, "feature_baseline": dex, "oracle_floor": dex}, each
+            optional.
         title: the figure title (default: metric against x_param); the spread follows it.
     """
     import matplotlib.pyplot as plt
