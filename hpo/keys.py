@@ -17,6 +17,11 @@ MODEL_URI_KEY = "mlflow_model_uri"  # where its logged model lives
 WORKER_KEY = "worker"  # host:pid of the worker process that ran the trial
 VAL_METRICS_KEY = "val_metrics"  # the final validation metrics of a COMPLETE trial, {name: value}
 BEST_EPOCH_KEY = "best_epoch"  # 0-based epoch of the best monitored value
+RESUMED_KEY = "resumed"  # {"trial": n, "run": id, "epoch": e}: the checkpoint a trial went on from
+
+# Tags of a trial's MLflow run that resumed another's checkpoint.
+RESUMES_RUN_TAG = "hpo.resumes_run"  # the run that wrote the checkpoint
+RESUMED_AT_TAG = "hpo.resumed_at_epoch"  # epochs it had trained (logged again in this run)
 
 # The reason shown for a trial failed without one: a peer or the proxy failed it as lost.
 LOST_WORKER_REASON = "worker lost (no heartbeat)"

@@ -172,6 +172,20 @@ def make_folders(folder: str | Path, *, option: str = "-o", out: str | Path | No
     return created
 
 
+def check_writable_folder(folder: str | Path, *, option: str) -> None:
+    """Refuses a folder this process cannot write files in: it creates the folder (and its
+    missing parents), writes and removes a file there, then removes the folders it created.
+
+    Raises:
+        OutputError: one line naming `option` and `folder` and why.
+    """
+    created = make_folders(folder, option=option)
+    try:
+        _remove(_create_temp(Path(folder) / "write-check", option))
+    finally:
+        remove_empty_folders(created)
+
+
 def remove_empty_folders(folders: list[Path]) -> None:
     """Removes those of `folders` (outermost first, as make_folders returns them) that are
     empty, innermost first; a folder with anything in it stays."""

@@ -1,9 +1,11 @@
-"""Feeds training batches to Keras: in-memory arrays, or HDF5 blocks streamed by a PyDataset.
+"""Feeds training batches to Keras: in-memory arrays, or HDF5 blocks streamed from disk.
 
     hpo train run.yaml     # data.max_in_memory_gb decides which feed a file gets
 
-Both feeds work on every Keras backend (TensorFlow, JAX): the stream is a
-`keras.utils.PyDataset`, not a tf.data pipeline.
+Both feeds are `keras.utils.PyDataset`s, not tf.data pipelines, so they work on every Keras
+backend (TensorFlow, JAX). The order of an epoch's clusters is a function of (seed, epoch) and
+of nothing else: a run resumed from a checkpoint at epoch e (`start_at(e)`) trains on the
+batches the interrupted run would have.
 """
 
 from __future__ import annotations
@@ -25,20 +27,53 @@ def fit_inputs(source: Dataset | H5Source, idx: np.ndarray, batch_size: int, see
     """Keyword arguments for `model.fit` that feed the clusters at `idx`, shuffled every epoch.
 
     Args:
-        source: an in-memory Dataset (fed as arrays) or an H5Source (streamed).
+        source: an in-memory Dataset (ArrayFeed) or an H5Source (BlockStream).
         idx: training indices.
         batch_size: clusters per step.
         seed: shuffling seed.
         exposure: feed exposure_s too (a model built with model.use_exposure; the source has it).
     """
+    feed: ArrayFeed | BlockStream
     if isinstance(source, Dataset):
-        sub = source.subset(idx)
-        x = {"images": sub.images, "redshift": sub.redshift.reshape(-1, 1)}
+        feed = ArrayFeed(source, idx, batch_size, seed, exposure=exposure)
+    else:
+        feed = BlockStream(source, idx, batch_size, seed, exposure=exposure)
+    return {"x": feed, "shuffle": False}  # shuffled by the feed
+
+
+class ArrayFeed(keras.utils.PyDataset):
+    """Batches of an in-memory data set's clusters at `idx`, in a new order every epoch.
+
+    Epoch e's order is the permutation drawn by numpy's generator of [seed, e], as Keras'
+    own array feed would shuffle, but independent of what ran before in the process.
+    """
+
+    def __init__(self, source: Dataset, idx: np.ndarray, batch_size: int, seed: int, *,
+                 exposure: bool = False) -> None:
+        super().__init__()
+        sub = source.subset(np.asarray(idx))
+        assert sub.log_mass is not None
+        self.x = {"images": sub.images, "redshift": sub.redshift.reshape(-1, 1).astype(np.float32)}
         if exposure:
-            x["exposure_s"] = np.asarray(sub.exposure_s, np.float32).reshape(-1, 1)
-        return {"x": x, "y": sub.log_mass, "batch_size": batch_size, "shuffle": True}
-    stream = BlockStream(source, idx, batch_size, seed, exposure=exposure)
-    return {"x": stream, "shuffle": False}  # shuffled by the stream
+            self.x["exposure_s"] = np.asarray(sub.exposure_s, np.float32).reshape(-1, 1)
+        self.y = sub.log_mass.astype(np.float32)
+        self.batch_size, self.seed = batch_size, seed
+        self.start_at(0)
+
+    def start_at(self, epoch: int) -> None:
+        """The next epoch is `epoch` (a resumed run)."""
+        self.epoch = epoch
+        self.order = np.random.default_rng([self.seed, epoch]).permutation(len(self.y))
+
+    def __len__(self) -> int:
+        return -(-len(self.y) // self.batch_size)
+
+    def __getitem__(self, i: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        rows = np.sort(self.order[i * self.batch_size : (i + 1) * self.batch_size])
+        return {k: v[rows] for k, v in self.x.items()}, self.y[rows]
+
+    def on_epoch_end(self) -> None:
+        self.start_at(self.epoch + 1)
 
 
 class BlockStream(keras.utils.PyDataset):
@@ -58,7 +93,11 @@ class BlockStream(keras.utils.PyDataset):
         self.source, self.batch_size, self.seed, self.exposure = source, batch_size, seed, exposure
         idx = np.sort(np.asarray(idx))
         self.blocks = [idx[i : i + STREAM_BLOCK] for i in range(0, len(idx), STREAM_BLOCK)]
-        self.epoch = 0
+        self.start_at(0)
+
+    def start_at(self, epoch: int) -> None:
+        """The next epoch is `epoch` (a resumed run)."""
+        self.epoch = epoch
         self._plan()
 
     def _plan(self) -> None:
@@ -92,5 +131,4 @@ class BlockStream(keras.utils.PyDataset):
         return {k: v[start:end] for k, v in x.items()}, y[start:end]
 
     def on_epoch_end(self) -> None:
-        self.epoch += 1
-        self._plan()
+        self.start_at(self.epoch + 1)

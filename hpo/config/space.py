@@ -200,6 +200,17 @@ class StudySpec(_Strict):
         "default 4 x heartbeat_s; keep it above the longest database outage you expect"
     )
     max_retry: int = Field(2, ge=0, description="times a lost trial's parameters are re-queued")
+    checkpoint: Literal["every_epoch", "every_k", "off"] = Field(
+        "every_epoch", description="when a trial saves its training state, so that its copy "
+        "resumes there if the trial is interrupted or its worker lost (every_k: every "
+        "checkpoint_every epochs); engine optuna"
+    )
+    checkpoint_every: int = Field(5, ge=1, description="epochs between checkpoints, with every_k")
+    checkpoint_dir: str = Field(
+        "checkpoints", min_length=1, description="where trials keep their checkpoints, a folder "
+        "every worker can write (relative: to the folder workers run in, as data.path); "
+        "<checkpoint_dir>/<study>/trial-<n>/, removed when the trial ends"
+    )
     engine: Literal["optuna", "keras_tuner"] = "optuna"
     tuner: TunerSpec | None = Field(None, description="engine keras_tuner only; default hyperband")
     enqueue: list[dict[str, Any]] = Field(

@@ -12,8 +12,11 @@ import socket
 import optuna
 
 from hpo.config.space import SearchSpace
+from hpo.config.tree import RunConfig
 from hpo.data.contract import Dataset
 from hpo.data.lazy import H5Source
+from hpo.engines.checkpoints import checkpoint_folder
+from hpo.engines.checkpoints import first_of
 from hpo.engines.pruning import PruningCallback
 from hpo.engines.suggest import config_for_trial
 from hpo.errors import TrialFailed
@@ -23,8 +26,12 @@ from hpo.keys import EPOCHS_RUN_KEY
 from hpo.keys import FAIL_REASON_KEY
 from hpo.keys import MLFLOW_RUN_ID_KEY
 from hpo.keys import MODEL_URI_KEY
+from hpo.keys import RESUMED_KEY
 from hpo.keys import VAL_METRICS_KEY
 from hpo.keys import WORKER_KEY
+from hpo.training.checkpoint import CheckpointFile
+from hpo.training.checkpoint import identity
+from hpo.training.checkpoint import TrainingState
 from hpo.training.stop import StopCheck
 from hpo.training.stop import StopRequest
 from hpo.trial.recorder import no_recorder
@@ -66,9 +73,18 @@ class Objective:
             # that leaves a run that only its tags (hpo.study, hpo.trial) tie to the trial.
             recorder = self.recorder_for(
                 trial.number, lambda run_id: trial.set_user_attr(MLFLOW_RUN_ID_KEY, run_id))
+            checkpoint = self._checkpoint(trial, cfg)
+
+            def resumed(state: TrainingState) -> None:
+                # The pruner sees the values the interrupted trial reported, at their epochs.
+                for epoch, value in enumerate(state.history.get(metric, [])[: state.epoch]):
+                    trial.report(value, epoch)
+                trial.set_user_attr(RESUMED_KEY, {"trial": state.trial, "run": state.run_id,
+                                                  "epoch": state.epoch})
+
             outcome = run_trial(cfg, self.dataset, recorder, callbacks=callbacks, monitor=metric,
                                 log_model=lambda value: self._keeps_model(trial, value),
-                                check=self._check_data)
+                                check=self._check_data, checkpoint=checkpoint, on_resume=resumed)
         except optuna.TrialPruned:
             trial.set_user_attr(EPOCHS_RUN_KEY, pruning.last_epoch + 1)
             raise
@@ -89,6 +105,17 @@ class Objective:
             trial.set_user_attr(MODEL_URI_KEY, outcome.model_uri)
         trial.set_user_attr(VAL_METRICS_KEY, result.val_metrics)
         return outcome.value
+
+    def _checkpoint(self, trial: optuna.Trial, cfg: RunConfig) -> CheckpointFile | None:
+        """The trial's checkpoint (None with study.checkpoint off): one folder for a trial and
+        every copy of it that a lost worker or a stop queued again."""
+        study = self.space.study
+        if study.checkpoint == "off":
+            return None
+        first = first_of(trial.storage.get_trial_system_attrs(trial._trial_id), trial.number)
+        every = study.checkpoint_every if study.checkpoint == "every_k" else 1
+        return CheckpointFile(checkpoint_folder(self.space, trial.study.study_name, first),
+                              identity(cfg, self.data_sha256), every=every, trial=trial.number)
 
     def _keeps_model(self, trial: optuna.Trial, value: float) -> bool:
         """The space's tracking.log_models policy for a trial that ended with `value`."""

@@ -21,6 +21,7 @@ from hpo.data.lazy import open_dataset
 from hpo.data.recipe import require_calibration_file
 from hpo.data.recipe import require_data_file
 from hpo.errors import DataContractError
+from hpo.outputs import check_writable_folder
 from hpo.trial.corners import build_networks
 from hpo.trial.corners import check_space
 from hpo.trial.corners import Corner
@@ -40,12 +41,13 @@ def check_launch(spec: str | Path) -> CheckedSpace:
     """Loads the space of `spec` and refuses it when no trial of it could run.
 
     In this order: the space itself, its budget, its data file (a missing one names the `hpo
-    simulate` line that makes it), data.calibration_path, the data file's image header, then
-    every corner of the space on that shape (a kernel wider than what is left of the images,
-    dropout after a dense layer that is not there).
+    simulate` line that makes it), data.calibration_path, the data file's image header, every
+    corner of the space on that shape (a kernel wider than what is left of the images, dropout
+    after a dense layer that is not there), then study.checkpoint_dir, which must be writable.
 
     Raises:
         ConfigError: a malformed space, no budget, or a corner no trial could train on.
+        OutputError: study.checkpoint_dir cannot be written.
         DataContractError: the data or calibration file is missing or broken.
     """
     space = load_space(spec)
@@ -58,6 +60,9 @@ def check_launch(spec: str | Path) -> CheckedSpace:
         open_dataset(data.path, max_in_memory_gb=data.max_in_memory_gb)
         raise DataContractError(f"{data.path}: no 'images' array of shape (N, H, W, C)")
     corners = check_space(space, header)
+    if space.study.engine == "optuna" and space.study.checkpoint != "off":
+        # Every worker writes there; one that cannot is refused at its start too (worker.py).
+        check_writable_folder(space.study.checkpoint_dir, option="study.checkpoint_dir")
     n, shape = header
     return CheckedSpace(space, n, shape, corners)
 

@@ -107,6 +107,7 @@ def docker_workers(
     data_path: str,
     gpus: list[str],
     calibration_path: str | None = None,
+    checkpoint_dir: str | None = None,
     workers: int | None = None,
     image: str = DEFAULT_IMAGE,
     network: str = DEFAULT_NETWORK,
@@ -126,6 +127,8 @@ def docker_workers(
         data_path: the space's data.path as written (relative paths are relative to `cwd`).
         gpus: GPUs to hand out (CUDA_VISIBLE_DEVICES entries); none runs CPU containers.
         calibration_path: the space's data.calibration_path, mounted as the data file is.
+        checkpoint_dir: the space's study.checkpoint_dir, mounted read-write where the workers
+            find it (None: checkpoints off).
         workers: number of containers; default one per GPU.
         image: the worker image.
         network: the Docker network of the containers.
@@ -151,6 +154,10 @@ def docker_workers(
         "--tracking-uri", tracking_uri, network, ("http", "https", "postgresql", "mysql")
     )
     mounts = data_mount_args([data_path, *([calibration_path] if calibration_path else [])], cwd)
+    if checkpoint_dir is not None:
+        host = Path(checkpoint_dir) if Path(checkpoint_dir).is_absolute() else cwd / checkpoint_dir
+        host.mkdir(parents=True, exist_ok=True)  # else the engine makes it, owned by root
+        mounts += ["-v", f"{host.resolve()}:{container_path(checkpoint_dir)}"]
     user = user or ContainerUser.current()
     out = []
     for i, gpu in enumerate(round_robin(workers, gpus)):

@@ -76,6 +76,7 @@ def launch_optuna(
             name, storage_url, tracker.uri, str(data_cfg.path), workers, visible_gpus(),
             Path.cwd(), image, network, workers_per_gpu=workers_per_gpu,
             calibration_path=None if cal is None else str(cal),
+            checkpoint_dir=None if space.study.checkpoint == "off" else space.study.checkpoint_dir,
         )
         processes = LAUNCHERS[launcher](plan)
         stop_timeout_s()  # a bad HPO_STOP_TIMEOUT_S too

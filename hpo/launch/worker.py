@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 
 from hpo.config.space import SearchSpace
 from hpo.data.lazy import open_dataset
+from hpo.engines.checkpoints import remove_stranded
 from hpo.engines.objective import Objective
 from hpo.errors import first_line
 from hpo.errors import HpoError
@@ -32,6 +33,7 @@ from hpo.keys import FAIL_REASON_KEY
 from hpo.keys import MLFLOW_EXPERIMENT_KEY
 from hpo.keys import MLFLOW_PARENT_RUN_KEY
 from hpo.keys import MLFLOW_RUN_ID_KEY
+from hpo.outputs import check_writable_folder
 from hpo.store.claim import trial_start_lock
 from hpo.store.heartbeat import enable_heartbeat
 from hpo.store.heartbeat import fail_lost
@@ -87,6 +89,8 @@ def run_worker(
     device.configure()  # this worker's threads and GPU memory share (HPO_THREADS, HPO_GPU_MEMORY_MB)
     storage = make_storage(storage_url)
     study, space = load_study(storage, study_name, worker_index)
+    if space.study.checkpoint != "off":  # where this worker's trials keep their checkpoints
+        check_writable_folder(space.study.checkpoint_dir, option="study.checkpoint_dir")
     env_uri = os.environ.get("MLFLOW_TRACKING_URI")
     tracker = checked_tracker(tracking_uri or env_uri or stored_tracking_uri(study))
     data_cfg = space.resolved_base().data
@@ -164,6 +168,7 @@ def _run_until_spent(
                 f"study '{study.study_name}': {failures} trials in a row failed; last: {reason}"
             )
     _reap_before_exit(study, space, poll_s)
+    remove_stranded(study, space)
     settle_tracking(study, tracker, stop)
     return ran
 

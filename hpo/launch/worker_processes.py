@@ -45,6 +45,7 @@ class Plan:
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     workers_per_gpu: int = 1
     calibration_path: str | None = None  # data.calibration_path, which workers read too
+    checkpoint_dir: str | None = None  # study.checkpoint_dir, which workers write (None: off)
 
     def worker_count(self) -> int:
         """plan.workers, or by default workers_per_gpu per visible GPU (1 without a GPU)."""
@@ -116,6 +117,7 @@ def container_workers(plan: Plan) -> list[WorkerProcess]:
         tracking_uri=plan.tracking_uri,
         data_path=plan.data_path,
         calibration_path=plan.calibration_path,
+        checkpoint_dir=plan.checkpoint_dir,
         gpus=plan.gpus,
         workers=plan.workers,
         image=plan.image,

@@ -84,3 +84,11 @@ class EpochEvaluator(keras.callbacks.Callback):
         """Sets the model to the weights of its best epoch (if one was scored)."""
         if self.best_weights is not None:
             self.model.set_weights(self.best_weights)
+
+    def export_best(self) -> list[np.ndarray] | None:
+        """The best epoch's weights as host arrays (for a checkpoint), None before one."""
+        return None if self.best_weights is None else [np.array(w) for w in self.best_weights]
+
+    def import_best(self, weights: list[np.ndarray] | None) -> None:
+        """Takes back what `export_best` gave (a resumed run)."""
+        self.best_weights = None if weights is None else list(weights)

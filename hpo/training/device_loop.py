@@ -62,6 +62,20 @@ class DeviceEvaluator(EpochEvaluator):
         assert self.state is not None
         return self.state[:2]  # device arrays, not copied to the host
 
+    def export_best(self) -> list[np.ndarray] | None:
+        if self.best_weights is None:
+            return None
+        trainable, non_trainable = jax.device_get(self.best_weights)
+        return [np.asarray(a) for a in (*trainable, *non_trainable)]
+
+    def import_best(self, weights: list[np.ndarray] | None) -> None:
+        if weights is None:
+            self.best_weights = None
+            return
+        n = len(self.model.trainable_variables)
+        arrays = [jnp.asarray(a) for a in weights]
+        self.best_weights = [arrays[:n], arrays[n:]]
+
     def restore_best(self) -> None:
         # As model.set_weights(model.get_weights()) of the best epoch: every weight, not the
         # seed generators' states (which model.weights does not hold either).

@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import functools
+import logging
 import time
+from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
@@ -35,6 +37,11 @@ from hpo.model.metrics import streaming_metrics
 from hpo.pipeline import fit_inputs
 from hpo.training.callbacks import EpochEvaluator
 from hpo.training.callbacks import MONITOR
+from hpo.training.checkpoint import CheckpointFile
+from hpo.training.checkpoint import Checkpointing
+from hpo.training.checkpoint import mismatch
+from hpo.training.checkpoint import restore
+from hpo.training.checkpoint import TrainingState
 from hpo.training.calibrate import bias_shift
 from hpo.training.calibrate import Shift
 from hpo.training.calibrate import shift_bins
@@ -42,6 +49,8 @@ from hpo.training.calibrate import sigma_scale
 from hpo.training.calibrate import too_few
 from hpo.training.evaluate import predict
 from hpo.training.optimizers import build_optimizer
+
+_logger = logging.getLogger(__name__)
 
 STATS_SAMPLE = 4096  # training clusters the input statistics are fitted on
 
@@ -62,6 +71,8 @@ class TrainResult:
         shift: with train.calibrate_bias, the shift of log mass fitted on them, else None.
         training_path: which loop trained it (train.loop): "fit" (Keras' model.fit) or "device"
             (device_loop.py).
+        resumed_from: epochs taken from a checkpoint rather than trained here (0: none).
+        checkpoint_seconds: time the run's own thread spent on checkpoints.
     """
 
     model: keras.Model
@@ -74,6 +85,8 @@ class TrainResult:
     sigma_scale: float | None = None
     shift: Shift | None = None
     training_path: str = "fit"
+    resumed_from: int = 0
+    checkpoint_seconds: float = 0.0
 
 
 def prepare(cfg: RunConfig, ds: Dataset | H5Source) -> tuple[Dataset | H5Source, Split]:
@@ -95,6 +108,9 @@ def train(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 0,
     monitor: str = MONITOR,
+    checkpoint: CheckpointFile | None = None,
+    resume: TrainingState | None = None,
+    on_resume: Callable[[TrainingState], None] | None = None,
 ) -> TrainResult:
     """Trains the configured network on the training split, scoring the validation split each epoch.
 
@@ -106,6 +122,10 @@ def train(
         verbose: Keras fit verbosity.
         monitor: the val_* metric that picks the best epoch and drives early stopping (a study's
             study.metric).
+        checkpoint: where the training state is saved at epoch ends (checkpoint.py); None: nowhere.
+        resume: a state to go on from (a checkpoint of this config and data): the run trains
+            the epochs after it, as the run that saved it would have.
+        on_resume: called with `resume` once the model holds it, before the next epoch.
 
     Raises:
         TrialFailed: the loss or the predictions became non-finite, or memory ran out.
@@ -178,11 +198,18 @@ def train(
             (va.images, va.redshift, va.log_mass), patience=cfg.train.early_stopping_patience,
             monitor=monitor, exposure=va.exposure_s if exposure else None,
         )
-    all_callbacks = [evaluator, *callbacks]
+    saving = [] if checkpoint is None else [Checkpointing(
+        checkpoint, evaluator, resume.learning_rate if resume is not None else None)]
+    all_callbacks = [evaluator, *saving, *callbacks]
+    if resume is not None and (why := mismatch(model, resume)):
+        _logger.warning("checkpoint %s is refused: %s; the trial starts from epoch 0",
+                        checkpoint.path if checkpoint else "", why)
+        resume = None
 
     def fit(first: int, last: int) -> None:
         """Epochs first .. last - 1 through model.fit, or through the device loop."""
         if not on_device:
+            feed["x"].start_at(first)
             model.fit(**feed, initial_epoch=first, epochs=last, callbacks=all_callbacks,
                       verbose=verbose)
             return
@@ -192,24 +219,40 @@ def train(
         device_loop.fit_on_device(
             model, place(ds, split.train, split.val, exposure=exposure), loss=model.loss,
             batch_size=cfg.train.batch_size, seed=cfg.train.seed, initial_epoch=first,
-            epochs=last, evaluator=evaluator, callbacks=callbacks,
+            epochs=last, evaluator=evaluator, callbacks=[*saving, *callbacks],
             dispatch=cfg.train.device_dispatch)
 
     # ---------------------------------------------------------------- fit
     t0 = time.perf_counter()
     warm = min(loss_cfg.warm_start_epochs, cfg.train.epochs) if sigma_head else 0
+    # The mean first, with MSE; the likelihood then only has to learn sigma and refine.
+    phases = [(name, first, last) for name, first, last in
+              (("mse", 0, warm), (loss_cfg.type, warm, cfg.train.epochs)) if last > first]
+    resumed_from = 0
     try:
-        if warm:
-            # The mean first, with MSE; the likelihood then only has to learn sigma and refine.
-            compile_for("mse", warm)
-            fit(0, warm)
-        if cfg.train.epochs > warm and not getattr(model, "stop_training", False):
-            compile_for(loss_cfg.type, cfg.train.epochs - warm)
-            fit(warm, cfg.train.epochs)
+        for n, (loss_name, first, last) in enumerate(phases):
+            if getattr(model, "stop_training", False):
+                break
+            if resume is not None and resume.epoch >= last and n < len(phases) - 1:
+                continue  # a phase the interrupted run had finished
+            compile_for(loss_name, last - first)
+            if resume is not None:
+                # A checkpoint at a phase's first epoch holds the previous phase's optimizer.
+                evaluator.set_model(model)
+                restore(model, evaluator, resume, with_optimizer=resume.epoch > first)
+                first = resumed_from = resume.epoch
+                if on_resume is not None:
+                    on_resume(resume)
+                resume = None
+                if first >= last or model.stop_training:
+                    continue
+            fit(first, last)
     except MemoryError as exc:
         raise TrialFailed(f"out of memory: {exc}") from exc
     finally:
         keras.mixed_precision.set_global_policy(policy)
+        if checkpoint is not None:
+            checkpoint.wait()  # an interrupted run's last checkpoint lands before it goes
     seconds = time.perf_counter() - t0
 
     # ---------------------------------------------------------------- result
@@ -247,6 +290,8 @@ def train(
         sigma_scale=scale,
         shift=shift,
         training_path=cfg.train.loop,
+        resumed_from=resumed_from,
+        checkpoint_seconds=checkpoint.seconds if checkpoint is not None else 0.0,
     )
 
 

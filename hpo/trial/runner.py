@@ -30,7 +30,11 @@ from hpo.errors import TrackingError
 from hpo.errors import TrialFailed
 from hpo.keys import METRIC
 from hpo.keys import METRICS
+from hpo.keys import RESUMED_AT_TAG
+from hpo.keys import RESUMES_RUN_TAG
 from hpo.redact import redact_text
+from hpo.training.checkpoint import CheckpointFile
+from hpo.training.checkpoint import TrainingState
 from hpo.training.loop import train
 from hpo.training.loop import TrainResult
 from hpo.trial.recorder import Recorder
@@ -67,10 +71,22 @@ class EpochLog(keras.callbacks.Callback):
         lr = getattr(self.model.optimizer, "learning_rate", None)
         if lr is not None:
             metrics["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
+        self.record(metrics, epoch)
+
+    def record(self, metrics: dict[str, float], epoch: int) -> None:
+        """Keeps and logs one epoch's metrics (of this run, or of the run it resumes)."""
         for key, value in metrics.items():
             self.history.setdefault(key, []).append(value)
         self.last_epoch = epoch
         self.recorder.log_epoch(metrics, step=epoch + self.step_offset)
+
+    def replay(self, state: TrainingState) -> None:
+        """Logs the epochs of the run that `state` resumes, as that run logged them."""
+        for epoch in range(state.epoch):
+            metrics = {k: v[epoch] for k, v in state.history.items() if epoch < len(v)}
+            if epoch < len(state.learning_rate):
+                metrics["learning_rate"] = state.learning_rate[epoch]
+            self.record(metrics, epoch)
 
 
 def run_trial(
@@ -84,6 +100,8 @@ def run_trial(
     log_model: bool | Callable[[float], bool] = True,
     check: Callable[[], None] | None = None,
     on_trained: Callable[[TrainResult], None] | None = None,
+    checkpoint: CheckpointFile | None = None,
+    on_resume: Callable[[TrainingState], None] | None = None,
     verbose: int = 0,
 ) -> TrialOutcome:
     """Trains `cfg` on `dataset` as one recorded run; every way out of it ends the run.
@@ -97,6 +115,12 @@ def run_trial(
         check: called before and after training; raises TrialFailed if the trial must not count
             (the study's data file changed under it).
         on_trained: called with the result before it is logged (keras-tuner saves weights).
+        checkpoint: the trial's checkpoint: resumed if it holds one of this config and data
+            (its epochs logged again in this run, which is tagged with the run it resumes),
+            saved at epoch ends, and removed when the trial ends, unless it was interrupted
+            (its copy resumes it).
+        on_resume: called with the checkpoint's state when the run resumes it (the engine
+            tells its pruner the values it saw).
 
     Raises:
         optuna.TrialPruned: the pruner cut the trial; its run ended PRUNED with its curves.
@@ -107,11 +131,25 @@ def run_trial(
     """
     recorder.start(cfg)  # a run that cannot record its config is ended by `start` itself
     epochs = EpochLog(recorder, step_offset=step_offset)
+
+    def resumed(state: TrainingState) -> None:
+        _logger.info("trial resumes run %s at epoch %d (checkpoint %s)", state.run_id,
+                     state.epoch, checkpoint.path if checkpoint else "")
+        recorder.set_tags({RESUMES_RUN_TAG: state.run_id or "", RESUMED_AT_TAG: state.epoch})
+        epochs.replay(state)
+        if on_resume is not None:
+            on_resume(state)
+
     try:
         recorder.log_inputs(cfg, dataset)
         if check is not None:
             check()
-        result = train(cfg, dataset, callbacks=[epochs, *callbacks], monitor=monitor, verbose=verbose)
+        resume = None
+        if checkpoint is not None:
+            checkpoint.run_id = recorder.run_id
+            resume = checkpoint.load()
+        result = train(cfg, dataset, callbacks=[epochs, *callbacks], monitor=monitor,
+                       verbose=verbose, checkpoint=checkpoint, resume=resume, on_resume=resumed)
         if check is not None:
             check()
         value = float(result.val_metrics[METRICS[monitor]])
@@ -127,22 +165,35 @@ def run_trial(
         try:  # why it was cut: the curves it has, up to the pruning epoch
             recorder.log_pruned(epochs.history, ran)
         finally:
+            drop(checkpoint)
             recorder.finish("PRUNED", epochs_run=ran)
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # the checkpoint stays: the trial's copy resumes it
         end_failed(recorder, "KILLED", "interrupted")
         raise
     except optuna.exceptions.UpdateFinishedTrialError:
-        raise
+        raise  # a peer failed the trial as lost: its copy resumes the checkpoint
     except Exception as exc:
+        drop(checkpoint)
         end_failed(recorder, "FAIL", fail_reason(exc))
         raise
+    drop(checkpoint)
     try:
         recorder.finish("COMPLETE", epochs_run=result.epochs_run)
     except Exception as exc:  # the tracking server went away: the trial fails with the reason
         end_failed(recorder, "FAIL", fail_reason(exc))
         raise
     return TrialOutcome(value, result, model_uri)
+
+
+def drop(checkpoint: CheckpointFile | None) -> None:
+    """Removes the checkpoint of a trial that has ended; one that cannot be removed is said."""
+    if checkpoint is None:
+        return
+    try:
+        checkpoint.remove()
+    except OSError as exc:
+        _logger.warning("could not remove checkpoint %s: %s", checkpoint.path, first_line(exc))
 
 
 def end_failed(recorder: Recorder, state: str, reason: str) -> None:
