@@ -62,6 +62,11 @@ BENCHMARKS = [
      "`benchmarks/gpu/run.sh kbench`; this page rebuilds its table with `kbench.py --table-from "
      "docs/results/gpu-store/kbench.json`).",
      "at least 3x the trials per hour of K = 1 at K = 8, and a best value no worse at the same trial count"),
+    ("checkpoint", "bench_checkpoint.py",
+     "What a trial's checkpoint at every epoch end (`study.checkpoint: every_epoch`, the default) "
+     "costs against none, in one process on the same clusters: the variables copied to the host "
+     "on the trial's thread, written on a thread of its own beside the next epoch.",
+     "at most 3% of an epoch"),
     ("storage", "bench_storage.py",
      "Coordination cost of the study storages (SQLite, PostgreSQL, the gRPC proxy) with 1-8 "
      "workers, as a share of a real trial.",

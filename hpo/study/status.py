@@ -10,6 +10,7 @@ from hpo.keys import EPOCHS_RUN_KEY
 from hpo.keys import FAIL_REASON_KEY
 from hpo.keys import LOST_WORKER_REASON
 from hpo.keys import MLFLOW_RUN_ID_KEY
+from hpo.keys import RESUMED_KEY
 
 
 def study_rows(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
@@ -36,7 +37,8 @@ def status_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One row per trial: number, state, value, epochs run, duration, MLflow run, reason if failed.
 
     A FAIL trial without a reason lost its worker (no heartbeat); the note of a FAIL trial whose
-    parameters were queued again (lost, interrupted) names its rerun.
+    parameters were queued again (lost, interrupted) names its rerun, and a rerun that went on
+    from the trial's checkpoint says from which epoch.
     """
     trials = study.get_trials(deepcopy=False)
     history = {t.number: t.system_attrs.get("retry_history") for t in trials}
@@ -48,6 +50,10 @@ def status_rows(study: optuna.Study) -> list[dict[str, Any]]:
             note = note or LOST_WORKER_REASON
             if t.number in rerun:
                 note += f"; rerun as trial {rerun[t.number]}"
+        resumed = t.user_attrs.get(RESUMED_KEY)
+        if isinstance(resumed, dict):
+            note = "; ".join(filter(None, [note, f"resumed trial {resumed.get('trial')} at "
+                                                 f"epoch {resumed.get('epoch')}"]))
         duration = None
         if t.datetime_start and t.datetime_complete:
             duration = (t.datetime_complete - t.datetime_start).total_seconds()

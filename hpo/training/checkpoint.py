@@ -12,8 +12,9 @@ state. A resumed run therefore trains the epochs the lost one had left as it wou
 
 A checkpoint is one `checkpoint.npz` in the trial's folder, replaced whole (written to a
 temporary file, flushed, renamed): a worker killed while writing leaves the previous one. The
-copy to the host is made at the epoch end; the write runs on a thread of its own while the next
-epoch trains, and a trial waits for it only before it reads, removes or is interrupted.
+copy to the host is made at the epoch end (for the device loop by the writing thread: its arrays
+are never changed in place); the write runs on a thread of its own while the next epoch trains, and a
+trial waits for it only before it reads, removes or is interrupted.
 
 A checkpoint that cannot be used (truncated, another configuration, another data file, another
 format) is refused with one line in the log, and the trial starts from epoch 0.
@@ -50,8 +51,9 @@ class TrainingState:
     """The state of a run after `epoch` epochs (0-based epochs 0 .. epoch - 1 done).
 
     Attributes:
-        variables: the model's variables, in `model.variables` order.
-        optimizer: the optimizer's variables, in `optimizer.variables` order.
+        variables: the model's variables, in `model.variables` order (host arrays, or a JAX
+            backend's device arrays until written).
+        optimizer: the optimizer's variables, in `optimizer.variables` order (as variables).
         best: the evaluator's best epoch weights, as it exports them (None before a best epoch).
         history: the evaluator's metrics of each epoch done (what early stopping reads).
         learning_rate: the learning rate of each epoch done (logged beside the history).
@@ -93,6 +95,8 @@ class CheckpointFile:
     run_id: str | None = None
     trial: int | None = None
     seconds: float = 0.0  # spent by the trial's own thread on checkpoints (the copy to the host)
+    write_seconds: float = 0.0  # spent by the writing thread (not in the trial's way)
+    saved: int = 0  # checkpoints written
     _writer: threading.Thread | None = field(default=None, repr=False)
     _error: BaseException | None = field(default=None, repr=False)
 
@@ -151,15 +155,19 @@ class CheckpointFile:
         except OSError:
             pass  # not empty (a foreign file) or gone
 
-    def _write(self, arrays: dict[str, np.ndarray]) -> None:
+    def _write(self, arrays: dict[str, Any]) -> None:
         tmp = self.folder / f".{FILE}.{os.getpid()}.{threading.get_ident()}"
+        t0 = time.perf_counter()
         try:
+            arrays = {k: np.asarray(v) for k, v in arrays.items()}  # device arrays to the host
             self.folder.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
+            self.saved += 1
+            self.write_seconds += time.perf_counter() - t0
         except BaseException as exc:  # noqa: BLE001  a full disk costs the checkpoint, not the trial
             self._error = exc
             tmp.unlink(missing_ok=True)
@@ -232,11 +240,18 @@ def learning_rate(model: keras.Model) -> float:
 
 def capture(model: keras.Model, evaluator: Any, epoch: int,
             rates: list[float] | None = None) -> TrainingState:
-    """The training state of `model` and `evaluator` after `epoch` epochs, copied to the host."""
+    """The training state of `model` and `evaluator` after `epoch` epochs.
+
+    The device loop's variables hold immutable JAX arrays that its next epoch replaces (its
+    calls donate no buffer), so the state holds those arrays and the writing thread copies them
+    to the host. Elsewhere they are copied here: Keras' own JAX trainer donates its state to
+    the next step, and a TensorFlow variable changes in place.
+    """
+    by_reference = bool(getattr(evaluator, "arrays_stay", False))
     return TrainingState(
         epoch=epoch,
-        variables=[np.array(keras.ops.convert_to_numpy(v.value)) for v in model.variables],
-        optimizer=[np.array(keras.ops.convert_to_numpy(v.value)) for v in model.optimizer.variables],
+        variables=_values(model.variables, by_reference),
+        optimizer=_values(model.optimizer.variables, by_reference),
         best_value=float(evaluator.best_value),
         best_epoch=int(evaluator.best_epoch),
         best=evaluator.export_best(),
@@ -244,6 +259,12 @@ def capture(model: keras.Model, evaluator: Any, epoch: int,
         learning_rate=list(rates or []),
         stopped=bool(getattr(model, "stop_training", False)),
     )
+
+
+def _values(variables: list[Any], by_reference: bool) -> list[Any]:
+    if by_reference:
+        return [v.value for v in variables]
+    return [np.array(keras.ops.convert_to_numpy(v.value)) for v in variables]
 
 
 def mismatch(model: keras.Model, state: TrainingState) -> str:

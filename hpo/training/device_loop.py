@@ -48,6 +48,8 @@ class DeviceEvaluator(EpochEvaluator):
     """EpochEvaluator for the device path: the validation predictions come from the epoch's own
     dispatch, and the best epoch's weights stay on the device until restored."""
 
+    arrays_stay = True  # the model's arrays are replaced each epoch, never changed or donated
+
     def __init__(self, log_mass: np.ndarray, *, patience: int | None = None, monitor: str) -> None:
         empty = np.zeros((0,), np.float32)
         super().__init__((empty, empty, np.asarray(log_mass)), patience=patience, monitor=monitor)
@@ -62,11 +64,12 @@ class DeviceEvaluator(EpochEvaluator):
         assert self.state is not None
         return self.state[:2]  # device arrays, not copied to the host
 
-    def export_best(self) -> list[np.ndarray] | None:
+    def export_best(self) -> list[Any] | None:
+        # Device arrays, never changed in place: a checkpoint's writing thread copies them.
         if self.best_weights is None:
             return None
-        trainable, non_trainable = jax.device_get(self.best_weights)
-        return [np.asarray(a) for a in (*trainable, *non_trainable)]
+        trainable, non_trainable = self.best_weights
+        return [*trainable, *non_trainable]
 
     def import_best(self, weights: list[np.ndarray] | None) -> None:
         if weights is None:

@@ -198,8 +198,8 @@ def test_an_array_of_two_workers_spends_the_budget(tmp_path, slurm, storage, tra
 def test_a_cancelled_array_task_loses_no_trial(tmp_path, slurm, storage, tracking):
     # Rule: `scancel JOB_K` while task K trains a trial (Slurm: SIGTERM, SIGKILL KillWait later)
     # fails that trial as interrupted, ends its MLflow run KILLED and queues its parameters
-    # again; the other task runs the copy and spends the budget: no trial is lost, none stays
-    # RUNNING.
+    # again; the other task runs the copy, which resumes from the trial's checkpoint, and
+    # spends the budget: no trial is lost, none stays RUNNING.
     create_study(tmp_path, "cancel", storage, tracking, n_trials=2, epochs=20)
     secrets = env_file(tmp_path / "worker.env", study="cancel", storage=storage, tracking=tracking)
     job = submit(slurm, tmp_path, secrets)
@@ -230,7 +230,16 @@ def test_a_cancelled_array_task_loses_no_trial(tmp_path, slurm, storage, trackin
     assert lost.info.status == "KILLED" and lost.data.tags["hpo.fail_reason"] == "interrupted"
     assert copy.state.name in FINISHED and copy.params == interrupted.params, copy
     assert copy.user_attrs["worker"] != interrupted.user_attrs["worker"]  # the other task ran it
-    assert runs[copy.user_attrs["mlflow_run_id"]].info.status == "FINISHED"
+    copy_run = runs[copy.user_attrs["mlflow_run_id"]]
+    assert copy_run.info.status == "FINISHED"
+    # The copy resumed the interrupted trial's checkpoint (in HPO_WORKDIR/checkpoints, which both
+    # tasks share) at the epoch it stopped at, rather than from epoch 0; the checkpoint is gone.
+    resumed = copy.user_attrs["resumed"]
+    assert resumed == {"trial": interrupted.number, "run": interrupted.user_attrs["mlflow_run_id"],
+                       "epoch": len(interrupted.intermediate_values)}, (resumed, interrupted)
+    assert copy_run.data.tags["hpo.resumes_run"] == interrupted.user_attrs["mlflow_run_id"]
+    assert sorted(copy.intermediate_values) == list(range(20))
+    assert not list((tmp_path / "checkpoints").rglob("*.npz"))
 
 
 @pytest.mark.parametrize("case", ["no env file", "readable env file", "no such study"])

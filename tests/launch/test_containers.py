@@ -138,8 +138,10 @@ def containers(prefix: str, *, all_states: bool = False) -> list[str]:
     return docker(*args, *(["--all"] if all_states else [])).stdout.split()
 
 
-def running_trial_of(storage: optuna.storages.RDBStorage, study: str, key: str):
-    """The RUNNING trial of the worker whose trials carry WORKER_KEY `key`, once its run exists.
+def running_trial_of(storage: optuna.storages.RDBStorage, study: str, key: str, *,
+                     epochs: int = 0):
+    """The RUNNING trial of the worker whose trials carry WORKER_KEY `key`, once its run exists
+    (and it has reported `epochs` epochs).
 
     Polls through one storage: a storage per poll would keep a connection each until collected.
     """
@@ -148,7 +150,8 @@ def running_trial_of(storage: optuna.storages.RDBStorage, study: str, key: str):
     except KeyError:  # the launcher has not created the study yet
         return None
     for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("worker") == key and "mlflow_run_id" in t.user_attrs:
+        if t.user_attrs.get("worker") == key and "mlflow_run_id" in t.user_attrs \
+                and len(t.intermediate_values) >= epochs:
             return t
     return None
 
@@ -214,16 +217,17 @@ def test_a_stopped_and_a_killed_container_lose_no_trial(tmp_path, pg_url, tracki
     # Rule: of three worker containers, one gets `docker stop` (SIGTERM) and one `docker kill`
     # (SIGKILL) mid-trial. The stopped one fails its trial as interrupted and ends its run KILLED;
     # the killed one's trial is failed once its heartbeat stops, its run ended KILLED and its
-    # parameters run again; the third container spends the budget, and the launch succeeds.
+    # parameters run again; each copy resumes its trial's checkpoint; the third container spends
+    # the budget, and the launch succeeds.
     write_space(tmp_path, "faults", n_trials=3, epochs=30, heartbeat_s=1, grace_s=5)
     launch = start_launch(tmp_path, pg_url, tracking, worker_image, workers=3)
     prefix = f"hpo-faults-{launch.pid}-"
     storage = optuna.storages.RDBStorage(pg_url)
     try:
-        stopped = wait_for(lambda: running_trial_of(storage, "faults", f"{prefix}0:1"), 300,
-                           "a running trial in container 0", poll=0.5)
-        killed = wait_for(lambda: running_trial_of(storage, "faults", f"{prefix}1:1"), 300,
-                          "a running trial in container 1", poll=0.5)
+        stopped = wait_for(lambda: running_trial_of(storage, "faults", f"{prefix}0:1", epochs=1),
+                           300, "an epoch of a trial in container 0", poll=0.5)
+        killed = wait_for(lambda: running_trial_of(storage, "faults", f"{prefix}1:1", epochs=1),
+                          300, "an epoch of a trial in container 1", poll=0.5)
         docker("stop", "--time", "60", f"{prefix}0")
         docker("kill", f"{prefix}1")
         assert_launched(launch, tmp_path / "launch.log")
@@ -248,6 +252,13 @@ def test_a_stopped_and_a_killed_container_lose_no_trial(tmp_path, pg_url, tracki
     assert reruns[0].params == killed.params
     run = client.get_run(killed.user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED" and "no heartbeat" in run.data.tags["hpo.fail_reason"]
+    # Both copies resumed their trial's checkpoint (in the launch folder's checkpoints/, which
+    # every container mounts read-write) instead of starting from epoch 0, and removed it.
+    for lost in (by_number[stopped.number], by_number[killed.number]):
+        (copy,) = [t for t in trials if t.system_attrs.get("failed_trial") == lost.number]
+        assert copy.user_attrs["resumed"]["trial"] == lost.number, copy.user_attrs
+        assert copy.user_attrs["resumed"]["epoch"] >= len(lost.intermediate_values) - 1 >= 0
+    assert not list((tmp_path / "checkpoints").rglob("*.npz"))
 
 
 def test_a_container_with_a_bad_storage_exits_with_one_line(tmp_path, worker_image):

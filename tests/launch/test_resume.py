@@ -114,6 +114,12 @@ def test_a_trial_stopped_by_sigterm_resumes_from_the_epoch_it_stopped_at(tmp_pat
     lost, trials = _preempt(tmp_path, "stopped", signal.SIGTERM)
     assert lost.user_attrs["fail_reason"] == "interrupted"
     _assert_resumed(tmp_path, lost, trials, recomputed_at_most=0)
+    # `hpo status` says which trial went on from which.
+    out = hpo_cmd(tmp_path, "status", "stopped", "--storage", f"sqlite:///{tmp_path / 'hpo.db'}")
+    copy = next(t for t in trials if t.system_attrs.get("failed_trial") == lost.number)
+    epoch = copy.user_attrs[RESUMED_KEY]["epoch"]
+    assert f"interrupted; rerun as trial {copy.number}" in out.stdout, out.stdout
+    assert f"resumed trial {lost.number} at epoch {epoch}" in out.stdout, out.stdout
 
 
 def test_checkpoints_off_starts_the_copy_from_epoch_0(tmp_path):
