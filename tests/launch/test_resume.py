@@ -1,7 +1,9 @@
 """Preempted trials resume where they stopped: a worker killed (SIGKILL) or stopped (SIGTERM)
 mid-trial leaves its checkpoint, and the trial's copy, run by the next worker, goes on from it.
 
-    .venv/bin/python -m pytest tests/launch/test_resume.py -q -p no:cacheprovider
+    .venv/bin/python -m pytest tests/launch/test_resume.py -m "e2e or not e2e" -q -p no:cacheprovider
+
+The SIGKILL case and checkpoints off are end-to-end tests (make test-e2e).
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ def _assert_resumed(tmp_path: Path, lost, trials, *, recomputed_at_most: int) ->
     assert not list((tmp_path / "checkpoints").rglob("*")), list((tmp_path / "checkpoints").rglob("*"))
 
 
+@pytest.mark.e2e  # with the SIGTERM case below in make test, this one in make test-e2e
 def test_a_trial_killed_mid_training_resumes_from_its_last_checkpoint(tmp_path):
     # Rule: SIGKILL after two epochs (no chance to say anything): the heartbeat finds the trial
     # lost, fails it and queues its copy, which resumes from the last whole checkpoint (at most
@@ -122,6 +125,7 @@ def test_a_trial_stopped_by_sigterm_resumes_from_the_epoch_it_stopped_at(tmp_pat
     assert f"resumed trial {lost.number} at epoch {epoch}" in out.stdout, out.stdout
 
 
+@pytest.mark.e2e
 def test_checkpoints_off_starts_the_copy_from_epoch_0(tmp_path):
     # Rule: study.checkpoint off: nothing is written, and the copy of a stopped trial trains from
     # epoch 0 (as before checkpoints existed).
