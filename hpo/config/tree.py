@@ -12,6 +12,7 @@ rotations of the square as augmentation. `preset: report` restores the report's 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -111,8 +112,27 @@ class ModelConfig(_Section):
     filters: int | None = Field(
         None, ge=1, description="If set, every conv layer gets this many filters (report's scan)."
     )
+    width: float = Field(
+        1.0, gt=0, le=16,
+        description="Multiplier of every conv layer's filters (conv_blocks, or filters when set), "
+        "rounded half up, at least 1; 1 builds the layout as written. Depth is searched as a "
+        "categorical over conv_blocks layouts.",
+    )
     kernel_size: int = Field(2, ge=1, description="Square conv kernel, pixels.")
     padding: Literal["same", "valid"] = "same"
+    block: Literal["plain", "residual"] = Field(
+        "plain",
+        description="plain: each block's conv layers in a row (the report's). residual: the "
+        "block's input is added to its last conv layer's output (after its BN, before its "
+        "activation and the block's pooling), through a 1x1 conv where the channel count "
+        "changes, and centre-cropped where padding valid shrinks the image.",
+    )
+    head: Literal["flatten", "global_avg", "global_max"] = Field(
+        "flatten",
+        description="What turns the last feature map into the dense part's input: flatten (every "
+        "pixel of every filter, the report's), or the mean or maximum of each filter over the "
+        "image (one number per filter, whatever the image size).",
+    )
     pool: PoolConfig = PoolConfig()
     conv_activation: ActivationConfig = ActivationConfig()
     dense_activation: ActivationConfig = ActivationConfig()
@@ -135,6 +155,12 @@ class ModelConfig(_Section):
         "redshift; rate: counts scaled to the training split's median exposure (x t_ref / t) "
         "before the transform; both.",
     )
+
+    def layout(self) -> list[list[int]]:
+        """The filters of each conv layer as the builder lays them out, grouped in blocks:
+        conv_blocks (every layer at `filters` when set) times `width`, rounded half up, >= 1."""
+        return [[max(1, math.floor((self.filters or f) * self.width + 0.5)) for f in block]
+                for block in self.conv_blocks]
 
     @model_validator(mode="after")
     def _check_layout(self) -> ModelConfig:

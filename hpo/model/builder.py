@@ -8,9 +8,16 @@ Inputs:  images     (N, H, W, C) float32 photon counts, channels last (50 x 50 x
 Output:  log_mass (N, 1) = [mu], or (N, 2) = [mu, sigma] with a sigma head; log10(M500/Msun), dex
 
     images -> [augment] -> [x t_ref / exposure: exposure_mode rate, both] -> transform -> standardise
-           -> { conv (+BN) -> act } x layers -> pool   (one per conv block)
-           -> flatten -> concat(redshift [, log exposure: head, both])
+           -> { conv (+BN) -> act } x layers -> pool   (one per conv block; filters x width)
+           -> flatten | global avg | global max (model.head)
+           -> concat(redshift [, log exposure: head, both])
            -> { dense -> act -> [dropout] } x dense -> mu [, sigma]
+
+    model.block residual (post-activation, as ResNet v1), per conv block:
+        in -> { conv (+BN) -> act } x (layers - 1) -> conv (+BN) -> add(shortcut) -> act -> pool
+        shortcut: in [-> centre crop: padding valid] [-> 1x1 conv (+BN): channels change]
+    Layer names are the plain block's (conv{b}_{i}, bn{b}_{i}, conv{b}_{i}_act, pool{b}) plus
+    add{b}, shortcut{b}, shortcut{b}_bn, shortcut{b}_crop.
 """
 
 from __future__ import annotations
@@ -36,6 +43,10 @@ from hpo.inference.layers import SigmaScale
 EXPOSURE_INPUT = "exposure_s"  # the input's name: the data contract's key
 SIGMA_SCALE = "sigma_scale"  # the last layer of a model trained with train.calibrate_sigma
 LOG_MASS_SHIFT = "log_mass_shift"  # the layer before it, with train.calibrate_bias
+# model.head: the layer between the last feature map and the dense part, and its name
+HEADS = {"flatten": keras.layers.Flatten, "global_avg": keras.layers.GlobalAveragePooling2D,
+         "global_max": keras.layers.GlobalMaxPooling2D}
+HEAD_NAMES = {"flatten": "flatten", "global_avg": "global_pool", "global_max": "global_pool"}
 
 
 @dataclass(frozen=True)
@@ -141,10 +152,11 @@ def build_model(
         )(x)
 
     conv_reg = cfg.regularizer if cfg.regularizer.layers in ("conv", "both") else None
-    for b, block in enumerate(cfg.conv_blocks):
+    for b, block in enumerate(cfg.layout()):
+        block_in = x
         for i, filters in enumerate(block):
             x = keras.layers.Conv2D(
-                cfg.filters or filters,
+                filters,
                 cfg.kernel_size,
                 padding=cfg.padding,
                 name=f"conv{b}_{i}",
@@ -152,12 +164,15 @@ def build_model(
             )(x)
             if cfg.batch_norm:
                 x = keras.layers.BatchNormalization(name=f"bn{b}_{i}")(x)
+            if cfg.block == "residual" and i == len(block) - 1:
+                short = _shortcut(block_in, cfg, b, len(block), filters, conv_reg)
+                x = keras.layers.Add(name=f"add{b}")([x, short])
             x = _activation(cfg.conv_activation, f"conv{b}_{i}_act")(x)
         if cfg.pool.type != "none" and cfg.pool.size > 1:
             pool = keras.layers.MaxPooling2D if cfg.pool.type == "max" else keras.layers.AveragePooling2D
             x = pool(cfg.pool.size, padding="same", name=f"pool{b}")(x)
 
-    x = keras.layers.Flatten(name="flatten")(x)
+    x = HEADS[cfg.head](name=HEAD_NAMES[cfg.head])(x)
     if cfg.use_redshift:
         z = keras.layers.Normalization(
             axis=-1, mean=[stats.redshift_mean], variance=[stats.redshift_std**2], name="z_scale"
@@ -193,6 +208,22 @@ def build_model(
     if sigma_head is not None and calibrate_sigma:
         outputs = SigmaScale(dtype="float32", name=SIGMA_SCALE)(outputs)
     return keras.Model(inputs=inputs, outputs=outputs, name="xray_cluster_mass")
+
+
+def _shortcut(x: Any, cfg: ModelConfig, b: int, layers: int, filters: int,
+              reg: RegularizerConfig | None) -> Any:
+    """Block `b`'s input as its residual branch's output: centre-cropped by the pixels its
+    `layers` valid convs take off, then a 1x1 conv (and BN with batch_norm) where the channels
+    change; the input itself otherwise."""
+    if cfg.padding == "valid" and cfg.kernel_size > 1:
+        lost = layers * (cfg.kernel_size - 1)
+        crop = (lost // 2, lost - lost // 2)
+        x = keras.layers.Cropping2D((crop, crop), name=f"shortcut{b}_crop")(x)
+    if x.shape[-1] != filters:
+        x = keras.layers.Conv2D(filters, 1, name=f"shortcut{b}", **_regularizers(reg))(x)
+        if cfg.batch_norm:
+            x = keras.layers.BatchNormalization(name=f"shortcut{b}_bn")(x)
+    return x
 
 
 def _sigma_output(x: Any, mu: Any, kind: str, label_std: float) -> Any:
