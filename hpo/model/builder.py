@@ -16,6 +16,7 @@ Output:  log_mass (N, 1) = [mu], or (N, 2) = [mu, sigma] with a sigma head; log1
     model.block residual (post-activation, as ResNet v1), per conv block:
         in -> { conv (+BN) -> act } x (layers - 1) -> conv (+BN) -> add(shortcut) -> act -> pool
         shortcut: in [-> centre crop: padding valid] [-> 1x1 conv (+BN): channels change]
+        the branch's last conv kernel (its BN's gamma with batch_norm) starts at zero
     Layer names are the plain block's (conv{b}_{i}, bn{b}_{i}, conv{b}_{i}_act, pool{b}) plus
     add{b}, shortcut{b}, shortcut{b}_bn, shortcut{b}_crop.
 """
@@ -155,16 +156,23 @@ def build_model(
     for b, block in enumerate(cfg.layout()):
         block_in = x
         for i, filters in enumerate(block):
+            # A residual block starts as its shortcut: the last conv (or its BN's scale) of the
+            # branch starts at zero (Fixup; Goyal et al. 2017), so the sum does not double the
+            # signal at every block (measured: docs/configs.md, "A wider model family").
+            last = cfg.block == "residual" and i == len(block) - 1
+            zero_conv = {"kernel_initializer": "zeros"} if last and not cfg.batch_norm else {}
             x = keras.layers.Conv2D(
                 filters,
                 cfg.kernel_size,
                 padding=cfg.padding,
                 name=f"conv{b}_{i}",
+                **zero_conv,
                 **_regularizers(conv_reg),
             )(x)
             if cfg.batch_norm:
-                x = keras.layers.BatchNormalization(name=f"bn{b}_{i}")(x)
-            if cfg.block == "residual" and i == len(block) - 1:
+                zero_bn = {"gamma_initializer": "zeros"} if last else {}
+                x = keras.layers.BatchNormalization(name=f"bn{b}_{i}", **zero_bn)(x)
+            if last:
                 short = _shortcut(block_in, cfg, b, len(block), filters, conv_reg)
                 x = keras.layers.Add(name=f"add{b}")([x, short])
             x = _activation(cfg.conv_activation, f"conv{b}_{i}_act")(x)

@@ -110,6 +110,22 @@ def test_the_shortcut_carries_the_input_when_the_branch_is_silenced():
 
 
 @pytest.mark.parametrize("batch_norm", [False, True])
+def test_a_residual_block_starts_as_its_shortcut(batch_norm):
+    # Rule: the branch's last conv kernel (its BN's gamma with batch_norm) starts at zero, so at
+    # initialisation each block outputs act(shortcut) and the sums do not grow block by block;
+    # the branch's other layers start as the plain stack's.
+    model = _build({"model.block": "residual", "model.batch_norm": batch_norm})
+    for b, last in ((0, 2), (1, 1)):
+        zeroed = model.get_layer(f"bn{b}_{last}").gamma if batch_norm else model.get_layer(
+            f"conv{b}_{last}").kernel
+        assert not np.any(np.asarray(zeroed))
+        assert np.any(np.asarray(model.get_layer(f"conv{b}_0").kernel))
+    probe = keras.Model(model.input, [model.get_layer("add1").output, model.get_layer("pool0").output])
+    added, shortcut = (np.asarray(t) for t in probe(_x(2)))
+    np.testing.assert_allclose(added, shortcut, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
 @pytest.mark.parametrize("kernel", [2, 3])
 def test_residual_with_valid_padding_crops_the_shortcut_to_the_branch(batch_norm, kernel):
     # Rule: with padding valid a block's convs take (kernel - 1) pixels each; the shortcut is
