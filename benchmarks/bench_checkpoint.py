@@ -19,6 +19,7 @@ import argparse
 import os
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 from bench_training import EpochTimer  # its epoch includes the other callbacks' work: add it last
@@ -33,6 +34,17 @@ from hpo.training.checkpoint import identity
 from hpo.training.loop import train
 
 ROWS = ("off", "every_epoch")
+
+
+class CpuTimer(EpochTimer):
+    """CPU time of each epoch, all threads of the process (the writing thread's included): what
+    the work costs, whatever the neighbours of a shared VM take of the cores."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._c0 = time.process_time()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.seconds.append(time.process_time() - self._c0)
 
 
 def main() -> str:
@@ -55,6 +67,7 @@ def main() -> str:
                            "train.epochs": args.epochs, "train.early_stopping_patience": None})
 
     timers: dict[str, list[EpochTimer]] = {row: [] for row in ROWS}
+    cpu: dict[str, list[float]] = {row: [] for row in ROWS}
     files: list[CheckpointFile] = []
     n_train = 0
     for _ in range(args.repeats):
@@ -63,9 +76,10 @@ def main() -> str:
             if row != "off":
                 file = CheckpointFile(Path(tempfile.mkdtemp(prefix="bench_ckpt_")) / "trial-0",
                                       identity(cfg, "bench"))
-            timer = EpochTimer()
-            result = train(cfg, ds, callbacks=[timer], checkpoint=file)
+            timer, cpu_timer = EpochTimer(), CpuTimer()
+            result = train(cfg, ds, callbacks=[cpu_timer, timer], checkpoint=file)
             timers[row].append(timer)
+            cpu[row] += cpu_timer.seconds[1:]
             n_train = len(result.split.train)
             if file is not None:
                 file.wait()
@@ -91,9 +105,12 @@ def main() -> str:
         f"run{'s' if args.repeats > 1 else ''} of each, alternating; checkpoint file "
         f"{size_mb:.1f} MB:",
         "",
-        "| run | epochs/s (fastest) | ratio | epochs/s (median) | ratio |",
-        "| --- | ---: | ---: | ---: | ---: |",
-        *(f"| {names[row]} | {fast:.3f} | {fast / base_fast:.3f} | {med:.3f} | {med / base_med:.3f} |"
+        "| run | epochs/s (fastest) | ratio | epochs/s (median) | ratio | CPU s an epoch (median) "
+        "| ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *(f"| {names[row]} | {fast:.3f} | {fast / base_fast:.3f} | {med:.3f} | {med / base_med:.3f} "
+          f"| {statistics.median(cpu[row]):.2f} "
+          f"| {statistics.median(cpu[row]) / statistics.median(cpu['off']):.3f} |"
           for row, (fast, med, _) in rates.items()),
         "",
         f"Measured directly: a checkpoint took {copy_s * 1e3:.1f} ms of the trial's thread (the "
