@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -54,6 +56,24 @@ def admin_conninfo_or_skip() -> str:
             "(trust auth, user postgres or root)"
         )
     return info
+
+
+@contextmanager
+def fresh_database(name: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database `name` (lower case), dropped afterwards; yields its URL.
+    Skips where no server answers."""
+    from tests._workers import close_polling_storage
+
+    info = admin_conninfo_or_skip()
+    user = info.split("user=")[1].split()[0]
+    admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin_execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}"
+    try:
+        yield url
+    finally:
+        close_polling_storage(url)
+        admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def db_name(url: str) -> str:

@@ -86,24 +86,11 @@ def signal_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for this test module, dropped afterwards."""
-    from tests._postgres import PG_HOST
-    from tests._postgres import PG_PORT
-    from tests._postgres import admin_conninfo_or_skip
-    from tests._postgres import admin_execute
-    from tests._workers import close_polling_storage
+    from tests._postgres import fresh_database
 
-    info = admin_conninfo_or_skip()
-    user = info.split("user=")[1].split()[0]
     module = request.module.__name__.removeprefix("tests.").replace(".", "_")  # store_test_retry
-    name = f"hpo_{module}_{os.getpid()}".lower()
-    admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin_execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}"
-    try:
+    with fresh_database(f"hpo_{module}_{os.getpid()}".lower()) as url:
         yield url
-    finally:
-        close_polling_storage(url)
-        admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")

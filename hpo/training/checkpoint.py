@@ -170,7 +170,10 @@ class CheckpointFile:
             self.write_seconds += time.perf_counter() - t0
         except BaseException as exc:  # noqa: BLE001  a full disk costs the checkpoint, not the trial
             self._error = exc
-            tmp.unlink(missing_ok=True)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass  # no folder to hold it (a file in the way): nothing was written
 
     def _read(self) -> tuple[TrainingState, dict[str, Any]]:
         with np.load(self.path, allow_pickle=False) as npz:

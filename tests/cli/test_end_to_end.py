@@ -1,4 +1,8 @@
-"""The command line end to end on real SQLite stores: launch, worker, status, promote, pull, predict."""
+"""The command line end to end on real SQLite stores: launch, worker, status, promote, pull, predict.
+
+Minutes of subprocesses that each load TensorFlow: make test-e2e (CI) runs them; each command's
+own behaviour is tested in make test by the tests of its module.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import yaml
 from tests.conftest import make_signal_data
 from tests.conftest import write_h5
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 TINY = {
     "model": {"conv_blocks": [[8], [8]], "pool": {"size": 2}, "dense": [32, 16]},

@@ -27,16 +27,12 @@ from mlflow import MlflowClient
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
-from tests._postgres import PG_HOST
-from tests._postgres import PG_PORT
-from tests._postgres import admin_conninfo_or_skip
-from tests._postgres import admin_execute
+from tests._postgres import fresh_database
 from tests._servers import mlflow_server
 from tests._slurm import Slurm
 from tests._slurm import array_task_of
 from tests._workers import TINY
 from tests._workers import clean_env
-from tests._workers import close_polling_storage
 from tests._workers import trials_of
 from tests._workers import wait_for
 from tests.conftest import make_signal_data
@@ -56,17 +52,9 @@ FINISHED = ("COMPLETE", "PRUNED")
 @pytest.fixture()
 def storage(request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh PostgreSQL database for this test, dropped afterwards."""
-    info = admin_conninfo_or_skip()
-    user = info.split("user=")[1].split()[0]
     name = f"hpo_slurm_{request.node.name.removeprefix('test_')[:30]}_{os.getpid()}".lower()
-    admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin_execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}"
-    try:
+    with fresh_database(name) as url:
         yield url
-    finally:
-        close_polling_storage(url)
-        admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")

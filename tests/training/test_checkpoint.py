@@ -192,6 +192,7 @@ def test_a_checkpoint_that_cannot_be_used_is_refused_in_one_line(tmp_path, caplo
     assert expected in lines[0]
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_checkpoint_that_cannot_be_written_costs_the_checkpoint_not_the_run(tmp_path, caplog):
     # A file where the folder should be (or a full disk): the write fails on its thread, the
     # next save or wait says so in one line, and the previous checkpoint stays.
