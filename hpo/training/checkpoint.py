@@ -111,7 +111,8 @@ class CheckpointFile:
             return None
         try:
             state = self._read()
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile,
+                EOFError) as exc:  # a truncated, foreign or hand-edited file
             why = f"cannot be read ({first_line(exc)})"
         else:
             why = self._mismatch(state[1])
@@ -125,9 +126,9 @@ class CheckpointFile:
         self.wait()
         meta = {**self.ident, "epoch": state.epoch, "best_value": state.best_value,
                 "best_epoch": state.best_epoch, "stopped": state.stopped,
-                "history": state.history, "learning_rate": state.learning_rate, "run_id": self.run_id, "trial": self.trial,
-                "n_best": -1 if state.best is None else len(state.best),
-                "written": time.time()}
+                "history": state.history, "learning_rate": state.learning_rate,
+                "run_id": self.run_id, "trial": self.trial,
+                "n_best": -1 if state.best is None else len(state.best), "written": time.time()}
         arrays = {f"v{i}": a for i, a in enumerate(state.variables)}
         arrays |= {f"o{i}": a for i, a in enumerate(state.optimizer)}
         arrays |= {f"b{i}": a for i, a in enumerate(state.best or [])}
