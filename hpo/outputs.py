@@ -179,7 +179,11 @@ def check_writable_folder(folder: str | Path, *, option: str) -> None:
     Raises:
         OutputError: one line naming `option` and `folder` and why.
     """
-    created = make_folders(folder, option=option)
+    try:
+        created = make_folders(folder, option=option)
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte: no folder can be made
+        why = _reason(exc) if isinstance(exc, OSError) else str(exc)
+        raise OutputError(f"{_as(option)}{str(folder)[:200]!r}: not a usable folder ({why})") from None
     try:
         _remove(_create_temp(Path(folder) / "write-check", option))
     finally:

@@ -11,6 +11,7 @@ import pytest
 
 from hpo.outputs import atomic_outputs
 from hpo.outputs import check_outputs
+from hpo.outputs import check_writable_folder
 from hpo.outputs import OutputError
 from hpo.outputs import TEMP_PREFIX
 
@@ -189,3 +190,23 @@ def test_outputs_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(old)
     assert out.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("name", ["blocker/checkpoints", "a\x00b", "x" * 5000])
+def test_a_folder_that_cannot_hold_files_is_refused_in_one_line(tmp_path, monkeypatch, name):
+    # Bad input: study.checkpoint_dir under a file, with a NUL byte, or a name too long for the
+    # file system: one OutputError line naming the option, never a traceback.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "blocker").write_text("a file")
+    with pytest.raises(OutputError) as info:
+        check_writable_folder(name, option="study.checkpoint_dir")
+    assert str(info.value).startswith("study.checkpoint_dir ") and "\n" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
+
+
+def test_a_writable_folder_passes_and_is_left_as_found(tmp_path):
+    check_writable_folder(tmp_path / "new" / "deeper", option="study.checkpoint_dir")
+    assert list(tmp_path.iterdir()) == []  # the folders it made for the check are gone
+    (tmp_path / "kept").mkdir()
+    check_writable_folder(tmp_path / "kept", option="study.checkpoint_dir")
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and not list((tmp_path / "kept").iterdir())
