@@ -147,14 +147,16 @@ class CheckpointFile:
             self._error = None
 
     def remove(self) -> None:
-        """Deletes the checkpoint and its folder (the trial has ended and needs it no more)."""
+        """Deletes the checkpoint, its folder and the study's folder above it if that is left
+        empty (the trial has ended and needs it no more)."""
         self.wait()
         for leftover in [self.path, *self.folder.glob(f".{FILE}.*")]:
             leftover.unlink(missing_ok=True)
-        try:
-            self.folder.rmdir()
-        except OSError:
-            pass  # not empty (a foreign file) or gone
+        for folder in (self.folder, self.folder.parent):
+            try:
+                folder.rmdir()
+            except OSError:
+                return  # not empty (another trial's checkpoints, a foreign file) or gone
 
     def _write(self, arrays: dict[str, Any]) -> None:
         tmp = self.folder / f".{FILE}.{os.getpid()}.{threading.get_ident()}"

@@ -86,7 +86,8 @@ def test_a_server_gone_for_good_fails_the_trial_with_the_reason(tracking_server,
     # Rule: when the server stays away past the retry window, the trial fails (TrialFailed, so the
     # worker goes on) with a reason of kind "tracking:" naming the server, within about one window.
     proxy = TcpProxy(int(tracking_server.rsplit(":", 1)[1]))
-    space = parse_space({"study": {"name": "gone", "n_trials": 1, "pruner": {"type": "none"}},
+    space = parse_space({"study": {"name": "gone", "n_trials": 1, "pruner": {"type": "none"},
+                                   "checkpoint_dir": str(data.parent / "checkpoints")},
                          "data": {"path": str(data)}, "base": {**TINY, "train": {**TINY["train"], "epochs": 30}},
                          "params": {"model.dropout.rate": {"float": [0.0, 0.2]}}}, source="test")
     tracker = Tracker(proxy.url, retry_window_s=2)

@@ -162,7 +162,7 @@ BLOCK_MLFLOW = textwrap.dedent("""
     ds = load_dataset(data)
     params = {"model.dropout.rate": {"float": [0.0, 0.2], "step": 0.1}}
     space = parse_space({"study": {"name": "bare", "n_trials": 2, "sampler": {"type": "random", "seed": 0},
-                                   "pruner": {"type": "none"}},
+                                   "pruner": {"type": "none"}, "checkpoint_dir": f"{tmp}/checkpoints"},
                          "data": {"path": data}, "base": tiny, "params": params}, source="bare.yaml")
     one = run_trial(space.resolved_base(), ds, NullRecorder())
     study = optuna.create_study()
