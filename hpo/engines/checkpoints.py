@@ -31,9 +31,14 @@ def first_of(system_attrs: dict, number: int) -> int:
     return int(system_attrs.get(RETRIED_KEY, number))
 
 
+def study_folder(space: SearchSpace, study_name: str) -> Path:
+    """The folder of a study's trials' checkpoint folders."""
+    return Path(space.study.checkpoint_dir) / study_name
+
+
 def checkpoint_folder(space: SearchSpace, study_name: str, first: int) -> Path:
     """The folder of the checkpoints of trial `first` and its copies."""
-    return Path(space.study.checkpoint_dir) / study_name / f"trial-{first}"
+    return study_folder(space, study_name) / f"trial-{first}"
 
 
 def remove_stranded(study: optuna.Study, space: SearchSpace) -> list[int]:
@@ -45,7 +50,7 @@ def remove_stranded(study: optuna.Study, space: SearchSpace) -> list[int]:
     """
     if space.study.checkpoint == "off":
         return []
-    root = Path(space.study.checkpoint_dir) / study.study_name
+    root = study_folder(space, study.study_name)
     if not root.is_dir():
         return []
     alive = {first_of(t.system_attrs, t.number)
