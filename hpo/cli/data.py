@@ -26,6 +26,9 @@ def simulate(
     events: Path | None = typer.Option(
         None, "--events", help="Also write the clusters as eROSITA survey files in this folder (eSASS event "
         "lists per tile, exposure maps, catalog.fits): a fixture for hpo cutouts."),
+    keep_light_leak: bool = typer.Option(
+        False, "--keep-light-leak", help="Count TM5/TM7 below 0.8 keV too, as `hpo cutouts --keep-light-leak` "
+        "does (by default the images hold what hpo cutouts keeps: no TM5/TM7 counts below 0.8 keV)."),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Write an eROSITA-like mock data set (images, redshift, exposure_s, log_mass, truth/)."""
@@ -45,6 +48,10 @@ def simulate(
         fixture = fixture_files(events, n)
     check_outputs([out, *fixture], inputs=[config], overwrite=overwrite, option="")
     cfg = load_sim_config(config, preset)
+    if keep_light_leak:
+        from hpo.data.sim.config import apply_sim_overrides
+
+        cfg = apply_sim_overrides({"instrument.light_leak_cut": False}, base=cfg, where="--keep-light-leak")
     fx = None
     # The data file and its fixture appear together: the fixture is written (whole) from the
     # data file's temporary, before that is renamed.

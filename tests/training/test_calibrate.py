@@ -10,6 +10,7 @@ import pytest
 
 from hpo.config import apply_overrides
 from hpo.data import load_dataset
+from hpo.data.sim.simulator import GENERATOR
 from hpo.errors import ConfigError
 from hpo.errors import DataContractError
 from hpo.errors import TrialFailed
@@ -28,7 +29,7 @@ EXPOSURE = (150.0, 2500.0)
 def _simulated(path, n, seed):
     path = write_h5(path, make_signal_data(n, seed=seed, exposure=EXPOSURE))
     with h5py.File(path, "a") as f:  # what hpo simulate writes
-        f.attrs["generator"], f.attrs["seed"] = "hpo.simulator/1", seed
+        f.attrs["generator"], f.attrs["seed"] = GENERATOR, seed
     return path
 
 

@@ -13,6 +13,7 @@ from typing import Annotated
 from typing import Any
 from typing import Literal
 
+import numpy as np
 from pydantic import AfterValidator
 from pydantic import BaseModel
 from pydantic import ConfigDict
@@ -36,6 +37,7 @@ PRESETS: dict[str, tuple[float, float]] = {
 """Survey presets: per-cluster exposure range (s), drawn uniformly within it (log-uniformly for
 the presets of EXPOSURE_DISTRIBUTION)."""
 EXPOSURE_DISTRIBUTION: dict[str, str] = {"mixed": "log_uniform"}  # else uniform
+MODULES = 7  # eROSITA's telescope modules TM1-7; area_cm2 is theirs together
 
 
 def _ordered(value: tuple[float, float]) -> tuple[float, float]:
@@ -169,6 +171,16 @@ class InstrumentConfig(_Section):
         gt=0,
         description="PSF radius kept (renormalised inside); also the cut-out's margin.",
     )
+    light_leak_cut: bool = Field(
+        True,
+        description="Cut-outs keep no counts of light_leak_modules below light_leak_kev, as `hpo "
+        "cutouts` drops them by default (their optical light leak); off: every module at every "
+        "energy, the twin of `hpo cutouts --keep-light-leak`.",
+    )
+    light_leak_modules: list[int] = Field(
+        [5, 7], description="Telescope modules (of TM1-7) without the on-chip filter."
+    )
+    light_leak_kev: float = Field(0.8, gt=0, description="Energy below which they are cut, keV.")
 
     @model_validator(mode="after")
     def _area_table(self) -> InstrumentConfig:
@@ -178,6 +190,23 @@ class InstrumentConfig(_Section):
         if any(y <= x for x, y in zip(e, e[1:])) or min(e) <= 0 or min(a) <= 0:
             raise ValueError("area_energy_kev must increase and both columns must be > 0")
         return self
+
+    @field_validator("light_leak_modules")
+    @classmethod
+    def _modules(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value) or not set(value) <= set(range(1, MODULES + 1)):
+            raise ValueError(f"light_leak_modules must be distinct modules of 1-{MODULES}, got {value}")
+        if len(value) == MODULES:
+            raise ValueError("light_leak_modules cannot be every module: no area would be left")
+        return value
+
+    def kept_share(self, energy_kev: np.ndarray) -> np.ndarray:
+        """Share of the seven modules' area whose counts a cut-out keeps at `energy_kev`."""
+        energy_kev = np.asarray(energy_kev, dtype=np.float64)
+        if not self.light_leak_cut:
+            return np.ones_like(energy_kev)
+        kept = 1.0 - len(self.light_leak_modules) / MODULES
+        return np.where(energy_kev < self.light_leak_kev, kept, 1.0)
 
     @property
     def pixel_arcsec(self) -> float:

@@ -21,10 +21,12 @@ KEV_ERG = 1.602_176_634e-9  # one keV in erg
 
 
 def effective_area(energy_kev: np.ndarray, cfg: SimConfig) -> np.ndarray:
-    """Effective area at `energy_kev` (any shape), cm^2; log-log interpolation of the table."""
+    """Effective area whose counts a cut-out keeps at `energy_kev` (any shape), cm^2: the seven
+    modules' table (log-log interpolated), less TM5 and TM7 below 0.8 keV under the light-leak cut
+    that `hpo cutouts` applies by default (instrument.light_leak_cut)."""
     e = np.log(np.asarray(cfg.instrument.area_energy_kev))
     a = np.log(np.asarray(cfg.instrument.area_cm2))
-    return np.exp(np.interp(np.log(energy_kev), e, a))
+    return np.exp(np.interp(np.log(energy_kev), e, a)) * cfg.instrument.kept_share(energy_kev)
 
 
 def transmission(energy_kev: np.ndarray, nh_cm2: np.ndarray, cfg: SimConfig) -> np.ndarray:
@@ -34,13 +36,25 @@ def transmission(energy_kev: np.ndarray, nh_cm2: np.ndarray, cfg: SimConfig) -> 
 
 
 def _energy_grid(cfg: SimConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Midpoints (K,) keV, widths (K,) keV and channel index (K,) of the quadrature grid."""
+    """Midpoints (K,) keV, widths (K,) keV and channel index (K,) of the quadrature grid.
+
+    Each channel has spectrum.quadrature_bins sub-bins; a channel that the light-leak energy
+    splits has them on both sides of it (in proportion, at least 2 each), so that the step in
+    the area falls on a sub-bin edge rather than inside one.
+    """
     edges = np.asarray(cfg.spectrum.channel_edges_kev)
     m = cfg.spectrum.quadrature_bins
-    frac = (np.arange(m) + 0.5) / m
-    width = np.diff(edges)
-    mid = (edges[:-1, None] + width[:, None] * frac[None, :]).ravel()
-    return mid, np.repeat(width / m, m), np.repeat(np.arange(edges.size - 1), m)
+    cut = cfg.instrument.light_leak_kev if cfg.instrument.light_leak_cut else None
+    mids, widths, chans = [], [], []
+    for c, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        pieces = [(lo, cut), (cut, hi)] if cut is not None and lo < cut < hi else [(lo, hi)]
+        for a, b in pieces:
+            k = m if len(pieces) == 1 else max(2, round(m * (b - a) / (hi - lo)))
+            w = (b - a) / k
+            mids.append(a + w * (np.arange(k) + 0.5))
+            widths.append(np.full(k, w))
+            chans.append(np.full(k, c))
+    return np.concatenate(mids), np.concatenate(widths), np.concatenate(chans)
 
 
 def band_integral(
@@ -116,14 +130,16 @@ def agn_counts_per_flux(nh: np.ndarray, exposure: np.ndarray, cfg: SimConfig) ->
 
 
 def background_spectrum(cfg: SimConfig) -> np.ndarray:
-    """(C,) share of the background in each channel; sums to 1."""
+    """(C,) share of the background's band rate (background.rate_per_arcmin2, all seven modules)
+    in each channel that a cut-out keeps; sums to 1 without the light-leak cut, less with it (the
+    cut drops those modules' particle and sky events alike)."""
     bg = cfg.background
     mid, width, chan = _energy_grid(cfg)
     n_chan = len(cfg.spectrum.channel_edges_kev) - 1
-    area = effective_area(mid, cfg)
+    kept = cfg.instrument.kept_share(mid)
+    area = effective_area(mid, cfg) / kept  # all seven modules' area
     parts = [width, mid ** (-bg.sky_photon_index) * area * width]
     parts.append(np.exp(-mid / bg.soft_kt_kev) / mid * area * width)
-    shares = [_sum_channels(p[None, :], chan, n_chan)[0] for p in parts]
-    shares = [s / s.sum() for s in shares]
+    shares = [_sum_channels((p * kept)[None, :], chan, n_chan)[0] / p.sum() for p in parts]
     sky = (1 - bg.soft_fraction) * shares[1] + bg.soft_fraction * shares[2]
     return bg.particle_fraction * shares[0] + (1 - bg.particle_fraction) * sky

@@ -49,7 +49,7 @@ __all__ = [
     "write_mock",
 ]
 
-GENERATOR = "hpo.simulator/1"
+GENERATOR = "hpo.simulator/2"  # 2: the light-leak cut in the response (instrument.light_leak_cut)
 CHUNK_CLUSTERS = 1000  # clusters per RNG stream and per HDF5 write; part of the seed's meaning
 _BLOCK = 250  # clusters per image batch inside a chunk (bounds the temporaries to ~30 MB each)
 _COUNT_MAX = np.iinfo(np.uint16).max

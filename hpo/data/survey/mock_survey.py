@@ -7,13 +7,18 @@ A test fixture: `hpo cutouts` is tested on the kinds of files the real survey sh
 Every count of every simulated image becomes one event: placed uniformly within its pixel on the
 cluster's TAN cut-out grid (esass.cutout_wcs) and converted to RA/DEC by astropy, with an
 energy drawn uniformly within its channel, a module, pattern, flag and time that pass the standard
-cuts. Clusters sit 0.2 deg apart on a grid of 1 x 1 deg tiles around RA 0, Dec -45 (RA 0 runs
+cuts. Photons reach the modules as the sky sends them, evenly: a mock simulated with the
+light-leak cut (instrument.light_leak_cut, the default) holds the counts of TM1-4 and TM6 only below
+0.8 keV, so its soft counts go to those modules, and TM5 and TM7 get the photons the cut took,
+Poisson(2/5) more per soft count in the same pixel and below 0.8 keV; `hpo cutouts` drops them by
+default and keeps them with --keep-light-leak. A mock simulated without the cut spreads its soft
+counts over all seven modules. Clusters sit 0.2 deg apart on a grid of 1 x 1 deg tiles around RA 0, Dec -45 (RA 0 runs
 through the field); each tile file also holds the events up to 0.02 deg beyond its unique area,
 as DR1 tiles overlap, so a photon near a tile boundary is in both files. Clusters on the grid's
 outer columns stick out of the survey (hpo cutouts must skip them), those on inner tile
 boundaries have events in two files. Added to each cut-out, events the cuts must remove (a bad
-FLAG bit, an invalid pattern, an energy outside 0.2-8 keV, a time outside the GTIs, TM5/TM7
-below 0.8 keV); around the cut-outs, background events fill each tile. The exposure maps hold,
+FLAG bit, an invalid pattern, an energy outside 0.2-8 keV, a time outside the GTIs); around the
+cut-outs, background events fill each tile. The exposure maps hold,
 at each pixel, the exposure of the nearest cluster, and 0 beyond the survey.
 """
 
@@ -32,6 +37,7 @@ from astropy.wcs import WCS
 from scipy.spatial import cKDTree
 
 from hpo import __version__
+from hpo.data.sim.config import MODULES
 from hpo.data.sim.config import SimConfig
 from hpo.data.sim.response import background_spectrum
 from hpo.data.survey.esass import cutout_wcs
@@ -47,7 +53,7 @@ T0, PASS_S, SCAN_S = 6.5e8, 1000.0, 200.0  # GTIs: 5 scans of 200 s, one every 1
 FODDER_SHARE = 0.02  # events the cuts must remove, per kind, as a share of a cut-out's photons
 _GOOD_FLAGS = np.array([0x1, 0x1, 0x1, 0x0, 0x1000001], dtype=np.uint32)  # owner, PHA quality
 _PATTERN_P = np.array([0.6, 0.25, 0.1, 0.05])  # PAT_TYP 1-4
-_FODDER = ("flag", "pattern", "energy", "gti", "light_leak")
+_FODDER = ("flag", "pattern", "energy", "gti")  # light-leak events are the sky's own (_photons)
 
 
 @dataclass
@@ -58,7 +64,8 @@ class EventFixture:
         event_files, exposure_maps: one per tile; catalog: the cluster catalogue (FITS).
         edge_ids: clusters whose cut-out sticks out of the survey (hpo cutouts skips them).
         spanning_ids: clusters whose events are in two or more files.
-        n_photons: events from the images; n_fodder: events the cuts must remove.
+        n_photons: events from the images; n_fodder: events the default cuts must remove
+            (n_light_leak of them the light-leak modules' photons below 0.8 keV).
     """
 
     directory: Path
@@ -69,6 +76,7 @@ class EventFixture:
     spanning_ids: list[int]
     n_photons: int
     n_fodder: int
+    n_light_leak: int
 
 
 def fixture_files(out_dir: str | Path, n: int) -> list[Path]:
@@ -146,12 +154,12 @@ def _write_fixture(temp: dict[Path, Path], out_dir: Path, images: np.ndarray, re
             | (np.abs(eta) + half > ny / 2 + OVERLAP_DEG))  # sticks out of the survey
 
     # ---- events: photons of the images, fodder the cuts must remove, background between
-    parts = [_photons(rng, images, ra, dec, pix, edges_ev)]
-    parts.append(_fodder(rng, images, ra, dec, pix))
-    owner = np.concatenate([parts[0]["owner"], parts[1]["owner"]])
+    photons, leaked = _photons(rng, images, ra, dec, pix, edges_ev, cfg)
+    parts = [photons, leaked, _fodder(rng, images, ra, dec, pix)]
+    owner = np.concatenate([p["owner"] for p in parts])
     parts.append(_background(rng, cfg, plane, tiles, xi, eta, half, edges_ev))
     events = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "owner"}
-    owner = np.concatenate([owner, np.full(parts[2]["ra"].size, -1)])
+    owner = np.concatenate([owner, np.full(parts[-1]["ra"].size, -1)])
     ex, ey = plane.world_to_pixel_values(events["ra"], events["dec"])
 
     event_files, maps, spanning = [], [], np.zeros(n, dtype=int)
@@ -171,12 +179,15 @@ def _write_fixture(temp: dict[Path, Path], out_dir: Path, images: np.ndarray, re
     fixture = EventFixture(out_dir, event_files, maps, catalog,
                            [int(i) for i in np.flatnonzero(edge)],
                            [int(i) for i in np.flatnonzero(spanning >= 2)],
-                           int(parts[0]["ra"].size), int(parts[1]["ra"].size))
+                           int(photons["ra"].size), int(leaked["ra"].size + parts[2]["ra"].size),
+                           int(leaked["ra"].size))
     temp[out_dir / "fixture.json"].write_text(json.dumps({
         **about, "field_centre_deg": FIELD_CENTRE,
         "tiles": len(tiles), "tile_deg": TILE_DEG, "overlap_deg": OVERLAP_DEG,
         "edge_ids": fixture.edge_ids, "spanning_ids": fixture.spanning_ids,
-        "n_photons": fixture.n_photons, "n_fodder": fixture.n_fodder}, indent=1))
+        "n_photons": fixture.n_photons, "n_fodder": fixture.n_fodder,
+        "n_light_leak": fixture.n_light_leak, "light_leak_cut": cfg.instrument.light_leak_cut},
+        indent=1))
     return fixture
 
 
@@ -198,12 +209,16 @@ def _energies(rng: np.random.Generator, chan: np.ndarray, edges_ev: np.ndarray) 
     return np.minimum(e, np.nextafter(hi.astype(np.float32), np.float32(0)))
 
 
-def _good(rng: np.random.Generator, pi: np.ndarray) -> dict[str, np.ndarray]:
-    """Module, pattern, flag and time of events that pass every cut (TM5/7 only above 0.8 keV)."""
+def _good(rng: np.random.Generator, pi: np.ndarray, modules: np.ndarray | None = None,
+          cfg: SimConfig | None = None) -> dict[str, np.ndarray]:
+    """Module, pattern, flag and time of events that pass every standard cut: the module uniform
+    over `modules` (default all seven), or, given a `cfg` with the light-leak cut, over the modules
+    that cut keeps below its energy."""
     m = pi.size
-    tm = rng.integers(1, 8, size=m)
-    soft = pi < 800.0
-    tm[soft] = rng.choice([1, 2, 3, 4, 6], size=int(soft.sum()))
+    tm = rng.choice(np.arange(1, MODULES + 1) if modules is None else modules, size=m)
+    if cfg is not None and cfg.instrument.light_leak_cut:
+        soft = pi < 1000.0 * cfg.instrument.light_leak_kev
+        tm[soft] = rng.choice(_kept_modules(cfg), size=int(soft.sum()))
     scan = rng.integers(0, 5, size=m)
     return {
         "tm_nr": tm,
@@ -213,18 +228,38 @@ def _good(rng: np.random.Generator, pi: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def _kept_modules(cfg: SimConfig) -> np.ndarray:
+    return np.array([t for t in range(1, MODULES + 1)
+                     if t not in cfg.instrument.light_leak_modules])
+
+
 def _photons(rng: np.random.Generator, images: np.ndarray, ra: np.ndarray, dec: np.ndarray,
-             pix: float, edges_ev: np.ndarray) -> dict[str, np.ndarray]:
-    """One event per count of every image, at a uniform spot within its pixel."""
+             pix: float, edges_ev: np.ndarray, cfg: SimConfig
+             ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """One event per count of every image, at a uniform spot within its pixel; and, for a mock
+    with the light-leak cut, the light-leak modules' photons below its energy that the images
+    lack: Poisson(leak / kept modules) per soft count, in its pixel, below the cut energy."""
     size = images.shape[1]
     i, r, c, ch = np.nonzero(images)
     reps = images[i, r, c, ch].astype(np.int64)
     i, r, c, ch = (np.repeat(a, reps) for a in (i, r, c, ch))
-    x = c - 0.5 + rng.uniform(size=c.size)
-    y = r - 0.5 + rng.uniform(size=r.size)
-    out_ra, out_dec = _to_sky(i, x, y, ra, dec, size, pix)
     pi = _energies(rng, ch, edges_ev)
-    return {"ra": out_ra, "dec": out_dec, "pi": pi, **_good(rng, pi), "owner": i}
+    ins = cfg.instrument
+    cut_ev = 1000.0 * ins.light_leak_kev
+    soft = np.flatnonzero(pi < cut_ev) if ins.light_leak_cut else np.zeros(0, dtype=np.int64)
+    twins = np.repeat(soft, rng.poisson(len(ins.light_leak_modules) / _kept_modules(cfg).size,
+                                        size=soft.size))
+    out = []
+    for sel, events_pi, modules in ((slice(None), pi, None), (twins, None, ins.light_leak_modules)):
+        x = c[sel] - 0.5 + rng.uniform(size=c[sel].size)
+        y = r[sel] - 0.5 + rng.uniform(size=r[sel].size)
+        out_ra, out_dec = _to_sky(i[sel], x, y, ra, dec, size, pix)
+        if events_pi is None:  # below the cut within the photon's channel
+            events_pi = _energies(rng, ch[sel], np.minimum(edges_ev, cut_ev))
+        good = (_good(rng, events_pi, cfg=cfg) if modules is None
+                else _good(rng, events_pi, np.asarray(modules)))
+        out.append({"ra": out_ra, "dec": out_dec, "pi": events_pi, **good, "owner": i[sel]})
+    return out[0], out[1]
 
 
 def _fodder(rng: np.random.Generator, images: np.ndarray, ra: np.ndarray, dec: np.ndarray,
@@ -250,9 +285,6 @@ def _fodder(rng: np.random.Generator, images: np.ndarray, ra: np.ndarray, dec: n
                              rng.uniform(8000.0, 12000.0, low.size)).astype(np.float32)
     sel = kind == _FODDER.index("gti")
     ev["time"][sel] += SCAN_S + 100.0  # into the gap after its scan
-    sel = kind == _FODDER.index("light_leak")
-    ev["tm_nr"][sel] = rng.choice([5, 7], size=int(sel.sum()))
-    ev["pi"][sel] = rng.uniform(200.0, 799.0, size=int(sel.sum())).astype(np.float32)
     return ev
 
 
@@ -273,7 +305,8 @@ def _background(rng: np.random.Generator, cfg: SimConfig, plane: WCS, tiles: lis
     far = cKDTree(np.column_stack([xi, eta])).query(np.column_stack([x, y]))[0] > reach
     x, y = x[far], y[far]
     out_ra, out_dec = plane.pixel_to_world_values(x, y)
-    share = background_spectrum(cfg)
+    sky = cfg.model_copy(update={"instrument": cfg.instrument.model_copy(update={"light_leak_cut": False})})
+    share = background_spectrum(sky)  # every module's events: the cuts drop the light leak's
     pi = _energies(rng, rng.choice(share.size, size=x.size, p=share / share.sum()), edges_ev)
     return {"ra": np.asarray(out_ra) % 360.0, "dec": np.asarray(out_dec), "pi": pi,
             **_good(rng, pi)}

@@ -120,6 +120,37 @@ def test_spectrum_hardens_with_temperature() -> None:
     assert np.all(np.diff(hard / soft) > 0), hard / soft
 
 
+def test_the_light_leak_cut_takes_two_of_seven_modules_below_0_8_keV() -> None:
+    # Rule: by default the counts are what hpo cutouts keeps: TM5 and TM7 give nothing below
+    # 0.8 keV, so the channels below it hold exactly 5/7 of the seven modules' counts (cluster,
+    # AGN and background alike), the 0.7-1.0 keV channel between 5/7 and all of them (the step
+    # falls inside it), the channels above it all; `light_leak_cut: false` is the twin of
+    # `hpo cutouts --keep-light-leak`.
+    from hpo.data.sim.response import agn_counts_per_flux
+    from hpo.data.sim.response import background_spectrum
+
+    cut, keep = SimConfig(), apply_sim_overrides({"instrument.light_leak_cut": False})
+    kt, ones = np.array([1.0, 3.0, 8.0]), np.ones(3)
+    ratio = [channel_counts(44 * ones, kt, 0.3 * ones, 3e20 * ones, 2000 * ones, c) for c in (cut, keep)]
+    ratio = ratio[0] / ratio[1]
+    agn = agn_counts_per_flux(3e20 * ones, 2000 * ones, cut) / agn_counts_per_flux(3e20 * ones, 2000 * ones, keep)
+    bkg = background_spectrum(cut) / background_spectrum(keep)
+    for r in (*ratio, *agn, bkg):
+        np.testing.assert_allclose(r[:2], 5 / 7, rtol=1e-6)  # quadratures differ in channel 3
+        assert 5 / 7 + 0.05 < r[2] < 0.95, r[2]  # 0.7-0.8 keV of 0.7-1.0 keV is cut
+        np.testing.assert_allclose(r[3:], 1.0, rtol=1e-6)
+    assert np.isclose(background_spectrum(keep).sum(), 1.0) and background_spectrum(cut).sum() < 0.95
+    assert effective_area(np.array([0.79, 0.81]), cut)[0] == pytest.approx(
+        5 / 7 * effective_area(np.array([0.79]), keep)[0])
+
+
+@pytest.mark.parametrize("modules, why", [([5, 8], "distinct modules of 1-7"), ([5, 5], "distinct"),
+                                          ([1, 2, 3, 4, 5, 6, 7], "every module")])
+def test_light_leak_modules_must_be_some_of_the_seven(modules, why) -> None:
+    with pytest.raises(ConfigError, match=rf"instrument\.light_leak_modules.*{why}"):
+        apply_sim_overrides({"instrument.light_leak_modules": modules})
+
+
 def test_angular_size_shrinks_with_z() -> None:
     # R500 in arcsec and the image's count-weighted radius both shrink with z at fixed mass.
     cfg = apply_sim_overrides(IDEAL)
