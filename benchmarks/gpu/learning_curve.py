@@ -2,13 +2,18 @@
 
     python benchmarks/gpu/learning_curve.py --config champion.yaml --sizes 5000,20000,80000 \
         --seeds 1 --work /tmp/curve --out curve.json
+    python benchmarks/gpu/learning_curve.py --config champion.yaml --sizes 4000,8000,16000,32000 \
+        --parallel 1 --min-epochs 30 --max-epochs 30 --samples 0 --out cpu-curve.json   # a CPU
 
 One eRASS:8 mock of max(sizes) / 0.9 clusters (seed 11) supplies the training sets, each the
 first N / 0.9 clusters split 90/10 into training and validation (no test split); a second mock
 of --test-n clusters (seed 12) is the one test set that every model is scored on, once, with
 test-time augmentation, beside that file's floors. Each size is an `hpo train` run (one process
-per size and seed, all sharing the GPU), with epochs scaled so that every run sees about
+per size and seed, all sharing the GPU, or --parallel at a time), with epochs scaled so that every run sees about
 --samples training clusters in all (at least --min-epochs epochs), early stopping on validation.
+Beside each size, the feature baseline (gradient-boosted trees on aperture photometry) fitted on
+the same clusters and scored on the same test file, so that the curve says what the data buy the
+CNN against what they buy the estimator a scientist tries first.
 """
 
 from __future__ import annotations
@@ -23,7 +28,11 @@ from pathlib import Path
 
 import yaml
 
+import numpy as np
+
+from hpo.data.baseline import feature_baseline
 from hpo.data.baseline import floors
+from hpo.data.contract import Dataset
 from hpo.data.contract import load_dataset
 from hpo.model.metrics import residual_metrics
 from hpo.registry import models
@@ -39,6 +48,8 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=200)
     parser.add_argument("--test-n", type=int, default=5000)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--parallel", type=int, default=0,
+                        help="runs at once (default all: they share a GPU); 1 on a CPU")
     parser.add_argument("--mem-fraction", type=float, default=None,
                         help="GPU memory cap of each run (JAX); default 0.9 / runs")
     parser.add_argument("--work", type=Path, default=Path("/tmp/curve"))
@@ -75,16 +86,30 @@ def main() -> None:
 
     MlflowClient(env["MLFLOW_TRACKING_URI"]).search_experiments(max_results=1)
     t1 = time.time()
-    procs = [subprocess.Popen([*hpo, "train", str(r["config"]), "--json", "--experiment", "learning-curve"],
-                              env=env, stdout=subprocess.PIPE, text=True) for r in runs]
-    for r, p in zip(runs, procs, strict=True):
-        out, _ = p.communicate()
-        r["config"] = str(r["config"])
-        r["returncode"] = p.returncode
-        if p.returncode == 0:
-            r.update(json.loads(out.strip().splitlines()[-1]))
+    at_once = args.parallel or len(runs)
+    for start in range(0, len(runs), at_once):
+        batch = runs[start:start + at_once]
+        procs = [subprocess.Popen([*hpo, "train", str(r["config"]), "--json", "--experiment", "learning-curve"],
+                                  env=env, stdout=subprocess.PIPE, text=True) for r in batch]
+        for r, p in zip(batch, procs, strict=True):
+            out, _ = p.communicate()
+            r["config"] = str(r["config"])
+            r["returncode"] = p.returncode
+            if p.returncode == 0:
+                r.update(json.loads(out.strip().splitlines()[-1]))
     train_s = time.time() - t1
     test = load_dataset(test_file)
+    train = load_dataset(train_file)
+    for n in sizes:  # the trees on the clusters the CNN saw (its validation 10% stops them too)
+        first = int(n / 0.9) + 1
+        both = Dataset(np.concatenate([train.images[:first], test.images]),
+                       np.concatenate([train.redshift[:first], test.redshift]),
+                       np.concatenate([train.log_mass[:first], test.log_mass]), path=train_file)
+        trees = feature_baseline(both, np.arange(first), first + np.arange(len(test)))
+        for r in runs:
+            if r["n_train"] == n:
+                r["feature_baseline"] = trees
+        print(f"n_train {n}: feature baseline {trees['residual_std']:.4f}", flush=True)
     for r in runs:
         if r["returncode"] == 0:
             model = models.load(f"runs:/{r['mlflow_run_id']}/model", env["MLFLOW_TRACKING_URI"])
