@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -130,28 +131,13 @@ def fit_on_device(
     model.stop_training = False
     hooks.on_train_begin()
     epoch_fn = epoch_program(model, loss, data, batch_size, resolve_dispatch(dispatch))
-    with_sigma = model.output_shape[-1] > 1
     key = jax.random.key(seed)
-    state: State = (
-        [v.value for v in model.trainable_variables],
-        [v.value for v in model.non_trainable_variables],
-        [v.value for v in optimizer.variables],
-    )  # read after on_train_begin: a warm start may have set the weights
+    state = read_state(model)  # after on_train_begin: a warm start may have set the weights
     for epoch in range(initial_epoch, epochs):
         hooks.on_epoch_begin(epoch)
-        try:
-            state, logs, val_out = epoch_fn(state, jax.random.fold_in(key, epoch))
-            logs, val_out = jax.device_get((logs, val_out))  # one transfer, a few KB
-            logs = {k: float(v) for k, v in logs.items()}
-            val_out = np.asarray(val_out)[: data.n_val]
-        except jax.errors.JaxRuntimeError as exc:
-            if "RESOURCE_EXHAUSTED" in str(exc):
-                raise TrialFailed(f"out of device memory: {str(exc).splitlines()[0]}") from exc
-            raise
-        write_back(model, state)
-        evaluator.state = state
-        evaluator.predictions = (val_out[:, 0], val_out[:, 1] if with_sigma else None)
-        hooks.on_epoch_end(epoch, logs)
+        state, logs, val_out = run_epoch(epoch_fn, state, jax.random.fold_in(key, epoch))
+        hand_over(model, evaluator, state, val_out[: data.n_val])
+        hooks.on_epoch_end(epoch, {k: float(v) for k, v in logs.items()})
         if model.stop_training:
             break
     hooks.on_train_end()
@@ -169,19 +155,34 @@ def resolve_dispatch(dispatch: str) -> str:
     return dispatch
 
 
-def epoch_program(model: keras.Model, loss: Callable[[Any, Any], Any], data: DeviceData,
-                  batch_size: int, dispatch: str = "epoch"
-                  ) -> Callable[[State, Any], tuple[State, dict[str, Any], Any]]:
-    """One epoch as a function (state, key) -> (state, logs, validation outputs (n_val padded,
-    outputs)), compiled.
+@dataclass(frozen=True)
+class EpochParts:
+    """The pieces of one epoch as pure functions, before compiling: each takes the per-model
+    arguments first (`mapped` of them: what a fused program stacks per member, fused.py) and
+    the device data after them.
 
-    dispatch `epoch`: one call runs it all (the steps in a lax.scan); `step`: one call per
-    optimizer step, the same step function, the data and the shuffle still on the device.
-    logs are what model.fit's would be: `loss`, the batch-size-weighted mean of the steps'
-    total losses, and the training-split residual metrics of StreamingResidual, unprefixed.
+        start(state, key) -> (carry, order)
+        step_at(carry, order, train_x, train_y, i) -> carry     i: the full batch's index
+        last(carry, order, train_x, train_y) -> carry          the short last batch
+        finish(carry, val_x) -> (state, logs, validation outputs)
+        whole_epoch(state, key, train_x, train_y, val_x) -> (state, logs, validation outputs)
     """
-    if dispatch not in DISPATCHES:
-        raise ValueError(f"dispatch must be one of {DISPATCHES}, got {dispatch!r}")
+
+    start: Callable[..., Any]
+    step_at: Callable[..., Any]
+    last: Callable[..., Any]
+    finish: Callable[..., Any]
+    whole_epoch: Callable[..., Any]
+    full: int  # full batches an epoch
+    rest: int  # clusters of the short last batch (0: none)
+
+    mapped = {"start": 2, "step_at": 2, "last": 2, "finish": 1, "whole_epoch": 2}
+
+
+def epoch_parts(model: keras.Model, loss: Callable[[Any, Any], Any], data: DeviceData,
+                batch_size: int) -> EpochParts:
+    """One epoch's steps and validation as pure functions of the model's state (see
+    epoch_program), traced through `model` and its optimizer."""
     optimizer = model.optimizer
     metric = StreamingResidual(with_sigma=model.output_shape[-1] > 1)
     n, full = data.n_train, data.n_train // batch_size
@@ -218,8 +219,8 @@ def epoch_program(model: keras.Model, loss: Callable[[Any, Any], Any], data: Dev
         carry = (*state, [jnp.zeros(v.shape, v.dtype) for v in metric.variables], jnp.zeros(()))
         return carry, jax.random.permutation(key, n)
 
-    def step_at(carry: tuple[Any, ...], order: Any, i: Any, train_x: dict[str, Any],
-                train_y: Any) -> tuple[Any, ...]:
+    def step_at(carry: tuple[Any, ...], order: Any, train_x: dict[str, Any], train_y: Any,
+                i: Any) -> tuple[Any, ...]:
         rows = jax.lax.dynamic_slice_in_dim(order, i * batch_size, batch_size)
         return step(carry, rows, train_x, train_y)
 
@@ -250,26 +251,85 @@ def epoch_program(model: keras.Model, loss: Callable[[Any, Any], Any], data: Dev
         carry, order = start(state, key)
         if full:
             carry, _ = jax.lax.scan(
-                lambda c, i: (step_at(c, order, i, train_x, train_y), None), carry, jnp.arange(full))
+                lambda c, i: (step_at(c, order, train_x, train_y, i), None), carry,
+                jnp.arange(full))
         if rest:
             carry = last(carry, order, train_x, train_y)
         return finish(carry, val_x)
 
+    return EpochParts(start, step_at, last, finish, whole_epoch, full, rest)
+
+
+def epoch_program(model: keras.Model, loss: Callable[[Any, Any], Any], data: DeviceData,
+                  batch_size: int, dispatch: str = "epoch",
+                  compile: Callable[[Callable[..., Any], int], Callable[..., Any]] | None = None,
+                  ) -> Callable[[State, Any], tuple[State, dict[str, Any], Any]]:
+    """One epoch as a function (state, key) -> (state, logs, validation outputs (n_val padded,
+    outputs)), compiled.
+
+    dispatch `epoch`: one call runs it all (the steps in a lax.scan); `step`: one call per
+    optimizer step, the same step function, the data and the shuffle still on the device.
+    logs are what model.fit's would be: `loss`, the batch-size-weighted mean of the steps'
+    total losses, and the training-split residual metrics of StreamingResidual, unprefixed.
+    compile(part, mapped) compiles each part (default jax.jit; fused.py vmaps the first
+    `mapped` arguments over the members of a fused program first).
+    """
+    if dispatch not in DISPATCHES:
+        raise ValueError(f"dispatch must be one of {DISPATCHES}, got {dispatch!r}")
+    parts = epoch_parts(model, loss, data, batch_size)
+    jit = compile or (lambda f, mapped: jax.jit(f))
     if dispatch == "epoch":
-        epoch_fn = jax.jit(whole_epoch)
+        epoch_fn = jit(parts.whole_epoch, EpochParts.mapped["whole_epoch"])
         return lambda state, key: epoch_fn(state, key, data.train_x, data.train_y, data.val_x)
 
-    start_fn, step_fn, last_fn, finish_fn = (jax.jit(f) for f in (start, step_at, last, finish))
+    start_fn, step_fn, last_fn, finish_fn = (
+        jit(getattr(parts, name), EpochParts.mapped[name])
+        for name in ("start", "step_at", "last", "finish"))
 
     def by_step(state: State, key: Any) -> tuple[State, dict[str, Any], Any]:
         carry, order = start_fn(state, key)
-        for i in range(full):
-            carry = step_fn(carry, order, i, data.train_x, data.train_y)
-        if rest:
+        for i in range(parts.full):
+            carry = step_fn(carry, order, data.train_x, data.train_y, i)
+        if parts.rest:
             carry = last_fn(carry, order, data.train_x, data.train_y)
         return finish_fn(carry, data.val_x)
 
     return by_step
+
+
+def read_state(model: keras.Model) -> State:
+    """The model's and its optimizer's variables as the arrays an epoch program takes."""
+    return ([v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables],
+            [v.value for v in model.optimizer.variables])
+
+
+def run_epoch(epoch_fn: Callable[[Any, Any], tuple[Any, Any, Any]], state: Any, key: Any
+              ) -> tuple[Any, dict[str, np.ndarray], np.ndarray]:
+    """One epoch's dispatch and its one transfer (the logs and validation outputs, a few KB):
+    (state, logs, validation outputs) with the last two on the host.
+
+    Raises:
+        TrialFailed: the device ran out of memory.
+    """
+    try:
+        state, logs, val_out = epoch_fn(state, key)
+        logs, val_out = jax.device_get((logs, val_out))
+    except jax.errors.JaxRuntimeError as exc:
+        if "RESOURCE_EXHAUSTED" in str(exc):
+            raise TrialFailed(f"out of device memory: {str(exc).splitlines()[0]}") from exc
+        raise
+    return state, logs, np.asarray(val_out)
+
+
+def hand_over(model: keras.Model, evaluator: DeviceEvaluator, state: State,
+              val_out: np.ndarray) -> None:
+    """Gives an epoch's end to the model (its variables) and its evaluator (the state and the
+    validation predictions, n_val rows), so that the callbacks see it as after model.fit's."""
+    write_back(model, state)
+    evaluator.state = state
+    with_sigma = val_out.shape[-1] > 1
+    evaluator.predictions = (val_out[:, 0], val_out[:, 1] if with_sigma else None)
 
 
 def write_back(model: keras.Model, state: State) -> None:
