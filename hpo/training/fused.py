@@ -1,4 +1,4 @@
-"""Several trials in one program: N compiled Keras models of one shape trained by one vmapped
+"""Several trials in one program: N compiled Keras models of one shape trained by one (vmapped)
 epoch program of the device loop (train.loop device, Keras' JAX backend).
 
 Each member is a network built and compiled for its own trial. The members' trainable,
@@ -13,6 +13,12 @@ objects hold the member's traced value (`Traced` where Keras compares them with 
 comparison is made on every member's value and must come out the same); everything else about
 the networks (layers, their settings, variable shapes, optimizer, loss, batch size) must be
 equal, which `fusion_error` checks before anything is traced.
+
+How the members' steps share the program (strategy): `vmap` batches them (a convolution over
+the stack becomes one grouped convolution, what a GPU runs well), `unroll` puts one copy of the
+step per member in the program (plain convolutions one after another: on a CPU XLA runs a
+grouped convolution at a third of their speed, benchmarks/bench_fused.py). Either way one
+dispatch serves every member.
 
 Each member keeps its own evaluator and callbacks (epoch log, pruning, stop request): after each
 epoch its slice of the state is written back to its own model and its hooks see the epoch as
@@ -202,10 +208,17 @@ def fit_fused(
     initial_epoch: int,
     epochs: int,
     dispatch: str = "auto",
+    strategy: str = "auto",
 ) -> None:
     """Trains the members for epochs `initial_epoch` .. `epochs - 1` in one program, each as
     fit_on_device would train it alone; a member that fails or is pruned gets `error` set and
     leaves, the others go on.
+
+    Args:
+        dispatch: train.device_dispatch, as fit_on_device's.
+        strategy: `vmap` (the members' steps as one batched step: a convolution becomes a
+            grouped one), `unroll` (each member's step in the same program one after the
+            other), or `auto` (resolve_strategy).
 
     Raises:
         ValueError: the members cannot share one program (fusion_error).
@@ -218,7 +231,7 @@ def fit_fused(
         raise ValueError(f"these networks cannot be trained as one program: {why}")
     live = [m for m in members if _ran(m, lambda m=m: _begin(m))]
     found = hypers(models)
-    stack = Stack(found, [members.index(m) for m in live])
+    stack = Stack(found, [members.index(m) for m in live], resolve_strategy(strategy))
     epoch_fn = epoch_program(models[0], loss, data, batch_size, resolve_dispatch(dispatch),
                              compile=stack.compile)
     state = _stacked([read_state(m.model) for m in live]) if live else None
@@ -259,6 +272,20 @@ def fit_fused(
         _ran(m, m.hooks.on_train_end)
 
 
+STRATEGIES = ("vmap", "unroll")
+
+
+def resolve_strategy(strategy: str) -> str:
+    """auto: `vmap` on an accelerator; `unroll` on a CPU, where XLA runs a vmapped convolution
+    (a grouped one, feature_group_count N) at a third of the speed of N plain ones
+    (benchmarks/bench_fused.py)."""
+    if strategy == "auto":
+        return "unroll" if jax.default_backend() == "cpu" else "vmap"
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be auto or one of {STRATEGIES}, got {strategy!r}")
+    return strategy
+
+
 def _begin(member: Member) -> None:
     member.hooks = keras.callbacks.CallbackList([member.evaluator, *member.callbacks],
                                                 model=member.model)
@@ -270,8 +297,8 @@ class Stack:
     """The members' hyperparameters as arrays (rows: the live members, in order), and the
     compile function that vmaps an epoch part over them and the stacked state."""
 
-    def __init__(self, found: Sequence[Hyper], rows: Sequence[int]) -> None:
-        self.found = list(found)
+    def __init__(self, found: Sequence[Hyper], rows: Sequence[int], strategy: str) -> None:
+        self.found, self.strategy = list(found), strategy
         self.all_values = [h.values() for h in self.found]
         self.rows = list(rows)
         self.arrays = self._arrays()
@@ -299,12 +326,25 @@ class Stack:
                 object.__setattr__(h.owners[0], h.attr, value)
 
     def compile(self, part: Callable[..., Any], mapped: int) -> Callable[..., Any]:
+        """The part over the stack: vmapped (strategy vmap), or one copy of it per member in
+        the same program (unroll)."""
         def with_hypers(arrays: list[Any], *args: Any) -> Any:
             with self.traced(arrays):
                 return part(*args)
 
-        n_args = part.__code__.co_argcount
-        fn = jax.jit(jax.vmap(with_hypers, in_axes=(0, *[0] * mapped, *[None] * (n_args - mapped))))
+        def unrolled(arrays: list[Any], *args: Any) -> Any:
+            outs = []
+            for i in range(len(self.rows)):
+                own = [jax.tree.map(lambda a: a[i], x) for x in args[:mapped]]  # noqa: B023
+                outs.append(with_hypers([a[i] for a in arrays], *own, *args[mapped:]))
+            return jax.tree.map(lambda *o: jnp.stack(o), *outs)
+
+        if self.strategy == "unroll":
+            fn = jax.jit(unrolled)
+        else:
+            n_args = part.__code__.co_argcount
+            fn = jax.jit(jax.vmap(with_hypers,
+                                  in_axes=(0, *[0] * mapped, *[None] * (n_args - mapped))))
         return lambda *args: fn(self.arrays, *args)
 
 

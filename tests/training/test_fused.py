@@ -88,13 +88,13 @@ def alone(ds: Any, data: Any, overrides: dict[str, Any], dispatch: str = "auto")
 
 
 def fused(ds: Any, data: Any, points: list[dict[str, Any]], prune_at: dict[int, int] | None = None,
-          dispatch: str = "auto") -> list[Any]:
+          dispatch: str = "auto", strategy: str = "vmap") -> list[Any]:
     from hpo.model.losses import LOSSES
     from hpo.training.fused import fit_fused
 
     members = [member(ds, p, (prune_at or {}).get(i)) for i, p in enumerate(points)]
     fit_fused(members, data, loss=LOSSES["mse"], batch_size=32, initial_epoch=0,
-              epochs=SMALL["train.epochs"], dispatch=dispatch)
+              epochs=SMALL["train.epochs"], dispatch=dispatch, strategy=strategy)
     return members
 
 
@@ -133,12 +133,13 @@ POINTS = [
 ]
 
 
-@pytest.mark.parametrize("dispatch", ["step", "epoch"])
-def test_a_fused_member_trains_as_it_would_alone(ds, data, dispatch):
+@pytest.mark.parametrize(("dispatch", "strategy"),
+                         [("step", "vmap"), ("epoch", "vmap"), ("step", "unroll")])
+def test_a_fused_member_trains_as_it_would_alone(ds, data, dispatch, strategy):
     # Rule: each member of a fused program ends with the per-epoch metrics and weights of the
     # same trial trained alone on the device path (same seed; float tolerance), though they
-    # differ in every per-member number.
-    members = fused(ds, data, POINTS, dispatch=dispatch)
+    # differ in every per-member number, whichever way the program is fused.
+    members = fused(ds, data, POINTS, dispatch=dispatch, strategy=strategy)
     for point, m in zip(POINTS, members, strict=True):
         assert m.error is None and m.epochs_run == 3
         assert_same_run(m, alone(ds, data, point, dispatch))
