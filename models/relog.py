@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from hpo.config import apply_overrides
+from hpo.data.contract import same_data
 from hpo.data.lazy import open_dataset
 from hpo.inference import CODE_NAME
 from hpo.inference.layers import load_network
@@ -51,9 +52,9 @@ def main() -> int:
     cfg = apply_overrides({"data.path": str(args.data), "data.val_fraction": float(val),
                            "data.test_fraction": float(test_fraction), "data.split_seed": int(seed)})
     dataset = open_dataset(args.data)
-    if not dataset.fingerprint()["sha256"].startswith(args.sha256):
+    if not same_data(args.sha256, dataset.fingerprint()):
         sys.exit(f"{args.data}: not the model's training file (fingerprint "
-                 f"{dataset.fingerprint()['sha256'][:16]}, the model's {args.sha256})")
+                 f"{dataset.fingerprint()['sha256']}, the model's {args.sha256})")
     dataset, split = prepare(cfg, dataset)
     test = dataset.subset(split.test)
 

@@ -72,7 +72,8 @@ class Dataset:
 
     def fingerprint(self) -> dict[str, Any]:
         """Content hash, size and generator attributes: enough to tell two data sets apart."""
-        return fingerprint(self.redshift, self.log_mass, self.image_shape, self.attrs)
+        return fingerprint(self.redshift, self.log_mass, self.image_shape, self.attrs,
+                           self.images[:FINGERPRINT_IMAGES])
 
 
 def take_rows(source: Any, images: np.ndarray, idx: np.ndarray) -> Dataset:
@@ -91,24 +92,43 @@ def take_rows(source: Any, images: np.ndarray, idx: np.ndarray) -> Dataset:
     )
 
 
-def fingerprint(
-    redshift: np.ndarray, log_mass: np.ndarray | None, image_shape: tuple[int, ...], attrs: dict[str, Any]
-) -> dict[str, Any]:
-    """A data set's identity from its small arrays, so a streamed file need not be read whole.
+FINGERPRINT_IMAGES = 16  # the first clusters' images count in a data set's fingerprint
+V1_DIGITS = 16  # a fingerprint recorded before the images counted (sha256_v1)
 
-    Redshifts and masses are continuous draws: two files that share them are the same clusters.
+
+def fingerprint(
+    redshift: np.ndarray, log_mass: np.ndarray | None, image_shape: tuple[int, ...],
+    attrs: dict[str, Any], images_head: np.ndarray,
+) -> dict[str, Any]:
+    """A data set's identity from its small arrays and its first images, so that a streamed file
+    need not be read whole.
+
+    Redshifts and masses are continuous draws, so two files that share them hold the same
+    clusters; but one simulator seed draws the same clusters at every depth and with either
+    response (--keep-light-leak), so the images of the first FINGERPRINT_IMAGES clusters count
+    too: their photons tell such files apart. `sha256` (20 hex digits) is that; `sha256_v1` (16)
+    leaves the images out, as studies, runs and checkpoints recorded it before (same_data).
     """
     h = hashlib.sha256(np.ascontiguousarray(redshift, np.float32).tobytes())
     if log_mass is not None:
         h.update(np.ascontiguousarray(log_mass, np.float32).tobytes())
     h.update(repr(tuple(image_shape)).encode())
+    v1 = h.hexdigest()[:V1_DIGITS]
+    h.update(np.ascontiguousarray(images_head, np.float32).tobytes())
     return {
-        "sha256": h.hexdigest()[:16],
+        "sha256": h.hexdigest()[:20],
+        "sha256_v1": v1,
         "n": int(len(redshift)),
         "image_shape": list(image_shape),
         "generator": str(attrs.get("generator", "unknown")),
         "seed": str(attrs.get("seed", "unknown")),
     }
+
+
+def same_data(recorded: str, now: dict[str, Any]) -> bool:
+    """Whether a recorded fingerprint names the data set whose fingerprint is `now`; one recorded
+    before the images counted (V1_DIGITS long) is checked as it was, on redshifts and masses."""
+    return recorded == (now["sha256_v1"] if len(recorded) == V1_DIGITS else now["sha256"])
 
 
 def load_dataset(path: str | Path, *, require_labels: bool = True) -> Dataset:

@@ -18,6 +18,7 @@ from hpo.data.contract import as_float32
 from hpo.data.contract import check_image_shape
 from hpo.data.contract import Dataset
 from hpo.data.contract import fingerprint
+from hpo.data.contract import FINGERPRINT_IMAGES
 from hpo.data.contract import load_dataset
 from hpo.data.contract import read_h5
 from hpo.data.contract import reading
@@ -69,18 +70,22 @@ class H5Source:
 
     def fingerprint(self) -> dict[str, Any]:
         """As Dataset.fingerprint: the same file gives the same fingerprint either way."""
-        return fingerprint(self.redshift, self.log_mass, self.image_shape, self.attrs)
+        head = self.read_images(np.arange(min(len(self), FINGERPRINT_IMAGES)))  # one HDF5 chunk
+        return fingerprint(self.redshift, self.log_mass, self.image_shape, self.attrs, head)
 
-    def fingerprint_on_disk(self) -> str:
-        """The sha256 fingerprint of the file at `path` now (images are read from it on demand,
-        so a file replaced since it was opened changes what the next read returns)."""
+    def fingerprint_on_disk(self) -> dict[str, Any]:
+        """The fingerprint of the file at `path` now (images are read from it on demand, so a
+        file replaced since it was opened changes what the next read returns); an unreadable
+        one's sha256 says so."""
         try:
             raw, attrs = read_h5(self.path, skip_images=True)
             with reading(self.path, "HDF5 file"), h5py.File(self.path, "r") as f:
                 shape = tuple(int(d) for d in f["images"].shape[1:])
+                head = f["images"][:FINGERPRINT_IMAGES]
         except DataContractError as exc:
-            return f"unreadable ({type(exc).__name__})"
-        return str(fingerprint(raw["redshift"], raw.get("log_mass"), shape, attrs)["sha256"])
+            why = f"unreadable ({type(exc).__name__})"
+            return {"sha256": why, "sha256_v1": why}
+        return fingerprint(raw["redshift"], raw.get("log_mass"), shape, attrs, head)
 
 
 def open_dataset(path: str | Path, *, max_in_memory_gb: float = 4.0, require_labels: bool = True) -> Dataset | H5Source:

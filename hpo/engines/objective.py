@@ -14,6 +14,7 @@ import optuna
 from hpo.config.space import SearchSpace
 from hpo.config.tree import RunConfig
 from hpo.data.contract import Dataset
+from hpo.data.contract import same_data
 from hpo.data.lazy import H5Source
 from hpo.engines.checkpoints import checkpoint_folder
 from hpo.engines.checkpoints import first_of
@@ -130,11 +131,11 @@ class Objective:
         if isinstance(self.dataset, H5Source):
             now = self.dataset.fingerprint_on_disk()
         else:  # in memory: what this worker trains on, read at its start
-            now = self.dataset.fingerprint()["sha256"]
-        if now != self.data_sha256:
+            now = self.dataset.fingerprint()
+        if not same_data(self.data_sha256, now):
             raise TrialFailed(
                 f"data file {self.dataset.path} changed while the study ran (fingerprint "
-                f"{self.data_sha256} at its start, {now} now); restore it, or start a new study "
+                f"{self.data_sha256} at its start, {now['sha256']} now); restore it, or start a new study "
                 "for the new file", kind="data")
 
     def _failed(self, trial: optuna.Trial, reason: str) -> None:

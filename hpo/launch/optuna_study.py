@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 
 from hpo.config.space import SearchSpace
 from hpo.data.contract import Dataset
+from hpo.data.contract import same_data
 from hpo.data.lazy import H5Source
 from hpo.data.lazy import open_dataset
 from hpo.errors import DataContractError
@@ -108,8 +109,9 @@ def _same_data(study: optuna.Study, dataset: Dataset | H5Source) -> None:
     """Raises DataContractError when the data file is not the one the study began on (each of
     its trials would fail on it)."""
     began = study.user_attrs.get(DATA_FINGERPRINT_KEY)
-    now = dataset.fingerprint()["sha256"]
-    if began is not None and began != now:
+    found = dataset.fingerprint()
+    now = found["sha256"]
+    if began is not None and not same_data(began, found):
         raise DataContractError(
             f"data file {dataset.path} is not the one study '{study.study_name}' began on "
             f"(fingerprint {began} at its start, {now} now); restore it, or rename study.name "

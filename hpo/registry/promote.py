@@ -36,6 +36,7 @@ from optuna.trial import TrialState
 from hpo.config.tree import DataConfig
 from hpo.config.tree import RunConfig
 from hpo.data.contract import Dataset
+from hpo.data.contract import same_data
 from hpo.data.lazy import H5Source
 from hpo.data.lazy import open_dataset
 from hpo.errors import HpoError
@@ -157,7 +158,8 @@ def promote(
         if current is not None and holdout is None and current.run_id != run_id:
             _check_comparable(current, lineage, model_name)
         if current is not None and holdout is not None:
-            if current.tags.get("hpo.data_sha256") == holdout.fingerprint()["sha256"]:
+            trained_on = current.tags.get("hpo.data_sha256")
+            if trained_on and same_data(trained_on, holdout.fingerprint()):
                 raise HpoError(f"--compare-on {holdout.path}: {ALIAS} version {current.version} "
                                "trained on that file; give a file neither model trained on")
         version = _register(tracker, model_name, winner, select_by, val_value, report, study_name,
@@ -272,8 +274,9 @@ def _check_same_data(study, dataset: Dataset | H5Source, path: Path, tracker: Tr
     parent = study.user_attrs.get(MLFLOW_PARENT_RUN_KEY)
     if not recorded and parent:  # a study launched before the fingerprint was a study attribute
         recorded = tracker.client.get_run(parent).data.params.get("data.fingerprint.sha256")
-    now = dataset.fingerprint()["sha256"]
-    if recorded and recorded != now:
+    found = dataset.fingerprint()
+    now = found["sha256"]
+    if recorded and not same_data(recorded, found):
         raise HpoError(
             f"{path}: the data file changed since study '{study.study_name}' ran (fingerprint "
             f"{recorded} then, {now} now): its test split is not the study's held-out clusters; "

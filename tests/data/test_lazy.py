@@ -123,9 +123,33 @@ def test_a_streamed_file_replaced_after_opening_shows_in_its_fingerprint_on_disk
     # regenerated at the same path, then different; a removed file is "unreadable".
     path = write_h5(tmp_path / "d.h5", make_signal_data(50))
     source = open_dataset(path, max_in_memory_gb=TINY_GB)
-    assert isinstance(source, H5Source) and source.fingerprint_on_disk() == source.fingerprint()["sha256"]
+    assert isinstance(source, H5Source) and source.fingerprint_on_disk() == source.fingerprint()
     write_h5(path, make_signal_data(50, seed=1))
-    assert source.fingerprint_on_disk() not in (source.fingerprint()["sha256"], "")
-    assert source.fingerprint_on_disk() == open_dataset(path).fingerprint()["sha256"]
+    assert source.fingerprint_on_disk()["sha256"] not in (source.fingerprint()["sha256"], "")
+    assert source.fingerprint_on_disk() == open_dataset(path).fingerprint()
     path.unlink()
-    assert source.fingerprint_on_disk().startswith("unreadable")
+    assert source.fingerprint_on_disk()["sha256"].startswith("unreadable")
+
+
+def test_the_same_clusters_simulated_at_another_depth_or_response_are_other_data(tmp_path):
+    # Rule: one simulator seed draws the same clusters (redshifts, masses) at every depth and with
+    # or without the light-leak cut; the fingerprint tells the files apart by their photons (the
+    # first images), streamed or not. A fingerprint recorded before the images counted (16 hex
+    # digits: studies, model versions, checkpoints of earlier releases) still names its file, as
+    # it did, by redshifts and masses.
+    from hpo.data.contract import same_data
+    from hpo.data.sim.config import apply_sim_overrides
+    from hpo.data.sim.config import load_sim_config
+    from hpo.data.sim.simulator import write_mock
+
+    cfgs = {"eRASS:8": load_sim_config(None, "eRASS:8"), "eRASS1": load_sim_config(None, "eRASS1"),
+            "keep": apply_sim_overrides({"instrument.light_leak_cut": False})}
+    found = {k: open_dataset(write_mock(tmp_path / f"{i}.h5", 40, 7, c)).fingerprint()
+             for i, (k, c) in enumerate(cfgs.items())}
+    assert len({f["sha256"] for f in found.values()}) == 3
+    assert len({f["sha256_v1"] for f in found.values()}) == 1  # what the old fingerprint saw
+    streamed = open_dataset(tmp_path / "0.h5", max_in_memory_gb=TINY_GB)
+    assert streamed.fingerprint() == found["eRASS:8"] == streamed.fingerprint_on_disk()
+    assert same_data(found["eRASS:8"]["sha256"], found["eRASS:8"])
+    assert not same_data(found["eRASS:8"]["sha256"], found["eRASS1"])
+    assert same_data(found["eRASS:8"]["sha256_v1"], found["eRASS1"])  # an old record: as before
