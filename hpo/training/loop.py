@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -130,169 +131,288 @@ def train(
     Raises:
         TrialFailed: the loss or the predictions became non-finite, or memory ran out.
     """
-    if ds.log_mass is None:
-        raise TrialFailed(f"{ds.path}: no 'log_mass' to train on", kind="data")
-    exposure = cfg.model.use_exposure
-    if exposure and ds.exposure_s is None:
-        raise DataContractError(
-            f"{ds.path}: missing key 'exposure_s' (each cluster's exposure, s), which "
-            "model.use_exposure needs; hpo simulate writes it, or set model.use_exposure: false")
-    on_device = cfg.train.loop == "device"
-    if on_device and keras.backend.backend() != "jax":
-        raise ConfigError(f"train.loop device needs Keras' JAX backend, this process runs "
-                          f"{keras.backend.backend()}: set KERAS_BACKEND=jax, or train.loop: fit")
-    # ---------------------------------------------------------------- setup
-    keras.utils.set_random_seed(cfg.train.seed)
     policy = keras.mixed_precision.global_policy()
-    if cfg.train.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    ds, split = prepare(cfg, ds)
-    va = ds.subset(split.val)
-    # The input statistics need only a sample of the training split (a streamed file is not read whole).
-    sample = np.sort(np.random.default_rng(cfg.train.seed).permutation(split.train)[:STATS_SAMPLE])
-    tr_sample = ds.subset(sample)
-    assert ds.log_mass is not None and va.log_mass is not None
-    feed = {} if on_device else fit_inputs(ds, split.train, cfg.train.batch_size, cfg.train.seed,
-                                           exposure=exposure)
-    cal, bins = calibration_set(cfg, ds, va)
-
-    # ---------------------------------------------------------------- model
-    loss_cfg = cfg.train.loss
-    sigma_head = loss_cfg.sigma_param if loss_cfg.type == "gaussian_nll" else None
-    stats = InputStats.fit(tr_sample.images, ds.redshift[split.train], ds.log_mass[split.train],
-                           cfg.model.input.transform,
-                           exposure=tr_sample.exposure_s if exposure else None,
-                           exposure_mode=cfg.model.exposure_mode)
     try:
-        model = build_model(
-            cfg.model,
-            image_shape=ds.image_shape,
-            stats=stats,
-            sigma_head=sigma_head,
-            augment=cfg.train.augment,
-            seed=cfg.train.seed,
-            calibrate_sigma=cfg.train.calibrate_sigma,
-            calibrate_bias_bins=bins,
-        )
-    except ValueError as exc:  # Keras refusing a layer: no network has this shape
-        shape = " x ".join(map(str, ds.image_shape))
-        raise TrialFailed(f"the network cannot be built on {shape} images: {first_line(exc)}",
-                          kind="config") from exc
-    steps = int(np.ceil(len(split.train) / cfg.train.batch_size))
-
-    def compile_for(loss_name: str, epochs: int) -> None:
-        model.compile(
-            optimizer=build_optimizer(cfg.train.optimizer, cfg.train.schedule, steps, epochs),
-            loss=LOSSES[loss_name],
-            metrics=streaming_metrics(with_sigma=sigma_head is not None),
-            jit_compile=cfg.train.jit_compile,
-        )
-
-    if on_device:
-        from hpo.training import device_loop  # imports JAX
-
-        evaluator: EpochEvaluator = device_loop.DeviceEvaluator(
-            va.log_mass, patience=cfg.train.early_stopping_patience, monitor=monitor)
-    else:
-        evaluator = EpochEvaluator(
-            (va.images, va.redshift, va.log_mass), patience=cfg.train.early_stopping_patience,
-            monitor=monitor, exposure=va.exposure_s if exposure else None,
-        )
-    saving = [] if checkpoint is None else [Checkpointing(
-        checkpoint, evaluator, resume.learning_rate if resume is not None else None)]
-    all_callbacks = [evaluator, *saving, *callbacks]
-    if resume is not None and (why := mismatch(model, resume)):
-        _logger.warning("checkpoint %s is refused: %s; the trial starts from epoch 0",
-                        checkpoint.path if checkpoint else "", why)
-        resume = None
-
-    def fit(first: int, last: int) -> None:
-        """Epochs first .. last - 1 through model.fit, or through the device loop."""
-        if not on_device:
-            feed["x"].start_at(first)
-            model.fit(**feed, initial_epoch=first, epochs=last, callbacks=all_callbacks,
-                      verbose=verbose)
-            return
-        from hpo.training.device_data import place
-
-        assert isinstance(evaluator, device_loop.DeviceEvaluator)
-        device_loop.fit_on_device(
-            model, place(ds, split.train, split.val, exposure=exposure), loss=model.loss,
-            batch_size=cfg.train.batch_size, seed=cfg.train.seed, initial_epoch=first,
-            epochs=last, evaluator=evaluator, callbacks=[*saving, *callbacks],
-            dispatch=cfg.train.device_dispatch)
-
-    # ---------------------------------------------------------------- fit
-    t0 = time.perf_counter()
-    warm = min(loss_cfg.warm_start_epochs, cfg.train.epochs) if sigma_head else 0
-    # The mean first, with MSE; the likelihood then only has to learn sigma and refine.
-    phases = [(name, first, last) for name, first, last in
-              (("mse", 0, warm), (loss_cfg.type, warm, cfg.train.epochs)) if last > first]
-    resumed_from = 0
-    try:
-        for n, (loss_name, first, last) in enumerate(phases):
-            if getattr(model, "stop_training", False):
+        run = _Run(cfg, ds, callbacks=callbacks, monitor=monitor, checkpoint=checkpoint,
+                   resume=resume)
+        t0 = time.perf_counter()
+        resume = run.resume
+        for n, (loss_name, first, last) in enumerate(run.phases):
+            if getattr(run.model, "stop_training", False):
                 break
-            if resume is not None and resume.epoch >= last and n < len(phases) - 1:
+            if resume is not None and resume.epoch >= last and n < len(run.phases) - 1:
                 continue  # a phase the interrupted run had finished
-            compile_for(loss_name, last - first)
+            run.compile_for(loss_name, last - first)
             if resume is not None:
                 # A checkpoint at a phase's first epoch holds the previous phase's optimizer.
-                evaluator.set_model(model)
-                restore(model, evaluator, resume, with_optimizer=resume.epoch > first)
-                first = resumed_from = resume.epoch
+                run.evaluator.set_model(run.model)
+                restore(run.model, run.evaluator, resume, with_optimizer=resume.epoch > first)
+                first = run.resumed_from = resume.epoch
                 if on_resume is not None:
                     on_resume(resume)
                 resume = None
-                if first >= last or model.stop_training:
+                if first >= last or run.model.stop_training:
                     continue
-            fit(first, last)
+            run.fit(first, last, verbose)
     except MemoryError as exc:
         raise TrialFailed(f"out of memory: {exc}") from exc
     finally:
         keras.mixed_precision.set_global_policy(policy)
         if checkpoint is not None:
             checkpoint.wait()  # an interrupted run's last checkpoint lands before it goes
-    seconds = time.perf_counter() - t0
+    return run.result(time.perf_counter() - t0)
 
-    # ---------------------------------------------------------------- result
-    if cfg.train.restore_best_weights:
-        evaluator.restore_best()
-    # One pass over the validation split gives the final metrics (and calibrates, unless a file of
-    # its own does); the calibration is applied to these predictions as the model applies it now.
-    tta = cfg.train.augment.tta
-    mu, sigma = predict(model, va.images, va.redshift, exposure=va.exposure_s, tta=tta)
-    cal_mu, cal_sigma = (mu, sigma) if cal is va else predict(
-        model, cal.images, cal.redshift, exposure=cal.exposure_s, tta=tta)
-    shift = scale = None
-    if bins is not None:
-        assert cal.log_mass is not None
-        # One bin (shift_bins' rule for a model without the exposure) is one shift whatever it is.
-        shift = bias_shift(cal_mu, cal.log_mass, cal.exposure_s, bins)
-        layer = model.get_layer(LOG_MASS_SHIFT)
-        layer.knots.assign(shift.log_exposure_knots.astype("float32"))
-        layer.shift.assign(shift.shift.astype("float32"))
-        mu = shift(mu, va.exposure_s)
-        cal_mu = mu if cal is va else shift(cal_mu, cal.exposure_s)
-    if cfg.train.calibrate_sigma:
-        assert cal.log_mass is not None
-        scale = sigma_scale(cal_mu, cal_sigma, cal.log_mass)  # on shifted residuals, if shifted
-        model.get_layer(SIGMA_SCALE).scale.assign(scale)
-        sigma = sigma * scale
-    return TrainResult(
-        model=model,
-        history=evaluator.history,
-        best_epoch=evaluator.best_epoch,
-        val_metrics=residual_metrics(mu, va.log_mass, sigma),
-        epochs_run=len(evaluator.history.get(monitor, [])),
-        seconds=seconds,
-        split=split,
-        sigma_scale=scale,
-        shift=shift,
-        training_path=cfg.train.loop,
-        resumed_from=resumed_from,
-        checkpoint_seconds=checkpoint.seconds if checkpoint is not None else 0.0,
-    )
+
+def train_fused(
+    cfgs: Sequence[RunConfig],
+    ds: Dataset | H5Source,
+    *,
+    callbacks: Sequence[Sequence[keras.callbacks.Callback]] | None = None,
+    monitor: str = MONITOR,
+    checkpoints: Sequence[CheckpointFile | None] | None = None,
+    strategy: str = "auto",
+) -> list[TrainResult | BaseException]:
+    """Trains configs of one fusion key (fusion.py) on the device path as one program
+    (fused.py), each as train() would train it alone; one's failure or pruning is its own.
+
+    Args:
+        cfgs: the members' resolved run configs, all with train.loop device.
+        callbacks: each member's extra callbacks, as train()'s.
+        checkpoints: each member's checkpoint file (saved at its epoch ends), or None; a member
+            with a checkpoint to resume trains alone (train()), not here.
+        strategy: fused.fit_fused's.
+
+    Returns:
+        Per member, its TrainResult, or the exception that ended it (optuna.TrialPruned,
+        TrialFailed, ...), for its trial to raise.
+
+    Raises:
+        ConfigError: the configs do not share one fusion key, or one is not on the device path.
+    """
+    from hpo.training import fused
+    from hpo.training.fusion import fusion_key
+
+    keys = {fusion_key(c) for c in cfgs}
+    if len(keys) > 1 or any(c.train.loop != "device" for c in cfgs):
+        raise ConfigError("train_fused takes configs of one fusion key on train.loop device "
+                          f"({len(keys)} keys given)")
+    n = len(cfgs)
+    callbacks = callbacks or [()] * n
+    checkpoints = checkpoints or [None] * n
+    policy = keras.mixed_precision.global_policy()
+    outcome: list[TrainResult | BaseException | None] = [None] * n
+    runs: list[_Run | None] = [None] * n
+    try:
+        for i, cfg in enumerate(cfgs):
+            try:
+                runs[i] = _Run(cfg, ds, callbacks=callbacks[i], monitor=monitor,
+                               checkpoint=checkpoints[i], resume=None)
+            except Exception as exc:  # noqa: BLE001  (this member's own end)
+                outcome[i] = exc
+        t0 = time.perf_counter()
+        live = [i for i in range(n) if runs[i] is not None]
+        phases = runs[live[0]].phases if live else []  # type: ignore[union-attr]
+        for loss_name, start, last in phases:
+            live = [i for i in live if not getattr(runs[i].model, "stop_training", False)]
+            if not live:
+                break
+            members = []
+            for i in live:
+                run = runs[i]
+                assert run is not None and isinstance(run.evaluator, fused.DeviceEvaluator)
+                run.compile_for(loss_name, last - start)
+                members.append(fused.Member(run.model, run.evaluator, run.cfg.train.seed,
+                                            callbacks=run.callbacks))
+            first = runs[live[0]]
+            assert first is not None
+            try:
+                fused.fit_fused(members, first.device_data(), loss=first.model.loss,
+                                batch_size=first.cfg.train.batch_size, initial_epoch=start,
+                                epochs=last, dispatch=first.cfg.train.device_dispatch,
+                                strategy=strategy)
+            except MemoryError as exc:
+                for m in members:
+                    m.error = TrialFailed(f"out of memory: {exc}")
+            for i, m in zip(live, members, strict=True):
+                if m.error is not None:
+                    outcome[i] = m.error
+            live = [i for i in live if outcome[i] is None]
+        seconds = time.perf_counter() - t0
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+        for checkpoint in checkpoints:
+            if checkpoint is not None:
+                checkpoint.wait()
+    for i, run in enumerate(runs):
+        if run is not None and outcome[i] is None:
+            try:
+                outcome[i] = run.result(seconds)
+            except Exception as exc:  # noqa: BLE001
+                outcome[i] = exc
+    return outcome  # type: ignore[return-value]
+
+
+class _Run:
+    """One run between its setup and its result: the data, the network, its evaluator and
+    callbacks (train() trains it alone, train_fused with others)."""
+
+    def __init__(self, cfg: RunConfig, ds: Dataset | H5Source, *,
+                 callbacks: Sequence[keras.callbacks.Callback], monitor: str,
+                 checkpoint: CheckpointFile | None, resume: TrainingState | None) -> None:
+        if ds.log_mass is None:
+            raise TrialFailed(f"{ds.path}: no 'log_mass' to train on", kind="data")
+        exposure = cfg.model.use_exposure
+        if exposure and ds.exposure_s is None:
+            raise DataContractError(
+                f"{ds.path}: missing key 'exposure_s' (each cluster's exposure, s), which "
+                "model.use_exposure needs; hpo simulate writes it, or set model.use_exposure: false")
+        self.on_device = on_device = cfg.train.loop == "device"
+        if on_device and keras.backend.backend() != "jax":
+            raise ConfigError(f"train.loop device needs Keras' JAX backend, this process runs "
+                              f"{keras.backend.backend()}: set KERAS_BACKEND=jax, or train.loop: fit")
+        self.cfg, self.monitor, self.checkpoint = cfg, monitor, checkpoint
+        self.resumed_from = 0
+        # ------------------------------------------------------------ setup
+        keras.utils.set_random_seed(cfg.train.seed)
+        if cfg.train.mixed_precision:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        ds, split = prepare(cfg, ds)
+        self.ds, self.split = ds, split
+        self.va = va = ds.subset(split.val)
+        # The input statistics need only a sample of the training split (a streamed file is
+        # not read whole).
+        sample = np.sort(np.random.default_rng(cfg.train.seed).permutation(split.train)[:STATS_SAMPLE])
+        tr_sample = ds.subset(sample)
+        assert ds.log_mass is not None and va.log_mass is not None
+        self.feed = {} if on_device else fit_inputs(ds, split.train, cfg.train.batch_size,
+                                                     cfg.train.seed, exposure=exposure)
+        self.cal, self.bins = calibration_set(cfg, ds, va)
+
+        # ------------------------------------------------------------ model
+        loss_cfg = cfg.train.loss
+        self.sigma_head = sigma_head = (loss_cfg.sigma_param if loss_cfg.type == "gaussian_nll"
+                                        else None)
+        stats = InputStats.fit(tr_sample.images, ds.redshift[split.train], ds.log_mass[split.train],
+                               cfg.model.input.transform,
+                               exposure=tr_sample.exposure_s if exposure else None,
+                               exposure_mode=cfg.model.exposure_mode)
+        try:
+            self.model = build_model(
+                cfg.model,
+                image_shape=ds.image_shape,
+                stats=stats,
+                sigma_head=sigma_head,
+                augment=cfg.train.augment,
+                seed=cfg.train.seed,
+                calibrate_sigma=cfg.train.calibrate_sigma,
+                calibrate_bias_bins=self.bins,
+            )
+        except ValueError as exc:  # Keras refusing a layer: no network has this shape
+            shape = " x ".join(map(str, ds.image_shape))
+            raise TrialFailed(f"the network cannot be built on {shape} images: {first_line(exc)}",
+                              kind="config") from exc
+        self.steps = int(np.ceil(len(split.train) / cfg.train.batch_size))
+
+        if on_device:
+            from hpo.training import device_loop  # imports JAX
+
+            self.evaluator: EpochEvaluator = device_loop.DeviceEvaluator(
+                va.log_mass, patience=cfg.train.early_stopping_patience, monitor=monitor)
+        else:
+            self.evaluator = EpochEvaluator(
+                (va.images, va.redshift, va.log_mass), patience=cfg.train.early_stopping_patience,
+                monitor=monitor, exposure=va.exposure_s if exposure else None,
+            )
+        saving = [] if checkpoint is None else [Checkpointing(
+            checkpoint, self.evaluator, resume.learning_rate if resume is not None else None)]
+        self.callbacks = [*saving, *callbacks]  # after the evaluator
+        if resume is not None and (why := mismatch(self.model, resume)):
+            _logger.warning("checkpoint %s is refused: %s; the trial starts from epoch 0",
+                            checkpoint.path if checkpoint else "", why)
+            resume = None
+        self.resume = resume
+        warm = min(loss_cfg.warm_start_epochs, cfg.train.epochs) if sigma_head else 0
+        # The mean first, with MSE; the likelihood then only has to learn sigma and refine.
+        self.phases = [(name, first, last) for name, first, last in
+                       (("mse", 0, warm), (loss_cfg.type, warm, cfg.train.epochs)) if last > first]
+
+    def compile_for(self, loss_name: str, epochs: int) -> None:
+        cfg = self.cfg
+        self.model.compile(
+            optimizer=build_optimizer(cfg.train.optimizer, cfg.train.schedule, self.steps, epochs),
+            loss=LOSSES[loss_name],
+            metrics=streaming_metrics(with_sigma=self.sigma_head is not None),
+            jit_compile=cfg.train.jit_compile,
+        )
+
+    def device_data(self) -> Any:
+        """The split's clusters on the device (device_data.place: once per worker and split)."""
+        from hpo.training.device_data import place
+
+        return place(self.ds, self.split.train, self.split.val,
+                     exposure=self.cfg.model.use_exposure)
+
+    def fit(self, first: int, last: int, verbose: int = 0) -> None:
+        """Epochs first .. last - 1 through model.fit, or through the device loop."""
+        if not self.on_device:
+            self.feed["x"].start_at(first)
+            self.model.fit(**self.feed, initial_epoch=first, epochs=last,
+                           callbacks=[self.evaluator, *self.callbacks], verbose=verbose)
+            return
+        from hpo.training import device_loop
+
+        assert isinstance(self.evaluator, device_loop.DeviceEvaluator)
+        device_loop.fit_on_device(
+            self.model, self.device_data(), loss=self.model.loss,
+            batch_size=self.cfg.train.batch_size, seed=self.cfg.train.seed, initial_epoch=first,
+            epochs=last, evaluator=self.evaluator, callbacks=self.callbacks,
+            dispatch=self.cfg.train.device_dispatch)
+
+    def result(self, seconds: float) -> TrainResult:
+        """The trained run's result: its best epoch restored (restore_best_weights), scored
+        and calibrated on the validation (or calibration) clusters."""
+        cfg, model, evaluator, va, cal, bins = (self.cfg, self.model, self.evaluator, self.va,
+                                                self.cal, self.bins)
+        if cfg.train.restore_best_weights:
+            evaluator.restore_best()
+        # One pass over the validation split gives the final metrics (and calibrates, unless a
+        # file of its own does); the calibration is applied to these predictions as the model
+        # applies it now.
+        tta = cfg.train.augment.tta
+        mu, sigma = predict(model, va.images, va.redshift, exposure=va.exposure_s, tta=tta)
+        cal_mu, cal_sigma = (mu, sigma) if cal is va else predict(
+            model, cal.images, cal.redshift, exposure=cal.exposure_s, tta=tta)
+        shift = scale = None
+        if bins is not None:
+            assert cal.log_mass is not None
+            # One bin (shift_bins' rule for a model without the exposure) is one shift whatever
+            # it is.
+            shift = bias_shift(cal_mu, cal.log_mass, cal.exposure_s, bins)
+            layer = model.get_layer(LOG_MASS_SHIFT)
+            layer.knots.assign(shift.log_exposure_knots.astype("float32"))
+            layer.shift.assign(shift.shift.astype("float32"))
+            mu = shift(mu, va.exposure_s)
+            cal_mu = mu if cal is va else shift(cal_mu, cal.exposure_s)
+        if cfg.train.calibrate_sigma:
+            assert cal.log_mass is not None
+            scale = sigma_scale(cal_mu, cal_sigma, cal.log_mass)  # on shifted residuals, if shifted
+            model.get_layer(SIGMA_SCALE).scale.assign(scale)
+            sigma = sigma * scale
+        assert va.log_mass is not None
+        return TrainResult(
+            model=model,
+            history=evaluator.history,
+            best_epoch=evaluator.best_epoch,
+            val_metrics=residual_metrics(mu, va.log_mass, sigma),
+            epochs_run=len(evaluator.history.get(self.monitor, [])),
+            seconds=seconds,
+            split=self.split,
+            sigma_scale=scale,
+            shift=shift,
+            training_path=cfg.train.loop,
+            resumed_from=self.resumed_from,
+            checkpoint_seconds=self.checkpoint.seconds if self.checkpoint is not None else 0.0,
+        )
 
 
 def calibration_set(cfg: RunConfig, ds: Dataset | H5Source, va: Dataset | H5Source

@@ -181,3 +181,36 @@ def test_networks_of_another_shape_are_refused(ds):
     assert fusion_error([a, member(ds, POINTS[1]).model]) == ""
     assert "conv1_0" in fusion_error([a, b])
     assert "pool" in fusion_error([a, c])
+
+
+def test_train_fused_gives_each_trial_what_train_gives_it_alone(ds):
+    # Rule: train_fused (a worker's group of one fusion key) returns per trial the result that
+    # train() returns for it alone on the device path: per-epoch history, best epoch and final
+    # validation metrics, through an MSE warm start and the likelihood phase after it.
+    from hpo.training import train
+    from hpo.training.loop import train_fused
+
+    base = {**SMALL, "train.loop": "device", "train.epochs": 2,
+            "train.loss": {"type": "gaussian_nll", "warm_start_epochs": 1}}
+    cfgs = [apply_overrides({**base, **point}) for point in POINTS[:2]]
+    results = train_fused(cfgs, ds, strategy="vmap")
+    for cfg, ours in zip(cfgs, results, strict=True):
+        theirs = train(cfg, ds)
+        assert not isinstance(ours, BaseException), ours
+        assert ours.epochs_run == theirs.epochs_run == 2 and ours.best_epoch == theirs.best_epoch
+        for key, values in theirs.history.items():
+            np.testing.assert_allclose(ours.history[key], values, rtol=2e-4, atol=2e-5,
+                                       err_msg=key)
+        for key, value in theirs.val_metrics.items():
+            assert ours.val_metrics[key] == pytest.approx(value, rel=2e-4, abs=2e-5), key
+
+
+def test_train_fused_refuses_configs_of_several_fusion_keys(ds):
+    # Rule: configs that cannot share a program are refused in one line, before any training.
+    from hpo.errors import ConfigError
+    from hpo.training.loop import train_fused
+
+    cfgs = [apply_overrides({**SMALL, "train.loop": "device"}),
+            apply_overrides({**SMALL, "train.loop": "device", "train.batch_size": 64})]
+    with pytest.raises(ConfigError, match="one fusion key"):
+        train_fused(cfgs, ds)
