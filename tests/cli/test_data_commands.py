@@ -28,6 +28,22 @@ def test_simulate_writes_a_contract_file_and_baseline_reads_it(tmp_path):
     assert "fitted on 160 clusters (the trees on 160), scored on 40" in text
 
 
+def test_baseline_achievable_adds_the_achievable_floor(tmp_path):
+    # Rule: --achievable adds the achievable floor (hpo.data.achievable) on the same scored
+    # clusters, between the oracle floor and the feature baseline, with its 68% interval; a file
+    # it cannot replay is one line.
+    hpo(tmp_path, "simulate", "mock.h5", "--n", "150", "--seed", "4", "--preset", "eRASS:8", "--quiet")
+    out = json.loads(hpo(tmp_path, "baseline", "mock.h5", "--json", "--achievable").stdout.strip().splitlines()[-1])
+    assert out["oracle_floor"] < out["achievable_floor"] < out["feature_baseline"] and out["n_eval"] == 30
+    text = hpo(tmp_path, "baseline", "mock.h5", "--achievable").stdout
+    assert f"achievable_floor      {out['achievable_floor']:.4f}" in text
+    assert "achievable floor: 68% interval" in text
+    ds = load_dataset(tmp_path / "mock.h5")
+    np.savez(tmp_path / "plain.npz", images=ds.images, redshift=ds.redshift, log_mass=ds.log_mass)
+    proc = hpo(tmp_path, "baseline", "plain.npz", "--achievable", check=False)
+    _assert_one_line_error(proc, "plain.npz", "simulate it again")
+
+
 def test_same_seed_same_file(tmp_path):
     # Rule: the same seed gives the same file, bit for bit.
     for name in ("a.h5", "b.h5"):
