@@ -7,6 +7,7 @@
 #   benchmarks/gpu/run.sh kbench                   # K = 1, 2, 4, 8, 90 s each: ~8 min
 #   benchmarks/gpu/run.sh curve                    # the learning curve: ~4 min
 #   benchmarks/gpu/run.sh loops                    # one champion trial, model.fit vs device loop: ~2 min
+#   benchmarks/gpu/run.sh fused                    # N = 1, 2, 4, 8 champion trials in one program: ~6 min
 #
 # Stages run in the order given; "a+b" runs a and b at the same time, sharing the GPU.
 #
@@ -15,7 +16,7 @@
 # in .whl/, installed here with --no-index. Everything runs in $HPO_GPU_WORK (default
 # /tmp/gpu-run: the MLflow store's artifact paths are absolute, so unpack it at the same path to
 # browse it) and what comes back goes to $OUT: run.log, kbench.json, curve.json and the stores
-# (hpo.db, mlflow.db, mlartifacts/) as store.tgz in parts of 15 MB, and loops.json. HPO_GPU_SCALE=tiny
+# (hpo.db, mlflow.db, mlartifacts/) as store.tgz in parts of 15 MB, loops.json and fused.json. HPO_GPU_SCALE=tiny
 # runs the same stages at CPU-rehearsal size.
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -40,11 +41,11 @@ stamp() { echo "== $(date -u +%T) $*"; }
 
 if [ "$SCALE" = tiny ]; then
   N=600; K=2; KS=1,2; KB_S=20; KB_EPOCHS=2; SIZES=300,600; CURVE_SAMPLES=600; CURVE_MIN=2; TEST_N=300
-  LOOP_N=480; LOOP_EPOCHS=2
+  LOOP_N=480; LOOP_EPOCHS=2; FUSED_N=300; FUSED_VAL=100; FUSED_EPOCHS=2; FUSED_NS=1,2
   STUDY=(study.timeout_s=20 base.train.epochs=3); REFIT=(--epochs 3 --top 2 --seeds 1)
 else
   N=10000; K=8; KS=1,2,4,8; KB_S=90; KB_EPOCHS=15; SIZES=5000,20000,80000; CURVE_SAMPLES=1.5e6; CURVE_MIN=25; TEST_N=5000
-  LOOP_N=8000; LOOP_EPOCHS=8
+  LOOP_N=8000; LOOP_EPOCHS=8; FUSED_N=8000; FUSED_VAL=1000; FUSED_EPOCHS=3; FUSED_NS=1,2,4,8
   STUDY=(); REFIT=(--epochs 120 --top 3 --seeds 1,2)
 fi
 SPACE=$REPO/benchmarks/gpu/combined-gpu.yaml
@@ -104,6 +105,17 @@ loops() {
   XLA_PYTHON_CLIENT_PREALLOCATE=false python3 "$REPO/benchmarks/bench_device_loop.py" \
     --config "$REPO/benchmarks/gpu/champion.yaml" --data data/results/erass8_10k.h5 \
     --train-clusters "$LOOP_N" --epochs "$LOOP_EPOCHS" --repeats 2 --json "$OUT/loops.json" --no-save
+}
+
+fused() {
+  # Issue 24 (b): N champion trials (own seed and learning rate each) fused into one program
+  # (hpo/training/fused.py: vmap and unroll) against the same N one after another on the device
+  # loop; same process, same data; memory grown as needed, not preallocated.
+  data || return 1
+  stamp "fused: N = $FUSED_NS champion trials, $FUSED_N training clusters, $FUSED_EPOCHS epochs, fused vs one after another"
+  XLA_PYTHON_CLIENT_PREALLOCATE=false python3 "$REPO/benchmarks/bench_fused.py" \
+    --data data/results/erass8_10k.h5 --train-clusters "$FUSED_N" --val-clusters "$FUSED_VAL" \
+    --epochs "$FUSED_EPOCHS" --ns "$FUSED_NS" --repeats 1 --json "$OUT/fused.json" --no-save
 }
 
 pack() {
