@@ -27,11 +27,11 @@ quickstart: install
 	@echo "                                        # then open the 'runs:' link hpo launch printed above"
 	@echo "  model: models:/xray-cluster-mass@champion (artifacts under ./mlartifacts)"
 
-# The suite runs on Keras' default TensorFlow backend; the training core (layers, training loop and
-# device loop, checkpoints, streaming feed, TTA, saved models) runs a second time on the JAX
-# backend, beside it: the TensorFlow pass spends much of its time starting `hpo` processes, so the
-# two passes share the 2 cores of a laptop better than they take turns. The JAX pass's output is
-# shown after the TensorFlow pass's; either failing fails `make test`.
+# The suite runs on Keras' default TensorFlow backend; the training core (layers, training loop,
+# device loop, fused training, checkpoints, streaming feed, TTA, saved models) runs a second time on
+# the JAX backend, beside it: the TensorFlow pass spends much of its time starting `hpo` processes,
+# so the two passes share the 2 cores of a laptop better than they take turns. The JAX pass's output
+# is shown after the TensorFlow pass's; either failing fails `make test`.
 JAX_CORE := tests/inference/test_layers.py tests/training/test_loop.py tests/training/test_device_loop.py tests/training/test_fused.py tests/training/test_checkpoint.py tests/data/test_lazy.py tests/registry/test_models.py
 
 test: $(BIN)/python

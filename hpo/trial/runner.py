@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from collections.abc import Generator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -129,6 +130,113 @@ def run_trial(
             ended the run KILLED; it is left so.
         Exception: anything else, after ending the run FAIL with `fail_reason` of it.
     """
+    steps = _trial_steps(cfg, dataset, recorder, callbacks=callbacks, monitor=monitor,
+                         step_offset=step_offset, log_model=log_model, check=check,
+                         on_trained=on_trained, checkpoint=checkpoint, on_resume=on_resume)
+    call = next(steps)
+    try:
+        result: TrainResult | BaseException = train(
+            cfg, dataset, callbacks=call.callbacks, monitor=monitor, verbose=verbose,
+            checkpoint=checkpoint, resume=call.resume, on_resume=call.on_resume)
+    except BaseException as exc:  # noqa: BLE001  (the trial's steps end its run and raise it)
+        result = exc
+    return _conclude(steps, result)
+
+
+def run_trials_fused(
+    cfgs: Sequence[RunConfig],
+    dataset: Dataset | H5Source,
+    recorders: Sequence[Recorder],
+    *,
+    callbacks: Sequence[Sequence[keras.callbacks.Callback]],
+    monitor: str = METRIC,
+    log_model: Sequence[bool | Callable[[float], bool]] | None = None,
+    check: Callable[[], None] | None = None,
+    checkpoints: Sequence[CheckpointFile | None] | None = None,
+    on_resume: Sequence[Callable[[TrainingState], None] | None] | None = None,
+    strategy: str = "auto",
+) -> list[TrialOutcome | BaseException]:
+    """Runs configs of one fusion key (training/fusion.py) as one fused program
+    (training.loop.train_fused), each still its own recorded run, ended as run_trial ends it.
+
+    Args: per trial, as run_trial's (callbacks, log_model, checkpoints, on_resume: one entry
+    each); a trial whose checkpoint holds a state to resume trains alone afterwards.
+
+    Returns:
+        Per trial, its TrialOutcome, or the exception run_trial would have raised for it
+        (optuna.TrialPruned, TrialFailed, ...), for its engine to raise.
+    """
+    from hpo.training.loop import train_fused
+
+    n = len(cfgs)
+    log_model = log_model or [True] * n
+    checkpoints = checkpoints or [None] * n
+    on_resume = on_resume or [None] * n
+    outcomes: list[TrialOutcome | BaseException | None] = [None] * n
+    steps, calls = [], []
+    for i, cfg in enumerate(cfgs):
+        gen = _trial_steps(cfg, dataset, recorders[i], callbacks=callbacks[i], monitor=monitor,
+                           log_model=log_model[i], check=check, checkpoint=checkpoints[i],
+                           on_resume=on_resume[i])
+        try:
+            calls.append(next(gen))
+        except BaseException as exc:  # noqa: BLE001  (its run ended before training)
+            outcomes[i], calls = exc, [*calls, None]
+        steps.append(gen)
+    fused = [i for i in range(n) if outcomes[i] is None and calls[i].resume is None]
+    results: list[TrainResult | BaseException] = [RuntimeError("not trained")] * n
+    if fused:
+        try:
+            for i, r in zip(fused, train_fused(
+                    [cfgs[i] for i in fused], dataset, callbacks=[calls[i].callbacks for i in fused],
+                    monitor=monitor, checkpoints=[checkpoints[i] for i in fused],
+                    strategy=strategy), strict=True):
+                results[i] = r
+        except BaseException as exc:  # noqa: BLE001  (an interrupt, a refused group: every member)
+            for i in fused:
+                results[i] = exc
+    for i in range(n):
+        if outcomes[i] is not None:
+            continue
+        if i not in fused:  # a checkpoint to resume: this trial alone
+            try:
+                results[i] = train(cfgs[i], dataset, callbacks=calls[i].callbacks,
+                                   monitor=monitor, checkpoint=checkpoints[i],
+                                   resume=calls[i].resume, on_resume=calls[i].on_resume)
+            except BaseException as exc:  # noqa: BLE001
+                results[i] = exc
+        try:
+            outcomes[i] = _conclude(steps[i], results[i])
+        except BaseException as exc:  # noqa: BLE001
+            outcomes[i] = exc
+    return outcomes  # type: ignore[return-value]
+
+
+@dataclass
+class _TrainCall:
+    """What a trial's steps ask of the training between their start and their end."""
+
+    callbacks: list[keras.callbacks.Callback]
+    resume: TrainingState | None
+    on_resume: Callable[[TrainingState], None]
+
+
+def _trial_steps(
+    cfg: RunConfig,
+    dataset: Dataset | H5Source,
+    recorder: Recorder,
+    *,
+    callbacks: Sequence[keras.callbacks.Callback],
+    monitor: str,
+    step_offset: int = 0,
+    log_model: bool | Callable[[float], bool],
+    check: Callable[[], None] | None,
+    on_trained: Callable[[TrainResult], None] | None = None,
+    checkpoint: CheckpointFile | None,
+    on_resume: Callable[[TrainingState], None] | None,
+) -> Generator[_TrainCall, TrainResult, TrialOutcome]:
+    """One trial's run as steps around its training: yields what to train with once, takes the
+    result (or has the training's exception thrown in, which ends the run as run_trial says)."""
     recorder.start(cfg)  # a run that cannot record its config is ended by `start` itself
     epochs = EpochLog(recorder, step_offset=step_offset)
 
@@ -148,8 +256,7 @@ def run_trial(
         if checkpoint is not None:
             checkpoint.run_id = recorder.run_id
             resume = checkpoint.load()
-        result = train(cfg, dataset, callbacks=[epochs, *callbacks], monitor=monitor,
-                       verbose=verbose, checkpoint=checkpoint, resume=resume, on_resume=resumed)
+        result = yield _TrainCall([epochs, *callbacks], resume, resumed)
         if check is not None:
             check()
         value = float(result.val_metrics[METRICS[monitor]])
@@ -184,6 +291,20 @@ def run_trial(
         end_failed(recorder, "FAIL", fail_reason(exc))
         raise
     return TrialOutcome(value, result, model_uri)
+
+
+def _conclude(steps: Generator[_TrainCall, TrainResult, TrialOutcome],
+              result: TrainResult | BaseException) -> TrialOutcome:
+    """Hands a trial's steps its training's result, or throws in the exception that ended the
+    training; returns the outcome, or raises what the steps raise."""
+    try:
+        if isinstance(result, BaseException):
+            steps.throw(result)
+        else:
+            steps.send(result)
+    except StopIteration as done:
+        return done.value
+    raise RuntimeError("a trial's steps train once")
 
 
 def drop(checkpoint: CheckpointFile | None) -> None:

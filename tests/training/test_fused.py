@@ -214,3 +214,22 @@ def test_train_fused_refuses_configs_of_several_fusion_keys(ds):
             apply_overrides({**SMALL, "train.loop": "device", "train.batch_size": 64})]
     with pytest.raises(ConfigError, match="one fusion key"):
         train_fused(cfgs, ds)
+
+
+def test_fused_trials_are_each_their_own_recorded_run(ds, signal_h5):
+    # Rule: run_trials_fused records each trial as run_trial does: its own run started, its
+    # epochs, and ended its own way (one pruned after its first epoch: PRUNED with its curve;
+    # the other trains on to COMPLETE with its result), the pruning returned for its trial.
+    from hpo.trial.runner import run_trials_fused
+    from tests.trial.test_runner import ListRecorder
+
+    base = {**SMALL, "train.loop": "device", "train.epochs": 2, "data.path": str(signal_h5)}
+    cfgs = [apply_overrides({**base, **point}) for point in POINTS[:2]]
+    recorders = [ListRecorder(), ListRecorder()]
+    out = run_trials_fused(cfgs, ds, recorders, callbacks=[[Logs(prune_at=0)], []])
+    assert isinstance(out[0], optuna.TrialPruned)
+    assert recorders[0].names() == ["start", "inputs", "epoch", "pruned", "finish"]
+    assert recorders[0].calls[-1] == ("finish", "PRUNED", 1, None)
+    assert recorders[1].names() == ["start", "inputs", "epoch", "epoch", "result", "finish"]
+    assert recorders[1].calls[-1] == ("finish", "COMPLETE", 2, None)
+    assert out[1].value == out[1].result.val_metrics["residual_std"]
