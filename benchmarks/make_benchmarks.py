@@ -73,6 +73,42 @@ BENCHMARKS = [
      "more than the cost, so the CPU time an epoch takes (all threads of the process) and the "
      "direct measure answer the target, not the wall-clock ratios.",
      "at most 3% of an epoch"),
+    ("fused", "bench_fused.py",
+     "Several trials in one program (issue 24, part 2; `hpo/training/fused.py`): N trials of one "
+     "network shape, each with its own seed and learning rate, trained as one compiled program "
+     "against the same N one after another on the device loop, Keras' JAX backend, this CPU. "
+     "`vmap` batches the members' steps, so each convolution over the stack becomes one grouped "
+     "convolution (`feature_group_count` N), which XLA:CPU runs at about a third of the speed of "
+     "N plain ones (measured alone: one 5 x 5 convolution's gradient over 200 images of 50 x 50 x "
+     "12, 0.57 s; two members vmapped, 3.3 s; four, 8.2 s); `unroll` puts each member's step in "
+     "the program one after the other (plain convolutions), and is the CPU default. Measured: "
+     "`unroll` trains N = 2 and 4 members in 0.98-1.01 of the time they take one after another "
+     "(on 2 cores a step is all convolution work, which fusing does not reduce; what it saves, "
+     "the per-call dispatch and N - 1 compilations, is small here), `vmap` in 3-4 times it. "
+     "N = 1 through the fused program was 15% faster than the plain device loop in both "
+     "repeats, which this run does not explain (the same step, with a leading axis of one). "
+     "Where fusion should pay is a GPU, where one small trial leaves the card mostly idle: "
+     "`benchmarks/gpu/run.sh fused` measures it there (N = 1, 2, 4, 8, both strategies); "
+     "until it has run, fusion's GPU figure is open.",
+     "a measured ratio (on a CPU fusion pays only what dispatch costs)"),
+    ("shapes", "bench_shapes.py",
+     "How often the trials a worker would ask at once can fuse: the combined study's own sampler "
+     "(multivariate TPE, 15 random start-up trials, 100 trials) replayed with a worker asking N "
+     "at once, a synthetic objective in place of training. The fusion key "
+     "(`hpo/training/fusion.py`) splits on everything that shapes the program: of "
+     "combined.yaml's axes only the learning rate, the dropout rate and the L2 strength (and the "
+     "seed) are a member's own; filters (57 values), kernel (4), pooling, transform, dense "
+     "layers, dropout on or off, regulariser on or off, batch norm, optimizer, schedule, batch "
+     "size, loss and the two augmentation flags are each another program. Shapes rarely repeat: "
+     "at N = 8 a program holds 1.07 trials on average. Keying on variable shapes alone (as if "
+     "every other setting became a per-member array) gives 1.10; padding conv filters and "
+     "kernels to the largest with masks gives 3.3, but a member of 12 filters of 3 x 3 padded "
+     "to 64 of 5 x 5 does about 80 times its convolution work, so padding cannot pay. What the "
+     "product does: fusion is for trials that differ in the per-member numbers only (`hpo "
+     "refit`'s seeds, a grid's seeds (`study.repeats`), a space that tunes the optimizer and regularisation of a "
+     "fixed network), and a worker of a space like combined.yaml trains its trials one at a time "
+     "(N = 1).",
+     "measured; fusion where a program holds more than one trial"),
     ("storage", "bench_storage.py",
      "Coordination cost of the study storages (SQLite, PostgreSQL, the gRPC proxy) with 1-8 "
      "workers, as a share of a real trial.",
