@@ -233,3 +233,29 @@ def test_fused_trials_are_each_their_own_recorded_run(ds, signal_h5):
     assert recorders[1].names() == ["start", "inputs", "epoch", "epoch", "result", "finish"]
     assert recorders[1].calls[-1] == ("finish", "COMPLETE", 2, None)
     assert out[1].value == out[1].result.val_metrics["residual_std"]
+
+
+ADAMW = [
+    {"train.seed": 0, "train.optimizer": {"type": "adamw", "learning_rate": 3e-3,
+                                          "weight_decay": 1e-2},
+     "train.schedule": {"type": "exponential", "final_learning_rate": 1e-4},
+     "model.regularizer": {"type": "l1l2", "l1": 1e-4, "l2": 1e-5, "layers": "dense"}},
+    {"train.seed": 1, "train.optimizer": {"type": "adamw", "learning_rate": 1e-3,
+                                          "weight_decay": 1e-4},
+     "train.schedule": {"type": "exponential", "final_learning_rate": 1e-5},
+     "model.regularizer": {"type": "l1l2", "l1": 1e-3, "l2": 1e-3, "layers": "dense"}},
+]
+
+
+def test_weight_decay_an_exponential_schedule_and_l1_are_a_members_own(ds, data):
+    # Rule: AdamW's weight decay, an exponential schedule's numbers and L1 strengths are
+    # per-member arrays too: configs of one fusion key build networks that fuse, and each
+    # member trains as it would alone.
+    from hpo.training.fusion import fusion_key
+
+    assert fusion_key(apply_overrides({**SMALL, **ADAMW[0]})) == fusion_key(
+        apply_overrides({**SMALL, **ADAMW[1]}))
+    members = fused(ds, data, ADAMW)
+    for point, m in zip(ADAMW, members, strict=True):
+        assert m.error is None
+        assert_same_run(m, alone(ds, data, point))
