@@ -85,8 +85,9 @@ BENCHMARKS = [
      "`unroll` trains N = 2 and 4 members in 0.98-1.01 of the time they take one after another "
      "(on 2 cores a step is all convolution work, which fusing does not reduce; what it saves, "
      "the per-call dispatch and N - 1 compilations, is small here), `vmap` in 3-4 times it. "
-     "N = 1 through the fused program was 15% faster than the plain device loop in both "
-     "repeats, which this run does not explain (the same step, with a leading axis of one). "
+     "N = 1 through the fused program came out 1.17-1.19 by the fastest epoch, but the same "
+     "fused epoch spread from 3.2 to 5.4 s in a rerun (the plain loop's from 5.0 to 5.3), so "
+     "read it as no difference: the same step, with a leading axis of one. "
      "Where fusion should pay is a GPU, where one small trial leaves the card mostly idle: "
      "`benchmarks/gpu/run.sh fused` measures it there (N = 1, 2, 4, 8, both strategies); "
      "until it has run, fusion's GPU figure is open.",
