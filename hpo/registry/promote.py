@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from mlflow.entities.model_registry import ModelVersion
@@ -156,7 +157,7 @@ def promote(
         current = _champion(tracker, model_name)
         run_id = winner.trial.user_attrs[MLFLOW_RUN_ID_KEY]
         if current is not None and holdout is None and current.run_id != run_id:
-            _check_comparable(current, lineage, model_name)
+            _check_comparable(current, lineage, model_name, dataset.fingerprint())
         if current is not None and holdout is not None:
             trained_on = current.tags.get("hpo.data_sha256")
             if trained_on and same_data(trained_on, holdout.fingerprint()):
@@ -320,9 +321,16 @@ def _lineage(dataset: Dataset | H5Source, data: DataConfig) -> dict[str, str]:
             **{f"hpo.split.{k}": str(getattr(data, k)) for k in SPLIT_KEYS}}
 
 
-def _check_comparable(current: ModelVersion, lineage: dict[str, str], name: str) -> None:
+def _check_comparable(current: ModelVersion, lineage: dict[str, str], name: str,
+                      fingerprint: dict[str, Any]) -> None:
+    def same(key: str, ours: str) -> bool:
+        theirs = current.tags.get(key)
+        if key == "hpo.data_sha256" and theirs:  # a version registered by an earlier release
+            return same_data(theirs, fingerprint)
+        return theirs == ours
+
     differs = [f"{k.removeprefix('hpo.')} {current.tags.get(k, 'unrecorded')} vs {v}"
-               for k, v in lineage.items() if current.tags.get(k) != v]
+               for k, v in lineage.items() if not same(k, v)]
     if differs:
         raise HpoError(
             f"{ALIAS} version {current.version} of '{name}' cannot be compared on this study's "

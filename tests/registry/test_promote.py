@@ -145,6 +145,26 @@ def test_a_champion_of_another_split_or_file_is_not_compared_on_this_test_split(
     assert str(fresh) in client.get_model_version("seed-model", result.version).tags["hpo.gate.on"]
 
 
+def test_a_champion_registered_before_fingerprints_counted_images_is_still_compared(registry):
+    # Rule: a version tagged with the 16-digit fingerprint of an earlier release (redshifts and
+    # masses only) is the same file for the like-with-like check: a new study on that file and
+    # split is compared with it on this test split, not refused; a 16-digit tag of another file
+    # is still refused.
+    from hpo.data.lazy import open_dataset
+
+    client = MlflowClient(registry.tracking_uri)
+    name = "old-tag-model"
+    _promote(registry, name)
+    old = open_dataset(registry.cwd / "signal.h5").fingerprint()
+    assert len(old["sha256_v1"]) == 16 and old["sha256"] != old["sha256_v1"]
+    client.set_model_version_tag(name, "1", "hpo.data_sha256", old["sha256_v1"])
+    result = _promote(registry, name, study=run_study(registry, "old-tag-study"), min_gain=0.0)
+    assert result.comparison is not None and result.version == "2"
+    client.set_model_version_tag(name, _alias(client, name), "hpo.data_sha256", "0123456789abcdef")
+    with pytest.raises(HpoError, match="data_sha256 0123456789abcdef vs"):
+        _promote(registry, name, study=run_study(registry, "old-tag-study-2"))
+
+
 def test_a_changed_data_file_is_refused(registry):
     # Rule: promote scores the test split of the file the study trained on; a file regenerated at
     # the same path since is refused, naming both fingerprints.
