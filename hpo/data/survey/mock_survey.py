@@ -5,21 +5,21 @@ A test fixture: `hpo cutouts` is tested on the kinds of files the real survey sh
     hpo simulate data/mock.h5 --n 30 --seed 0 --events data/mock-events
 
 Every count of every simulated image becomes one event: placed uniformly within its pixel on the
-cluster's TAN cut-out grid (esass.cutout_wcs) and converted to RA/DEC by astropy, with an
-energy drawn uniformly within its channel, a module, pattern, flag and time that pass the standard
-cuts. Photons reach the modules as the sky sends them, evenly: a mock simulated with the
-light-leak cut (instrument.light_leak_cut, the default) holds the counts of TM1-4 and TM6 only below
-0.8 keV, so its soft counts go to those modules, and TM5 and TM7 get the photons the cut took,
-Poisson(2/5) more per soft count in the same pixel and below 0.8 keV; `hpo cutouts` drops them by
-default and keeps them with --keep-light-leak. A mock simulated without the cut spreads its soft
-counts over all seven modules. Clusters sit 0.2 deg apart on a grid of 1 x 1 deg tiles around RA 0, Dec -45 (RA 0 runs
-through the field); each tile file also holds the events up to 0.02 deg beyond its unique area,
-as DR1 tiles overlap, so a photon near a tile boundary is in both files. Clusters on the grid's
-outer columns stick out of the survey (hpo cutouts must skip them), those on inner tile
-boundaries have events in two files. Added to each cut-out, events the cuts must remove (a bad
-FLAG bit, an invalid pattern, an energy outside 0.2-8 keV, a time outside the GTIs); around the
-cut-outs, background events fill each tile. The exposure maps hold,
-at each pixel, the exposure of the nearest cluster, and 0 beyond the survey.
+cluster's TAN cut-out grid (esass.cutout_wcs) and converted to RA/DEC by astropy, with an energy
+drawn uniformly within its channel, a module, pattern, flag and time that pass the standard cuts.
+Photons reach the modules as the sky sends them, evenly: a mock simulated with the light-leak cut
+(instrument.light_leak_cut, the default) holds the counts of TM1-4 and TM6 only below 0.8 keV, so
+its soft counts go to those modules, and TM5 and TM7 get the photons the cut took, Poisson(2/5)
+more per soft count in the same pixel and below 0.8 keV; `hpo cutouts` drops them by default and
+keeps them with --keep-light-leak. A mock simulated without the cut spreads its soft counts over
+all seven modules. Clusters sit 0.2 deg apart on a grid of 1 x 1 deg tiles around RA 0, Dec -45 (RA
+0 runs through the field); each tile file also holds the events up to 0.02 deg beyond its unique
+area, as DR1 tiles overlap, so a photon near a tile boundary is in both files. Clusters on the
+grid's outer columns stick out of the survey (hpo cutouts must skip them), those on inner tile
+boundaries have events in two files. Added to each cut-out, events the cuts must remove (a bad FLAG
+bit, an invalid pattern, an energy outside 0.2-8 keV, a time outside the GTIs); around the
+cut-outs, background events fill each tile. The exposure maps hold, at each pixel, the exposure of
+the nearest cluster, and 0 beyond the survey.
 """
 
 from __future__ import annotations
