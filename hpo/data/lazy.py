@@ -38,11 +38,14 @@ class H5Source:
         path: the HDF5 file.
         redshift, log_mass, truth, attrs, exposure_s, cluster_id, reference: as in Dataset.
         image_shape: (H, W, C).
+        images_head: the first FINGERPRINT_IMAGES images (float32) as the file was opened: they
+            count in its fingerprint.
     """
 
     path: Path
     n: int
     image_shape: tuple[int, int, int]
+    images_head: np.ndarray
     redshift: np.ndarray
     log_mass: np.ndarray | None
     truth: dict[str, np.ndarray] = field(default_factory=dict)
@@ -70,8 +73,8 @@ class H5Source:
 
     def fingerprint(self) -> dict[str, Any]:
         """As Dataset.fingerprint: the same file gives the same fingerprint either way."""
-        head = self.read_images(np.arange(min(len(self), FINGERPRINT_IMAGES)))  # one HDF5 chunk
-        return fingerprint(self.redshift, self.log_mass, self.image_shape, self.attrs, head)
+        return fingerprint(self.redshift, self.log_mass, self.image_shape, self.attrs,
+                           self.images_head)
 
     def fingerprint_on_disk(self) -> dict[str, Any]:
         """The fingerprint of the file at `path` now (images are read from it on demand, so a
@@ -145,8 +148,10 @@ def _open_streamed(path: Path, require_labels: bool) -> H5Source:
             block = as_float32(images[start : start + VALIDATE_CHUNK], "images", path, first=start)
             if (block < 0).any():
                 raise DataContractError(f"{path}: key 'images' must hold counts >= 0, found negative values near index {start}")
+            if start == 0:
+                head = block[:FINGERPRINT_IMAGES].copy()
     raw, attrs = read_h5(path, skip_images=True)
     raw["images"] = np.zeros((n, 1, 1, 1), np.float32)  # stands in for the checked images
     small = validate_arrays(raw, attrs, path, require_labels)
-    return H5Source(path, n, (h, w, c), small.redshift, small.log_mass, small.truth, small.attrs,
-                    small.exposure_s, small.cluster_id, small.reference)
+    return H5Source(path, n, (h, w, c), head, small.redshift, small.log_mass, small.truth,
+                    small.attrs, small.exposure_s, small.cluster_id, small.reference)
