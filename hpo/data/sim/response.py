@@ -22,11 +22,16 @@ KEV_ERG = 1.602_176_634e-9  # one keV in erg
 
 def effective_area(energy_kev: np.ndarray, cfg: SimConfig) -> np.ndarray:
     """Effective area whose counts a cut-out keeps at `energy_kev` (any shape), cm^2: the seven
-    modules' table (log-log interpolated), less TM5 and TM7 below 0.8 keV under the light-leak cut
-    that `hpo cutouts` applies by default (instrument.light_leak_cut)."""
+    modules' area less TM5 and TM7 below 0.8 keV under the light-leak cut that `hpo cutouts`
+    applies by default (instrument.light_leak_cut)."""
+    return _modules_area(energy_kev, cfg) * cfg.instrument.kept_share(energy_kev)
+
+
+def _modules_area(energy_kev: np.ndarray, cfg: SimConfig) -> np.ndarray:
+    """The seven modules' effective area, cm^2: log-log interpolation of the table."""
     e = np.log(np.asarray(cfg.instrument.area_energy_kev))
     a = np.log(np.asarray(cfg.instrument.area_cm2))
-    return np.exp(np.interp(np.log(energy_kev), e, a)) * cfg.instrument.kept_share(energy_kev)
+    return np.exp(np.interp(np.log(energy_kev), e, a))
 
 
 def transmission(energy_kev: np.ndarray, nh_cm2: np.ndarray, cfg: SimConfig) -> np.ndarray:
@@ -137,7 +142,7 @@ def background_spectrum(cfg: SimConfig) -> np.ndarray:
     mid, width, chan = _energy_grid(cfg)
     n_chan = len(cfg.spectrum.channel_edges_kev) - 1
     kept = cfg.instrument.kept_share(mid)
-    area = effective_area(mid, cfg) / kept  # all seven modules' area
+    area = _modules_area(mid, cfg)
     parts = [width, mid ** (-bg.sky_photon_index) * area * width]
     parts.append(np.exp(-mid / bg.soft_kt_kev) / mid * area * width)
     shares = [_sum_channels((p * kept)[None, :], chan, n_chan)[0] / p.sum() for p in parts]
