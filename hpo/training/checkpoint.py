@@ -97,6 +97,7 @@ class CheckpointFile:
     seconds: float = 0.0  # spent by the trial's own thread on checkpoints (the copy to the host)
     write_seconds: float = 0.0  # spent by the writing thread (not in the trial's way)
     saved: int = 0  # checkpoints written
+    superseded: bool = False  # a later copy of the trial writes this folder
     _writer: threading.Thread | None = field(default=None, repr=False)
     _error: BaseException | None = field(default=None, repr=False)
 
@@ -115,6 +116,15 @@ class CheckpointFile:
                 EOFError) as exc:  # a truncated, foreign or hand-edited file
             why = f"cannot be read ({first_line(exc)})"
         else:
+            later = state[0].trial
+            if self.trial is not None and later is not None and later > self.trial:
+                # Copies of a trial share its folder and are numbered after it: this attempt
+                # was failed as lost while it was away, and its copy trains on.
+                self.superseded = True
+                _logger.warning("checkpoint %s was written by trial %d, a later copy of trial %d "
+                                "(a peer failed this attempt as lost): it is left to the copy, and "
+                                "this attempt writes no checkpoint", self.path, later, self.trial)
+                return None
             why = self._mismatch(state[1])
             if not why:
                 return state[0]
@@ -122,8 +132,11 @@ class CheckpointFile:
         return None
 
     def save(self, state: TrainingState) -> None:
-        """Writes `state` on a thread of its own, after the previous write has ended."""
+        """Writes `state` on a thread of its own, after the previous write has ended (nothing
+        once a later copy of the trial was found to own the folder)."""
         self.wait()
+        if self.superseded:
+            return
         meta = {**self.ident, "epoch": state.epoch, "best_value": state.best_value,
                 "best_epoch": state.best_epoch, "stopped": state.stopped,
                 "history": state.history, "learning_rate": state.learning_rate,
@@ -148,8 +161,11 @@ class CheckpointFile:
 
     def remove(self) -> None:
         """Deletes the checkpoint, its folder and the study's folder above it if that is left
-        empty (the trial has ended and needs it no more)."""
+        empty (the trial has ended and needs it no more); a folder that a later copy of the
+        trial writes is the copy's, and stays."""
         self.wait()
+        if self.superseded or self._later_copy() is not None:
+            return
         for leftover in [self.path, *self.folder.glob(f".{FILE}.*")]:
             leftover.unlink(missing_ok=True)
         for folder in (self.folder, self.folder.parent):
@@ -157,6 +173,17 @@ class CheckpointFile:
                 folder.rmdir()
             except OSError:
                 return  # not empty (another trial's checkpoints, a foreign file) or gone
+
+    def _later_copy(self) -> int | None:
+        """The number of the later copy of this trial that wrote the checkpoint, if one did."""
+        if self.trial is None:
+            return None
+        try:
+            with np.load(self.path, allow_pickle=False) as npz:
+                writer = json.loads(str(npz["meta"])).get("trial")
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+            return None  # none, or not readable: no copy's to keep
+        return writer if isinstance(writer, int) and writer > self.trial else None
 
     def _write(self, arrays: dict[str, Any]) -> None:
         tmp = self.folder / f".{FILE}.{os.getpid()}.{threading.get_ident()}"
@@ -214,8 +241,9 @@ class CheckpointFile:
 class Checkpointing(keras.callbacks.Callback):
     """Saves a checkpoint at the end of every `file.every`-th epoch (and of the last one run).
 
-    Placed right after the evaluator: a checkpoint holds the epoch the evaluator scored, before
-    a pruner or a stop request can end the trial at that epoch's end.
+    Placed after the callbacks that record the epoch and before a stop request
+    (loop.checkpoint_after_record): a checkpoint holds an epoch the study was told of, and the
+    epoch a stop request ends the trial at.
 
     Args:
         file: where the checkpoint goes.

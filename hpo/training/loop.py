@@ -50,6 +50,7 @@ from hpo.training.calibrate import sigma_scale
 from hpo.training.calibrate import too_few
 from hpo.training.evaluate import predict
 from hpo.training.optimizers import build_optimizer
+from hpo.training.stop import StopCheck
 
 _logger = logging.getLogger(__name__)
 
@@ -252,6 +253,20 @@ def train_fused(
     return outcome  # type: ignore[return-value]
 
 
+def checkpoint_after_record(callbacks: Sequence[keras.callbacks.Callback],
+                            saving: list[keras.callbacks.Callback]) -> list[keras.callbacks.Callback]:
+    """The run's callbacks (after its evaluator) with the checkpoint after those that record
+    the epoch (epoch log, pruning report) and before a stop request ends the run there.
+
+    A checkpoint is then never ahead of the study: an epoch whose report was refused (a peer
+    failed the trial as lost) or cut by a SIGKILL is not in it, so the trial's copy resumes at
+    an epoch the study holds, and a lost worker writes nothing into the folder its copy uses.
+    """
+    stops = [i for i, c in enumerate(callbacks) if isinstance(c, StopCheck)]
+    at = stops[0] if stops else len(callbacks)
+    return [*callbacks[:at], *saving, *callbacks[at:]]
+
+
 class _Run:
     """One run between its setup and its result: the data, the network, its evaluator and
     callbacks (train() trains it alone, train_fused with others)."""
@@ -325,7 +340,7 @@ class _Run:
             )
         saving = [] if checkpoint is None else [Checkpointing(
             checkpoint, self.evaluator, resume.learning_rate if resume is not None else None)]
-        self.callbacks = [*saving, *callbacks]  # after the evaluator
+        self.callbacks = checkpoint_after_record(callbacks, saving)
         if resume is not None and (why := mismatch(self.model, resume)):
             _logger.warning("checkpoint %s is refused: %s; the trial starts from epoch 0",
                             checkpoint.path if checkpoint else "", why)

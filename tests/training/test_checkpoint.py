@@ -22,6 +22,8 @@ from hpo.training import train
 from hpo.training.checkpoint import CheckpointFile
 from hpo.training.checkpoint import identity
 from hpo.training.checkpoint import TrainingState
+from hpo.training.stop import StopCheck
+from hpo.training.stop import StopRequest
 
 ON_JAX = keras.backend.backend() == "jax"
 # The resume logic around the loop is the same on both backends: make test's JAX pass runs the
@@ -42,8 +44,24 @@ SMALL = {
 DATA_SHA = "f" * 64
 
 
-class StopAfter(keras.callbacks.Callback):
-    """Interrupts training at the end of epoch `epoch` (0-based), as a stop request does."""
+class StopAfter(StopCheck):
+    """A stop request (SIGTERM) that arrives during epoch `epoch` (0-based): training stops at
+    that epoch's end."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(StopRequest())
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.stop.requested = epoch == self.epoch
+        super().on_epoch_end(epoch, logs)
+
+
+class RefusedAt(keras.callbacks.Callback):
+    """The study refuses the report of epoch `epoch` (a peer failed the trial as lost)."""
 
     def __init__(self, epoch: int) -> None:
         super().__init__()
@@ -51,7 +69,7 @@ class StopAfter(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if epoch == self.epoch:
-            raise KeyboardInterrupt
+            raise RuntimeError(f"report of epoch {epoch} refused")
 
 
 def config(**extra: Any):
@@ -142,6 +160,26 @@ def test_a_run_streamed_from_disk_resumes_too(signal_h5, tmp_path):
     assert_same_run(whole, interrupted_then_resumed(ds, cfg, tmp_path, 0))
 
 
+@on_tensorflow_pass
+def test_a_checkpoint_is_never_ahead_of_the_study(signal_h5, tmp_path):
+    # Rule: an epoch is checkpointed after its report, before a stop request: an epoch whose
+    # report is refused is not in the checkpoint (the trial's copy resumes at an epoch the study
+    # holds, and a lost worker writes nothing into its copy's folder), the epoch a stop request
+    # ends at is.
+    ds = load_dataset(signal_h5)
+    cfg = config(**{"train.epochs": 4})
+    refused = CheckpointFile(tmp_path / "refused", identity(cfg, DATA_SHA))
+    with pytest.raises(RuntimeError, match="epoch 2 refused"):
+        train(cfg, ds, callbacks=[RefusedAt(2)], checkpoint=refused)
+    state = CheckpointFile(tmp_path / "refused", identity(cfg, DATA_SHA)).load()
+    assert state is not None and state.epoch == 2, "epochs 0 and 1 only"
+    stopped = CheckpointFile(tmp_path / "stopped", identity(cfg, DATA_SHA))
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, ds, callbacks=[RefusedAt(9), StopAfter(2)], checkpoint=stopped)
+    state = CheckpointFile(tmp_path / "stopped", identity(cfg, DATA_SHA)).load()
+    assert state is not None and state.epoch == 3, "epochs 0 to 2"
+
+
 def _state(epoch: int = 2) -> TrainingState:
     return TrainingState(epoch=epoch, variables=[np.ones((3, 2), np.float32)],
                          optimizer=[np.zeros((), np.int64)], best_value=0.5, best_epoch=1,
@@ -230,3 +268,30 @@ def test_the_checkpoint_file_says_what_it_was_written_for(tmp_path):
     with np.load(tmp_path / "checkpoint.npz") as npz:
         meta = json.loads(str(npz["meta"]))
     assert meta["config_sha256"] == ident["config_sha256"] and meta["epoch"] == 2
+
+
+def test_a_lost_attempt_leaves_the_folder_to_its_copy(tmp_path, caplog):
+    # Rule: a trial's copies share its folder and come after it; an attempt cut off long enough
+    # to be failed as lost, that comes back and finds its copy's checkpoint, neither resumes it
+    # nor writes over it nor removes it: it says so in one line.
+    ident = {"format": 1, "config_sha256": "c", "data_sha256": "d"}
+    copy = CheckpointFile(tmp_path / "trial-1", ident, run_id="copy", trial=2)
+    copy.save(_state(epoch=4))
+    copy.wait()
+    lost = CheckpointFile(tmp_path / "trial-1", ident, run_id="lost", trial=1)
+    with caplog.at_level(logging.WARNING, logger="hpo.training.checkpoint"):
+        assert lost.load() is None
+    assert lost.superseded
+    assert [r.getMessage() for r in caplog.records] == [
+        f"checkpoint {lost.path} was written by trial 2, a later copy of trial 1 (a peer failed "
+        "this attempt as lost): it is left to the copy, and this attempt writes no checkpoint"]
+    lost.save(_state(epoch=1))
+    lost.wait()
+    lost.remove()
+    back = CheckpointFile(tmp_path / "trial-1", ident, trial=2).load()
+    assert back is not None and (back.epoch, back.trial, back.run_id) == (4, 2, "copy")
+    # The copy's own checkpoint, and that of an earlier attempt, are the copy's to resume and remove.
+    earlier = CheckpointFile(tmp_path / "trial-1", ident, trial=3)
+    assert earlier.load() is not None and not earlier.superseded
+    earlier.remove()
+    assert not (tmp_path / "trial-1").exists()
