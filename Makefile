@@ -32,7 +32,7 @@ quickstart: install
 # the JAX backend, beside it: the TensorFlow pass spends much of its time starting `hpo` processes,
 # so the two passes share the 2 cores of a laptop better than they take turns. The JAX pass's output
 # is shown after the TensorFlow pass's; either failing fails `make test`.
-JAX_CORE := tests/inference/test_layers.py tests/training/test_loop.py tests/training/test_device_loop.py tests/training/test_fused.py tests/training/test_checkpoint.py tests/data/test_lazy.py tests/registry/test_models.py
+JAX_CORE := tests/inference/test_layers.py tests/training/test_loop.py tests/training/test_device_loop.py tests/training/test_fused.py tests/launch/test_fused_worker.py tests/training/test_checkpoint.py tests/data/test_lazy.py tests/registry/test_models.py
 
 test: $(BIN)/python
 	$(PIP) -e ".[test]"

@@ -21,6 +21,7 @@ RESUMED_KEY = "resumed"  # {"trial": n, "run": id, "epoch": e}: the checkpoint a
 
 # Tags of a trial's MLflow run that resumed another's checkpoint.
 RESUMES_RUN_TAG = "hpo.resumes_run"  # the run that wrote the checkpoint
+FUSED_TAG = "hpo.fused"  # trials trained in one program with this one (study.fuse)
 RESUMED_AT_TAG = "hpo.resumed_at_epoch"  # epochs it had trained (logged again in this run)
 
 # The reason shown for a trial failed without one: a peer or the proxy failed it as lost.

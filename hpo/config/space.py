@@ -211,6 +211,11 @@ class StudySpec(_Strict):
         "every worker can write (relative: to the folder workers run in, as data.path); "
         "<checkpoint_dir>/<study>/trial-<n>/, removed when the trial ends"
     )
+    fuse: int = Field(
+        1, ge=1, le=64, description="trials a worker takes at once and trains, those whose "
+        "networks share one shape (training/fusion.py), as one program; needs train.loop device "
+        "(Keras' JAX backend); 1: one trial at a time"
+    )
     engine: Literal["optuna", "keras_tuner"] = "optuna"
     tuner: TunerSpec | None = Field(None, description="engine keras_tuner only; default hyperband")
     enqueue: list[dict[str, Any]] = Field(
@@ -235,6 +240,13 @@ class StudySpec(_Strict):
                 "enqueue needs engine optuna and a sampler other than grid (a grid runs every "
                 "point anyway)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _fuse_with_optuna(self) -> StudySpec:
+        if self.fuse > 1 and self.engine != "optuna":
+            raise ValueError(f"fuse {self.fuse} needs engine optuna (its workers ask for several "
+                             "trials at once); keras_tuner runs one trial at a time")
         return self
 
     @model_validator(mode="after")
@@ -465,6 +477,11 @@ def parse_space(raw: dict[str, Any], *, source: str) -> SearchSpace:
                 raise ConfigError(
                     f"{source}: params key {path!r}: {value!r} trains without a sigma head, which "
                     "study.metric val_nll needs; use val_rmse or keep train.loss.type gaussian_nll")
+    if space.study.fuse > 1 and space.resolved_base().train.loop != "device" and (
+            "train.loop" not in space.params):
+        raise ConfigError(
+            f"{source}: key 'study.fuse': {space.study.fuse} trials train as one program on the "
+            "device path only: set base train.loop: device (Keras' JAX backend), or study.fuse: 1")
     for i, point in enumerate(space.study.enqueue):
         _check_point(space, point, f"{source}: key 'study.enqueue.{i}'")
     if space.study.engine == "keras_tuner":

@@ -8,7 +8,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
 
+import keras
 import optuna
 
 from hpo.config.space import SearchSpace
@@ -33,14 +38,32 @@ from hpo.keys import WORKER_KEY
 from hpo.training.checkpoint import CheckpointFile
 from hpo.training.checkpoint import identity
 from hpo.training.checkpoint import TrainingState
+from hpo.training.fusion import fusion_key
 from hpo.training.stop import StopCheck
 from hpo.training.stop import StopRequest
 from hpo.trial.recorder import no_recorder
+from hpo.trial.recorder import Recorder
 from hpo.trial.recorder import RecorderFactory
 from hpo.trial.runner import fail_reason
 from hpo.trial.runner import run_trial
+from hpo.trial.runner import run_trials_fused
+from hpo.trial.runner import TrialOutcome
 
 _logger = logging.getLogger(__name__)
+
+@dataclass(eq=False)
+class _Job:
+    """What a trial runs with, between its set-up (Objective._begin) and its end."""
+
+    pruning: PruningCallback
+    callbacks: list[keras.callbacks.Callback] = field(default_factory=list)
+    cfg: RunConfig = field(default=None)  # type: ignore[assignment]
+    recorder: Recorder = field(default=None)  # type: ignore[assignment]
+    checkpoint: CheckpointFile | None = None
+    log_model: Callable[[float], bool] = field(default=None)  # type: ignore[assignment]
+    resumed: Callable[[TrainingState], None] = field(default=None)  # type: ignore[assignment]
+    fusion: str = ""
+
 
 class Objective:
     """Callable for study.optimize; every trial ends with its run (if recorded) ended too."""
@@ -60,52 +83,134 @@ class Objective:
         self.stop = stop  # a signal then ends training at a batch end
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.trial_number: int | None = None  # the trial this worker runs or ran last
+        self.trial_numbers: list[int] = []  # the trials it runs or ran last, one or fused
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.trial_number = trial.number
+        self.trial_numbers = [trial.number]
+        job: _Job | None = None
+        try:
+            job = self._begin(trial)
+            outcome = run_trial(job.cfg, self.dataset, job.recorder, callbacks=job.callbacks,
+                                monitor=self.space.study.metric, log_model=job.log_model,
+                                check=self._check_data, checkpoint=job.checkpoint,
+                                on_resume=job.resumed)
+        except BaseException as exc:  # noqa: BLE001  (_end records it and raises it)
+            return self._end(trial, job, exc)
+        return self._end(trial, job, outcome)
+
+    def fused(self, trials: Sequence[optuna.Trial], *, strategy: str = "auto",
+              ) -> list[float | BaseException]:
+        """Runs `trials` as __call__ runs each, those of one fusion key (training/fusion.py) as
+        one program (trial.runner.run_trials_fused), each still its own trial and run.
+
+        Returns:
+            Per trial, its value, or the exception __call__ would have raised for it (for the
+            worker to tell the study).
+        """
+        jobs: list[_Job | None] = []
+        ends: list[float | BaseException | None] = [None] * len(trials)
+        for i, trial in enumerate(trials):
+            try:
+                jobs.append(self._begin(trial))
+            except BaseException as exc:  # noqa: BLE001  (this trial's own end)
+                jobs.append(None)
+                ends[i] = self._ended(trial, None, exc)
+        by_key: dict[str, list[int]] = {}
+        for i, job in enumerate(jobs):
+            if job is not None:
+                by_key.setdefault(job.fusion, []).append(i)
+        for group in by_key.values():
+            members = [jobs[i] for i in group]
+            if len(members) == 1:  # nothing to fuse with: trained as __call__ trains it
+                job = members[0]
+                assert job is not None
+                try:
+                    outcome: TrialOutcome | BaseException = run_trial(
+                        job.cfg, self.dataset, job.recorder, callbacks=job.callbacks,
+                        monitor=self.space.study.metric, log_model=job.log_model,
+                        check=self._check_data, checkpoint=job.checkpoint, on_resume=job.resumed)
+                except BaseException as exc:  # noqa: BLE001
+                    outcome = exc
+                ends[group[0]] = self._ended(trials[group[0]], job, outcome)
+                continue
+            try:
+                outcomes = run_trials_fused(
+                    [j.cfg for j in members], self.dataset, [j.recorder for j in members],
+                    callbacks=[j.callbacks for j in members], monitor=self.space.study.metric,
+                    log_model=[j.log_model for j in members], check=self._check_data,
+                    checkpoints=[j.checkpoint for j in members],
+                    on_resume=[j.resumed for j in members], strategy=strategy)
+            except BaseException as exc:  # noqa: BLE001  (run_trials_fused ends each run first)
+                outcomes = [exc] * len(members)
+            for i, job, outcome in zip(group, members, outcomes, strict=True):
+                ends[i] = self._ended(trials[i], job, outcome)
+        return ends  # type: ignore[return-value]
+
+    def _begin(self, trial: optuna.Trial) -> _Job:
+        """The trial's config, recorder, checkpoint and callbacks (its run started by the runner)."""
         trial.set_user_attr(WORKER_KEY, self.worker)
         metric = self.space.study.metric
         pruning = PruningCallback(trial, metric)
-        callbacks = [pruning] if self.stop is None else [pruning, StopCheck(self.stop)]
+        job = _Job(pruning)
+        job.callbacks = [pruning] if self.stop is None else [pruning, StopCheck(self.stop)]
+        job.cfg = cfg = config_for_trial(trial, self.space)
+        trial.set_user_attr(CONFIG_KEY, cfg.model_dump(mode="json"))
+        # The run id goes on the trial the moment the run exists; a worker that dies before
+        # that leaves a run that only its tags (hpo.study, hpo.trial) tie to the trial.
+        job.recorder = self.recorder_for(
+            trial.number, lambda run_id: trial.set_user_attr(MLFLOW_RUN_ID_KEY, run_id))
+        job.checkpoint = self._checkpoint(trial, cfg)
+        job.log_model = lambda value: self._keeps_model(trial, value)
+        job.fusion = fusion_key(cfg) if cfg.train.loop == "device" else f"alone {trial.number}"
+
+        def resumed(state: TrainingState) -> None:
+            # The pruner sees the values the interrupted trial reported, at their epochs.
+            for epoch, value in enumerate(state.history.get(metric, [])[: state.epoch]):
+                trial.report(value, epoch)
+            trial.set_user_attr(RESUMED_KEY, {"trial": state.trial, "run": state.run_id,
+                                              "epoch": state.epoch})
+
+        job.resumed = resumed
+        return job
+
+    def _end(self, trial: optuna.Trial, job: _Job | None,
+             outcome: TrialOutcome | BaseException) -> float:
+        """Records how the trial ended on it; returns its value or raises what ended it."""
+        end = self._ended(trial, job, outcome)
+        if isinstance(end, BaseException):
+            raise end
+        return end
+
+    def _ended(self, trial: optuna.Trial, job: _Job | None,
+               outcome: TrialOutcome | BaseException) -> float | BaseException:
+        """_end's records; the value, or the exception to raise (one raised while recording
+        replaces it: a peer failed the trial as lost meanwhile)."""
         try:
-            cfg = config_for_trial(trial, self.space)
-            trial.set_user_attr(CONFIG_KEY, cfg.model_dump(mode="json"))
-            # The run id goes on the trial the moment the run exists; a worker that dies before
-            # that leaves a run that only its tags (hpo.study, hpo.trial) tie to the trial.
-            recorder = self.recorder_for(
-                trial.number, lambda run_id: trial.set_user_attr(MLFLOW_RUN_ID_KEY, run_id))
-            checkpoint = self._checkpoint(trial, cfg)
-
-            def resumed(state: TrainingState) -> None:
-                # The pruner sees the values the interrupted trial reported, at their epochs.
-                for epoch, value in enumerate(state.history.get(metric, [])[: state.epoch]):
-                    trial.report(value, epoch)
-                trial.set_user_attr(RESUMED_KEY, {"trial": state.trial, "run": state.run_id,
-                                                  "epoch": state.epoch})
-
-            outcome = run_trial(cfg, self.dataset, recorder, callbacks=callbacks, monitor=metric,
-                                log_model=lambda value: self._keeps_model(trial, value),
-                                check=self._check_data, checkpoint=checkpoint, on_resume=resumed)
-        except optuna.TrialPruned:
-            trial.set_user_attr(EPOCHS_RUN_KEY, pruning.last_epoch + 1)
-            raise
-        except optuna.exceptions.UpdateFinishedTrialError:
-            # A peer failed this trial as lost (it saw no heartbeat: a partition, a long outage)
-            # and ended its run KILLED: leave both so; the worker says so and goes on.
-            raise
-        except KeyboardInterrupt:
-            self._failed(trial, "interrupted")
-            raise
-        except Exception as exc:  # the run, if any, was ended by run_trial
-            self._failed(trial, fail_reason(exc))
-            raise
-        result = outcome.result
-        trial.set_user_attr(EPOCHS_RUN_KEY, result.epochs_run)
-        trial.set_user_attr(BEST_EPOCH_KEY, result.best_epoch)
-        if outcome.model_uri is not None:
-            trial.set_user_attr(MODEL_URI_KEY, outcome.model_uri)
-        trial.set_user_attr(VAL_METRICS_KEY, result.val_metrics)
-        return outcome.value
+            if isinstance(outcome, optuna.TrialPruned):
+                ran = job.pruning.last_epoch + 1 if job is not None else 0
+                trial.set_user_attr(EPOCHS_RUN_KEY, ran)
+            elif isinstance(outcome, optuna.exceptions.UpdateFinishedTrialError):
+                # A peer failed this trial as lost (it saw no heartbeat: a partition, a long
+                # outage) and ended its run KILLED: leave both so; the worker says so, goes on.
+                pass
+            elif isinstance(outcome, KeyboardInterrupt):
+                self._failed(trial, "interrupted")
+            elif isinstance(outcome, Exception):  # the run, if any, was ended by the runner
+                self._failed(trial, fail_reason(outcome))
+            elif isinstance(outcome, BaseException):
+                pass
+            else:
+                result = outcome.result
+                trial.set_user_attr(EPOCHS_RUN_KEY, result.epochs_run)
+                trial.set_user_attr(BEST_EPOCH_KEY, result.best_epoch)
+                if outcome.model_uri is not None:
+                    trial.set_user_attr(MODEL_URI_KEY, outcome.model_uri)
+                trial.set_user_attr(VAL_METRICS_KEY, result.val_metrics)
+                return outcome.value
+        except Exception as exc:  # noqa: BLE001
+            return exc
+        return outcome
 
     def _checkpoint(self, trial: optuna.Trial, cfg: RunConfig) -> CheckpointFile | None:
         """The trial's checkpoint (None with study.checkpoint off): one folder for a trial and

@@ -26,6 +26,7 @@ from hpo.launch.supervisor import stop_timeout_s
 from hpo.launch.supervisor import supervise
 from hpo.launch.worker_processes import LAUNCHERS
 from hpo.launch.worker_processes import Plan
+from hpo.launch.worker_processes import worker_env
 from hpo.launch.worker_processes import WorkerProcess
 from hpo.redact import redact
 from hpo.store.storage import default_storage_url
@@ -78,6 +79,7 @@ def launch_optuna(
             Path.cwd(), image, network, workers_per_gpu=workers_per_gpu,
             calibration_path=None if cal is None else str(cal),
             checkpoint_dir=None if space.study.checkpoint == "off" else space.study.checkpoint_dir,
+            env=worker_env(space),
         )
         processes = LAUNCHERS[launcher](plan)
         stop_timeout_s()  # a bad HPO_STOP_TIMEOUT_S too

@@ -12,9 +12,11 @@ and fails them, so that none stays RUNNING.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable
 
 import optuna
@@ -39,6 +41,7 @@ from hpo.store.heartbeat import enable_heartbeat
 from hpo.store.heartbeat import fail_lost
 from hpo.store.heartbeat import grace_s
 from hpo.store.heartbeat import reap
+from hpo.store.heartbeat import beating
 from hpo.store.heartbeat import StaleTrialHandler
 from hpo.store.retry import is_transient
 from hpo.store.retry import RETRY_WINDOW_S
@@ -89,6 +92,10 @@ def run_worker(
     device.configure()  # this worker's threads and GPU memory share (HPO_THREADS, HPO_GPU_MEMORY_MB)
     storage = make_storage(storage_url)
     study, space = load_study(storage, study_name, worker_index)
+    if space.study.fuse > 1 and (backend := device.backend()) != "jax":
+        raise HpoError(f"study '{study_name}': study.fuse {space.study.fuse} trains trials as one "
+                       f"program on Keras' JAX backend, this worker runs {backend}: start it "
+                       "with KERAS_BACKEND=jax (hpo launch passes it on to its workers)")
     if space.study.checkpoint != "off":  # where this worker's trials keep their checkpoints
         check_writable_folder(space.study.checkpoint_dir, option="study.checkpoint_dir")
     env_uri = os.environ.get("MLFLOW_TRACKING_URI")
@@ -146,11 +153,16 @@ def _run_until_spent(
                     "study %s: timeout of %s s reached", study.study_name, space.study.timeout_s
                 )
                 break
-            busy = p.done + p.running >= p.budget
+            free = p.budget - p.done - p.running
+            busy = free <= 0
             if not busy:
+                take = min(space.study.fuse, free)
                 try:
                     with stop.in_trial():
-                        last = _run_one(study, objective, tracker, started)
+                        if take > 1:
+                            ended = _run_fused(study, objective, tracker, started, take)
+                        else:
+                            ended = [t for t in [_run_one(study, objective, tracker, started)] if t]
                 except KeyboardInterrupt:
                     _requeue_interrupted(study, space, objective, tracker)
                     raise
@@ -158,15 +170,14 @@ def _run_until_spent(
             # The rest of the budget runs elsewhere: stay, to run it again if its worker is lost.
             time.sleep(poll_s)
             continue
-        if last is None:
-            continue
-        ran += 1
-        failures = failures + 1 if last.state == TrialState.FAIL else 0
-        if failures >= MAX_CONSECUTIVE_FAILURES:
-            reason = last.user_attrs.get(FAIL_REASON_KEY, "see the worker log")
-            raise HpoError(
-                f"study '{study.study_name}': {failures} trials in a row failed; last: {reason}"
-            )
+        for last in ended:
+            ran += 1
+            failures = failures + 1 if last.state == TrialState.FAIL else 0
+            if failures >= MAX_CONSECUTIVE_FAILURES:
+                reason = last.user_attrs.get(FAIL_REASON_KEY, "see the worker log")
+                raise HpoError(
+                    f"study '{study.study_name}': {failures} trials in a row failed; last: {reason}"
+                )
     _reap_before_exit(study, space, poll_s)
     remove_stranded(study, space)
     settle_tracking(study, tracker, stop)
@@ -180,6 +191,7 @@ def _run_one(
     meanwhile (its copy runs again)."""
     finished: list[FrozenTrial] = []
     objective.trial_number = None  # set by the objective once this pass's trial exists
+    objective.trial_numbers = []
 
     def run(trial: optuna.Trial) -> float:
         started()
@@ -194,7 +206,7 @@ def _run_one(
             callbacks=[lambda _, trial: finished.append(trial)],
         )
     except Exception as exc:
-        if _lost_to_peer(study, objective):
+        if _lost_to_peer(study, objective.trial_number):
             # A peer saw no heartbeat from us for a grace period (a long database outage, a
             # frozen process) and failed the trial: Optuna refuses our late report or result
             # (UpdateFinishedTrialError, "Cannot tell a FAIL trial", or its "Should not reach"
@@ -203,14 +215,14 @@ def _run_one(
                 "trial %s was failed by another worker (no heartbeat seen); going on",
                 objective.trial_number,
             )
-            _rekill_lost_run(study, objective, tracker)
+            _rekill_lost_run(study, objective.trial_number, tracker)
             return None
         # A trial's own error (Keras refusing a layer, a GPU out of memory, a library bug) ends
         # that trial FAIL with its reason, recorded by the objective; the worker goes on. Storage
         # loss and the product's own errors (tracking away, a bad study) still end the worker.
         if isinstance(exc, HpoError) or is_transient(exc):
             raise
-        mine = _this_trial(study, objective)
+        mine = _this_trial(study, objective.trial_number)
         if mine is None or mine.state != TrialState.FAIL:
             raise
         _logger.warning("trial %s failed (%s: %s); going on", objective.trial_number,
@@ -219,44 +231,111 @@ def _run_one(
     return finished[-1] if finished else None
 
 
+def _run_fused(
+    study: optuna.Study, objective: Objective, tracker: Tracker, started: Callable[[], None],
+    n: int,
+) -> list[FrozenTrial]:
+    """Runs `n` trials asked together (study.fuse), those of one fusion key as one program
+    (Objective.fused), each told as study.optimize tells one; returns those that ended here
+    (not those a peer failed as lost meanwhile, whose copies run again).
+
+    Raises:
+        KeyboardInterrupt: a stop request ended them (each FAIL, reason interrupted).
+        HpoError, a transient storage error: as _run_one raises them, after every trial is told.
+    """
+    trials: list[optuna.Trial] = []
+    try:
+        with warnings.catch_warnings():  # `beating` gives these trials their heartbeats
+            warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+            for _ in range(n):
+                trials.append(study.ask())
+    finally:
+        objective.trial_numbers = [t.number for t in trials]
+        started()
+    with beating(study, [t._trial_id for t in trials]):
+        ends = objective.fused(trials)
+    ended: list[FrozenTrial] = []
+    stop: BaseException | None = None
+    for trial, end in zip(trials, ends, strict=True):
+        if isinstance(end, BaseException) and _lost_to_peer(study, trial.number):
+            _logger.warning("trial %d was failed by another worker (no heartbeat seen); going on",
+                            trial.number)
+            _rekill_lost_run(study, trial.number, tracker)
+            continue
+        if isinstance(end, optuna.TrialPruned):
+            ended.append(_tell(study, trial, state=TrialState.PRUNED))
+            continue
+        if not isinstance(end, BaseException):
+            ended.append(_tell(study, trial, end))
+            continue
+        ended.append(_tell(study, trial, state=TrialState.FAIL))
+        if isinstance(end, KeyboardInterrupt):
+            stop = stop or end
+        elif not isinstance(end, TrialFailed) and (
+                isinstance(end, HpoError) or is_transient(end) or not isinstance(end, Exception)):
+            stop = stop or end  # the worker's end, as _run_one lets it go
+        else:
+            _logger.warning("trial %d failed (%s: %s); going on", trial.number,
+                            type(end).__name__, first_line(end))
+    gc.collect()
+    if stop is not None:
+        raise stop
+    return ended
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None,
+          state: TrialState | None = None) -> FrozenTrial:
+    """study.tell, and the trial as told. A grid sampler stops the study at the grid's last
+    point with Study.stop, which Optuna allows inside study.optimize only (the trial is told by
+    then); the worker loop sees the exhausted grid itself."""
+    try:
+        return study.tell(trial, value, state=state)
+    except RuntimeError as exc:
+        told = _this_trial(study, trial.number)
+        if "Study.stop" not in str(exc) or told is None or not told.state.is_finished():
+            raise
+        return told
+
+
 def _requeue_interrupted(
     study: optuna.Study, space: SearchSpace, objective: Objective, tracker: Tracker
 ) -> None:
     """A trial stopped by a signal is not at fault: its parameters are queued again, as a lost
     trial's are, and one still RUNNING (a second signal cut its own ending short) is failed."""
-    trial = _this_trial(study, objective)
-    if trial is None:
-        return
-    if trial.state == TrialState.RUNNING:
-        fail_lost(study, space, [trial], "interrupted", KillLostRuns(tracker))
-    elif trial.state == TrialState.FAIL and FAIL_REASON_KEY in trial.user_attrs:
-        # (without a reason a peer failed it as lost, and queued its copy)
-        StaleTrialHandler(space, KillLostRuns(tracker)).requeue(study, trial)
+    for number in objective.trial_numbers:
+        trial = _this_trial(study, number)
+        if trial is None:
+            continue
+        if trial.state == TrialState.RUNNING:
+            fail_lost(study, space, [trial], "interrupted", KillLostRuns(tracker))
+        elif trial.state == TrialState.FAIL and FAIL_REASON_KEY in trial.user_attrs:
+            # (without a reason a peer failed it as lost, and queued its copy)
+            StaleTrialHandler(space, KillLostRuns(tracker)).requeue(study, trial)
 
 
-def _this_trial(study: optuna.Study, objective: Objective) -> FrozenTrial | None:
-    """The trial this worker runs or ran last, as the storage has it now (None before it exists)."""
-    mine = [t for t in study.get_trials(deepcopy=False) if t.number == objective.trial_number]
+def _this_trial(study: optuna.Study, number: int | None) -> FrozenTrial | None:
+    """Trial `number` as the storage has it now (None before it exists)."""
+    mine = [t for t in study.get_trials(deepcopy=False) if t.number == number]
     return mine[0] if mine else None
 
 
-def _lost_to_peer(study: optuna.Study, objective: Objective) -> bool:
-    mine = _this_trial(study, objective)
+def _lost_to_peer(study: optuna.Study, number: int | None) -> bool:
+    mine = _this_trial(study, number)
     # A trial this worker failed itself carries its reason; a lost one was failed without.
     return mine is not None and mine.state == TrialState.FAIL and FAIL_REASON_KEY not in mine.user_attrs
 
 
-def _rekill_lost_run(study: optuna.Study, objective: Objective, tracker: Tracker) -> None:
+def _rekill_lost_run(study: optuna.Study, number: int | None, tracker: Tracker) -> None:
     # The peer failed the trial and ended its run KILLED; if that fell between this worker's last
     # write to the trial and its end of the run, the run ended FINISHED after the peer's KILLED.
-    mine = _this_trial(study, objective)
+    mine = _this_trial(study, number)
     run_id = mine.user_attrs.get(MLFLOW_RUN_ID_KEY) if mine is not None else None
     try:
         if run_id and tracker.run_status(run_id) != "KILLED":
             tracker.finish_trial_run(run_id, "KILLED")  # the peer's reason stays
     except Exception as exc:  # noqa: BLE001  the next settle_tracking pass leaves it as it is
         _logger.warning("could not end MLflow run %s of lost trial %s KILLED: %s", run_id,
-                        objective.trial_number, first_line(exc))
+                        number, first_line(exc))
 
 
 def _no_traceback_of_a_lost_trial(record: logging.LogRecord) -> bool:

@@ -13,6 +13,7 @@ from hpo.launch.supervisor import Echo
 from hpo.launch.supervisor import supervise
 from hpo.launch.worker_processes import local_workers
 from hpo.launch.worker_processes import Plan
+from hpo.launch.worker_processes import worker_env
 from hpo.launch.worker_processes import WorkerProcess
 from hpo.store.storage import make_storage
 from hpo.study.budget import Progress
@@ -42,7 +43,7 @@ def worker_group(
     study, space = load_study(make_storage(storage_url), study_name)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or stored_tracking_uri(study) or ""
     plan = Plan(study_name, storage_url, uri, str(space.resolved_base().data.path),
-                workers_per_gpu, visible_gpus()[:1], Path.cwd())
+                workers_per_gpu, visible_gpus()[:1], Path.cwd(), env=worker_env(space))
     processes = []
     for i, w in enumerate(local_workers(plan)):
         argv = list(w.argv)

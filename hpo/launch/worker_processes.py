@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 
+from hpo.config.space import SearchSpace
 from hpo.launch.docker import check_readable
 from hpo.launch.docker import ContainerUser
 from hpo.launch.docker import DEFAULT_IMAGE
@@ -63,6 +64,15 @@ class WorkerProcess:
     env: dict[str, str]
     kill_argv: list[str] | None = None  # None: SIGKILL the process itself
     key: str | None = None  # WORKER_KEY of its trials; None: this host and the process's pid
+
+
+def worker_env(space: SearchSpace) -> dict[str, str]:
+    """This process's environment for a study's workers, with KERAS_BACKEND=jax where the
+    study trains on the device path (train.loop device, study.fuse) and none is set."""
+    env = dict(os.environ)
+    if "KERAS_BACKEND" not in env and space.resolved_base().train.loop == "device":
+        env["KERAS_BACKEND"] = "jax"
+    return env
 
 
 def local_workers(plan: Plan) -> list[WorkerProcess]:

@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Callable
+from collections.abc import Iterator
+from collections.abc import Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import optuna
@@ -28,6 +32,7 @@ from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
 from hpo.config.space import SearchSpace
+from hpo.errors import first_line
 from hpo.errors import HpoError
 from hpo.keys import BEAT_KEY
 from hpo.keys import FAIL_REASON_KEY
@@ -68,6 +73,38 @@ def reap(study: optuna.Study) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+
+
+@contextmanager
+def beating(study: optuna.Study, trial_ids: Sequence[int]) -> Iterator[None]:
+    """Heartbeats of running trials that study.optimize does not run (a worker's fused trials,
+    asked together): every heartbeat interval, one beat per trial, on a thread of its own."""
+    storage = study._storage
+    interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+    if not interval:
+        yield
+        return
+    done = threading.Event()
+
+    def beat() -> None:
+        while True:
+            for trial_id in trial_ids:
+                try:
+                    storage.record_heartbeat(trial_id)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    pass  # ended, or failed as lost by a peer: its report says so
+                except Exception as exc:  # noqa: BLE001  (retried inside; the trial's next call says it)
+                    _logger.warning("heartbeat of trial id %d: %s", trial_id, first_line(exc))
+            if done.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, daemon=True, name="heartbeats")
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 class StaleTrialHandler:

@@ -41,6 +41,11 @@ def configure(threads: int | None = None, memory_mb: int | None = None) -> None:
         )
 
 
+def backend() -> str:
+    """The Keras backend this process trains on (KERAS_BACKEND when Keras was first imported)."""
+    return keras.backend.backend()
+
+
 def describe() -> dict[str, str]:
     """What a run records about where it trained: Keras backend and versions, and the device."""
     backend = keras.backend.backend()

@@ -75,8 +75,9 @@ class Member:
         evaluator: scores its epochs, keeps its best weights, stops it early.
         seed: its shuffle seed (train.seed), as fit_on_device's.
         callbacks: its other Keras callbacks, called after the evaluator.
-        error: what ended it before its last epoch, if anything but a stop request
-            (optuna.TrialPruned, TrialFailed, ...); set by fit_fused, for the caller to raise.
+        error: what ended it before its last epoch, if anything (optuna.TrialPruned,
+            TrialFailed, KeyboardInterrupt for a stop request, ...); set by fit_fused, for the
+            caller to raise.
         epochs_run: epochs it trained in this call.
     """
 
@@ -238,7 +239,9 @@ def fit_fused(
 
     def keep(positions: list[int]) -> None:
         nonlocal live, state
-        if len(positions) < len(live):
+        if not positions:  # every member has ended (a stop request ends them all at once)
+            live = []
+        elif len(positions) < len(live):
             live = [live[p] for p in positions]
             idx = jnp.asarray(positions, jnp.int32)
             state = jax.tree.map(lambda a: jnp.take(a, idx, axis=0), state)
@@ -350,10 +353,11 @@ class Stack:
 
 def _ran(member: Member, call: Callable[[], Any]) -> bool:
     """Runs one of a member's hooks; one that raises ends the member: its error is set and
-    False returned."""
+    False returned. A stop request too (KeyboardInterrupt from its StopCheck): the members
+    share it, so each ends at this epoch's end with its own epoch recorded and checkpointed."""
     try:
         call()
-    except Exception as exc:  # noqa: BLE001  (the caller raises it as that member's end)
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001  (raised as that member's end)
         member.error = exc
         return False
     return True

@@ -32,6 +32,7 @@ from hpo.errors import TrialFailed
 from hpo.keys import METRIC
 from hpo.keys import METRICS
 from hpo.keys import RESUMED_AT_TAG
+from hpo.keys import FUSED_TAG
 from hpo.keys import RESUMES_RUN_TAG
 from hpo.redact import redact_text
 from hpo.training.checkpoint import CheckpointFile
@@ -184,6 +185,15 @@ def run_trials_fused(
             outcomes[i], calls = exc, [*calls, None]
         steps.append(gen)
     fused = [i for i in range(n) if outcomes[i] is None and calls[i].resume is None]
+    for i in fused if len(fused) > 1 else ():
+        try:
+            recorders[i].set_tags({FUSED_TAG: len(fused)})
+        except Exception as exc:  # noqa: BLE001  (the tracking store: the trial fails with it)
+            try:
+                outcomes[i] = _conclude(steps[i], exc)
+            except BaseException as end:  # noqa: BLE001
+                outcomes[i] = end
+    fused = [i for i in fused if outcomes[i] is None]
     results: list[TrainResult | BaseException] = [RuntimeError("not trained")] * n
     if fused:
         try:

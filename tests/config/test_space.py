@@ -49,6 +49,11 @@ def test_every_shipped_space_validates(path):
           "params": {"model.filters": {"categorical": [8]}}}, "enqueue needs engine optuna"),
         ({"study": {"name": "x", "n_trials": 1}, "tracking": {"log_models": "best"}},
          "key 'tracking.log_models'"),
+        ({"study": {"name": "x", "n_trials": 4, "fuse": 4}},
+         "key 'study.fuse': 4 trials train as one program on the device path only"),
+        ({"study": {"name": "x", "n_trials": 4, "fuse": 2, "engine": "keras_tuner"},
+          "base": {"train": {"loop": "device"}}}, "fuse 2 needs engine optuna"),
+        ({"study": {"name": "x", "n_trials": 4, "fuse": 0}}, "key 'study.fuse'"),
     ],
 )
 def test_malformed_space_names_file_and_key(raw, fragment):
