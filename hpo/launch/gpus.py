@@ -82,14 +82,13 @@ def gpu_env(gpu: str, workers_on_it: int, memory_mb: int | None = None) -> dict[
         workers_on_it: workers placed on that GPU (1: the worker may take all of it).
         memory_mb: the GPU's memory, for TensorFlow's limit; None leaves TensorFlow growing.
     """
-    env = {"CUDA_VISIBLE_DEVICES": gpu}
+    # JAX takes memory as the trial needs it, not 75% of the card at start (a lone worker's
+    # preallocation held 105 GiB of an H200 for a network of a few MB).
+    env = {"CUDA_VISIBLE_DEVICES": gpu, "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+           "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
     if workers_on_it > 1:
         fraction = math.floor(MEMORY_HEADROOM / workers_on_it * 1000) / 1000  # never above the headroom
-        env.update(
-            XLA_PYTHON_CLIENT_PREALLOCATE="false",
-            XLA_PYTHON_CLIENT_MEM_FRACTION=f"{fraction:.3f}",
-            TF_FORCE_GPU_ALLOW_GROWTH="true",
-        )
+        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{fraction:.3f}"
         if memory_mb:
             env["HPO_GPU_MEMORY_MB"] = str(int(memory_mb * fraction))
     return env

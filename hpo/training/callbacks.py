@@ -92,3 +92,17 @@ class EpochEvaluator(keras.callbacks.Callback):
     def import_best(self, weights: list[np.ndarray] | None) -> None:
         """Takes back what `export_best` gave (a resumed run)."""
         self.best_weights = None if weights is None else list(weights)
+
+
+def learning_rate(model: keras.Model) -> float:
+    """The optimizer's learning rate now (a schedule's value at its iteration count).
+
+    The device loop reads it at each epoch end before it dispatches the next epoch and keeps it
+    on the model: computed later, by a callback, it would be a device operation queued behind
+    that whole epoch.
+    """
+    known = getattr(model, "_epoch_learning_rate", None)
+    if known is not None:
+        return float(known)
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+

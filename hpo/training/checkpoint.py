@@ -39,6 +39,7 @@ import numpy as np
 
 from hpo.config.tree import RunConfig
 from hpo.errors import first_line
+from hpo.training.callbacks import learning_rate
 
 _logger = logging.getLogger(__name__)
 
@@ -265,11 +266,6 @@ class Checkpointing(keras.callbacks.Callback):
         t0 = time.perf_counter()
         self.file.save(capture(self.model, self.evaluator, done, self.learning_rate))
         self.file.seconds += time.perf_counter() - t0
-
-
-def learning_rate(model: keras.Model) -> float:
-    """The optimizer's learning rate now (a schedule's value at its iteration count)."""
-    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
 def capture(model: keras.Model, evaluator: Any, epoch: int,

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 from functools import lru_cache
+from pathlib import Path
 
 import keras
 
@@ -27,6 +28,8 @@ def configure(threads: int | None = None, memory_mb: int | None = None) -> None:
     """
     threads = threads or int(os.environ.get("HPO_THREADS") or 0) or None
     memory_mb = memory_mb or int(os.environ.get("HPO_GPU_MEMORY_MB") or 0) or None
+    if keras.backend.backend() == "jax":
+        compilation_cache()
     if keras.backend.backend() != "tensorflow":
         return  # JAX/XLA take their thread and memory settings from the environment
     import tensorflow as tf
@@ -39,6 +42,26 @@ def configure(threads: int | None = None, memory_mb: int | None = None) -> None:
         tf.config.set_logical_device_configuration(
             gpus[0], [tf.config.LogicalDeviceConfiguration(memory_limit=memory_mb)]
         )
+
+
+def compilation_cache(folder: str | None = None) -> str | None:
+    """Turns on JAX's persistent compilation cache, so that a program (a trial's epoch, a fused
+    group's) compiles once per machine and every later worker and trial of that shape loads it.
+
+    The folder: `folder`, else JAX_COMPILATION_CACHE_DIR, else HPO_JAX_CACHE, else
+    ~/.cache/xray-hpo/jax (the user's own: a cache is trusted code, never a folder others can
+    write); HPO_JAX_CACHE=off leaves it off. Programs that compile in under a second are not
+    kept. Returns the folder, or None when off.
+    """
+    import jax
+
+    folder = (folder or os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.environ.get("HPO_JAX_CACHE")
+              or str(Path.home() / ".cache" / "xray-hpo" / "jax"))
+    if folder == "off":
+        return None
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    return folder
 
 
 def backend() -> str:

@@ -40,6 +40,7 @@ import numpy as np
 from hpo.errors import TrialFailed
 from hpo.model.metrics import StreamingResidual
 from hpo.training.callbacks import EpochEvaluator
+from hpo.training.callbacks import learning_rate
 from hpo.training.device_data import DeviceData
 
 State = tuple[list[Any], list[Any], list[Any]]  # trainable, non-trainable, optimizer variables
@@ -106,6 +107,7 @@ def fit_on_device(
     evaluator: DeviceEvaluator,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     dispatch: str = "auto",
+    pipeline: bool = True,
 ) -> None:
     """Trains a compiled model for epochs `initial_epoch` .. `epochs - 1`, as model.fit would.
 
@@ -119,6 +121,10 @@ def fit_on_device(
         callbacks: the trial's other Keras callbacks, called after the evaluator each epoch.
         dispatch: train.device_dispatch: `epoch` (one call an epoch), `step` (one call a step)
             or `auto` (resolve_dispatch).
+        pipeline: dispatch each epoch before the previous one's callbacks run, so that the
+            storage and tracking calls of an epoch end cost no device time (the same numbers:
+            an epoch always starts from the state its predecessor ended in, as the callbacks
+            left it).
 
     Raises:
         TrialFailed: a non-finite loss or prediction (from the evaluator), or device memory ran
@@ -132,14 +138,23 @@ def fit_on_device(
     hooks.on_train_begin()
     epoch_fn = epoch_program(model, loss, data, batch_size, resolve_dispatch(dispatch))
     key = jax.random.key(seed)
-    state = read_state(model)  # after on_train_begin: a warm start may have set the weights
+    ahead: Ahead | None = None
     for epoch in range(initial_epoch, epochs):
         hooks.on_epoch_begin(epoch)
-        state, logs, val_out = run_epoch(epoch_fn, state, jax.random.fold_in(key, epoch))
+        state = read_state(model)  # a warm start or a hook may have set the weights
+        if ahead is None or not ahead.starts_from(state):
+            ahead = Ahead(epoch_fn, state, jax.random.fold_in(key, epoch))
+        state, logs, val_out = ahead.result()
+        ahead = None
         hand_over(model, evaluator, state, val_out[: data.n_val])
+        if pipeline and epoch + 1 < epochs:
+            # The next epoch runs on the device while this one's callbacks (epoch log, pruning
+            # report, checkpoint) run here; dropped if they stop the run or change its weights.
+            ahead = Ahead(epoch_fn, state, jax.random.fold_in(key, epoch + 1))
         hooks.on_epoch_end(epoch, {k: float(v) for k, v in logs.items()})
         if model.stop_training:
             break
+    model._epoch_learning_rate = None
     hooks.on_train_end()
 
 
@@ -304,22 +319,43 @@ def read_state(model: keras.Model) -> State:
             [v.value for v in model.optimizer.variables])
 
 
-def run_epoch(epoch_fn: Callable[[Any, Any], tuple[Any, Any, Any]], state: Any, key: Any
-              ) -> tuple[Any, dict[str, np.ndarray], np.ndarray]:
-    """One epoch's dispatch and its one transfer (the logs and validation outputs, a few KB):
-    (state, logs, validation outputs) with the last two on the host.
+class Ahead:
+    """An epoch dispatched (JAX runs it asynchronously) from `start`, its result fetched later.
 
-    Raises:
-        TrialFailed: the device ran out of memory.
+    The epoch programs donate no buffer, so `start` stays valid: a callback that leaves the
+    model's variables holding its arrays (starts_from) has changed nothing the epoch read.
     """
-    try:
-        state, logs, val_out = epoch_fn(state, key)
-        logs, val_out = jax.device_get((logs, val_out))
-    except jax.errors.JaxRuntimeError as exc:
-        if "RESOURCE_EXHAUSTED" in str(exc):
-            raise TrialFailed(f"out of device memory: {str(exc).splitlines()[0]}") from exc
-        raise
-    return state, logs, np.asarray(val_out)
+
+    def __init__(self, epoch_fn: Callable[[Any, Any], tuple[Any, Any, Any]], start: Any,
+                 key: Any) -> None:
+        self.start = start
+        self._error: BaseException | None = None
+        try:
+            self._out = epoch_fn(start, key)
+        except jax.errors.JaxRuntimeError as exc:
+            self._error = exc
+
+    def starts_from(self, state: Any) -> bool:
+        """Whether `state` is the very arrays this epoch started from."""
+        a, b = jax.tree.leaves(self.start), jax.tree.leaves(state)
+        return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+    def result(self) -> tuple[Any, dict[str, np.ndarray], np.ndarray]:
+        """(state, logs, validation outputs), the last two on the host; waits for the device.
+
+        Raises:
+            TrialFailed: the device ran out of memory.
+        """
+        try:
+            if self._error is not None:
+                raise self._error
+            state, logs, val_out = self._out
+            logs, val_out = jax.device_get((logs, val_out))
+        except jax.errors.JaxRuntimeError as exc:
+            if "RESOURCE_EXHAUSTED" in str(exc):
+                raise TrialFailed(f"out of device memory: {str(exc).splitlines()[0]}") from exc
+            raise
+        return state, logs, np.asarray(val_out)
 
 
 def hand_over(model: keras.Model, evaluator: DeviceEvaluator, state: State,
@@ -327,6 +363,9 @@ def hand_over(model: keras.Model, evaluator: DeviceEvaluator, state: State,
     """Gives an epoch's end to the model (its variables) and its evaluator (the state and the
     validation predictions, n_val rows), so that the callbacks see it as after model.fit's."""
     write_back(model, state)
+    model._epoch_learning_rate = None
+    # Read now, while the device is idle (callbacks.learning_rate).
+    model._epoch_learning_rate = learning_rate(model)
     evaluator.state = state
     with_sigma = val_out.shape[-1] > 1
     evaluator.predictions = (val_out[:, 0], val_out[:, 1] if with_sigma else None)

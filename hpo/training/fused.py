@@ -48,12 +48,12 @@ import numpy as np
 from hpo.inference.layers import ExposureScale
 from hpo.inference.layers import LogExposure
 from hpo.training.device_data import DeviceData
+from hpo.training.device_loop import Ahead
 from hpo.training.device_loop import DeviceEvaluator
 from hpo.training.device_loop import epoch_program
 from hpo.training.device_loop import hand_over
 from hpo.training.device_loop import read_state
 from hpo.training.device_loop import resolve_dispatch
-from hpo.training.device_loop import run_epoch
 
 # Layer attributes a member may set to its own number (or array): they enter the program as
 # vmapped arrays. Their get_config keys are left out of the equality check.
@@ -210,6 +210,7 @@ def fit_fused(
     epochs: int,
     dispatch: str = "auto",
     strategy: str = "auto",
+    pipeline: bool = True,
 ) -> None:
     """Trains the members for epochs `initial_epoch` .. `epochs - 1` in one program, each as
     fit_on_device would train it alone; a member that fails or is pruned gets `error` set and
@@ -220,6 +221,8 @@ def fit_fused(
         strategy: `vmap` (the members' steps as one batched step: a convolution becomes a
             grouped one), `unroll` (each member's step in the same program one after the
             other), or `auto` (resolve_strategy).
+        pipeline: as fit_on_device's: the next epoch is dispatched before this one's callbacks
+            run; a member that leaves meanwhile leaves the others' rows of it unchanged.
 
     Raises:
         ValueError: the members cannot share one program (fusion_error).
@@ -247,21 +250,33 @@ def fit_fused(
             state = jax.tree.map(lambda a: jnp.take(a, idx, axis=0), state)
             stack.keep(positions)
 
+    def keys(epoch: int) -> Any:
+        return jnp.stack([jax.random.fold_in(jax.random.key(m.seed), epoch) for m in live])
+
+    ahead: Ahead | _Rows | None = None
+    ahead_of: list[Member] = []  # the members `ahead` was dispatched for
     for epoch in range(initial_epoch, epochs):
         keep([p for p, m in enumerate(live)
               if _ran(m, lambda m=m: m.hooks.on_epoch_begin(epoch))])
         if not live:
             break
-        keys = jnp.stack([jax.random.fold_in(jax.random.key(m.seed), epoch) for m in live])
+        if ahead is not None and live != ahead_of:  # lanes never mix: the rest's rows stand
+            ahead = _Rows(ahead, [ahead_of.index(m) for m in live])
         try:
-            state, logs, val_out = run_epoch(epoch_fn, state, keys)
+            state, logs, val_out = (ahead or Ahead(epoch_fn, state, keys(epoch))).result()
         except Exception as exc:  # noqa: BLE001  (out of device memory: each member fails with it)
             for m in live:
                 m.error = exc
-            return
+            live = []
+            break
+        ahead = None
+        for p, m in enumerate(live):  # slices and reads on the device, before the next epoch
+            hand_over(m.model, m.evaluator, _member(state, p), val_out[p, : data.n_val])
+        if pipeline and epoch + 1 < epochs:
+            # The next epoch runs on the device while this one's callbacks run (fit_on_device).
+            ahead, ahead_of = Ahead(epoch_fn, state, keys(epoch + 1)), list(live)
         stays = []
         for p, m in enumerate(live):
-            hand_over(m.model, m.evaluator, _member(state, p), val_out[p, : data.n_val])
             m.epochs_run += 1
             end = {k: float(v[p]) for k, v in logs.items()}
             if not _ran(m, lambda m=m, end=end: m.hooks.on_epoch_end(epoch, end)):
@@ -271,6 +286,8 @@ def fit_fused(
             else:
                 stays.append(p)
         keep(stays)
+    for m in members:
+        m.model._epoch_learning_rate = None
     for m in live:
         _ran(m, m.hooks.on_train_end)
 
@@ -349,6 +366,19 @@ class Stack:
             fn = jax.jit(jax.vmap(with_hypers,
                                   in_axes=(0, *[0] * mapped, *[None] * (n_args - mapped))))
         return lambda *args: fn(self.arrays, *args)
+
+
+class _Rows:
+    """Some members' rows of an epoch dispatched for more (the others left before its end)."""
+
+    def __init__(self, ahead: Ahead | _Rows, rows: list[int]) -> None:
+        self.ahead, self.rows = ahead, rows
+
+    def result(self) -> tuple[Any, dict[str, np.ndarray], np.ndarray]:
+        state, logs, val_out = self.ahead.result()
+        idx = jnp.asarray(self.rows, jnp.int32)
+        return (jax.tree.map(lambda a: jnp.take(a, idx, axis=0), state),
+                {k: np.asarray(v)[self.rows] for k, v in logs.items()}, val_out[self.rows])
 
 
 def _ran(member: Member, call: Callable[[], Any]) -> bool:

@@ -35,6 +35,7 @@ from hpo.keys import RESUMED_AT_TAG
 from hpo.keys import FUSED_TAG
 from hpo.keys import RESUMES_RUN_TAG
 from hpo.redact import redact_text
+from hpo.training.callbacks import learning_rate
 from hpo.training.checkpoint import CheckpointFile
 from hpo.training.checkpoint import TrainingState
 from hpo.training.loop import train
@@ -70,9 +71,8 @@ class EpochLog(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         metrics = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}
-        lr = getattr(self.model.optimizer, "learning_rate", None)
-        if lr is not None:
-            metrics["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
+        if getattr(self.model.optimizer, "learning_rate", None) is not None:
+            metrics["learning_rate"] = learning_rate(self.model)
         self.record(metrics, epoch)
 
     def record(self, metrics: dict[str, float], epoch: int) -> None:

@@ -109,7 +109,10 @@ def test_gpu_env_shares():
     assert env["CUDA_VISIBLE_DEVICES"] == "3"
     assert float(env["XLA_PYTHON_CLIENT_MEM_FRACTION"]) * 8 <= 0.9
     assert int(env["HPO_GPU_MEMORY_MB"]) == int(143771 * float(env["XLA_PYTHON_CLIENT_MEM_FRACTION"]))
-    assert gpu_env("3", 1) == {"CUDA_VISIBLE_DEVICES": "3"}
+    assert env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    # A lone worker may take the whole card, as its trials need it, not 75% of it at start.
+    assert gpu_env("3", 1) == {"CUDA_VISIBLE_DEVICES": "3", "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+                               "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
 
 
 @pytest.mark.slow

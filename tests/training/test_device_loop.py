@@ -6,6 +6,7 @@ stopping, failures and saved model as model.fit.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import keras
@@ -291,3 +292,96 @@ def test_the_device_loop_is_refused_off_jax(signal_h5):
     # Rule: train.loop device on another backend is one clear error before any training.
     with pytest.raises(ConfigError, match="train.loop device needs Keras' JAX backend"):
         train(apply_overrides({**DEVICE, "train.epochs": 1}), load_dataset(signal_h5))
+
+
+@jax_only
+def test_a_worker_keeps_compiled_programs_on_disk(tmp_path):
+    # Rule: on the JAX backend a worker turns on JAX's persistent compilation cache (its own
+    # folder, or JAX_COMPILATION_CACHE_DIR / HPO_JAX_CACHE), so that a shape compiles once per
+    # machine; HPO_JAX_CACHE=off leaves it off. In a process of its own: the cache is set before
+    # the first compilation.
+    import subprocess
+    import sys
+
+    script = (
+        "import os, keras, jax, jax.numpy as jnp\n"
+        "from hpo.training import device\n"
+        "device.configure()\n"
+        "print('DIR', jax.config.jax_compilation_cache_dir)\n"
+        "f = jax.jit(lambda x: jnp.linalg.svd(x @ x.T)[0])\n"
+        "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"
+        "f(jnp.ones((64, 64))).block_until_ready()\n"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "jax", "HOME": str(tmp_path), "JAX_PLATFORMS": "cpu"}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    env.pop("HPO_JAX_CACHE", None)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    folder = tmp_path / ".cache" / "xray-hpo" / "jax"
+    assert f"DIR {folder}" in out.stdout
+    assert any(folder.iterdir()), "the compiled program is on disk"
+    off = subprocess.run([sys.executable, "-c", script], env={**env, "HPO_JAX_CACHE": "off"},
+                         capture_output=True, text=True, timeout=300)
+    assert off.returncode == 0 and "DIR None" in off.stdout, off.stderr[-2000:]
+
+
+class Shrink(keras.callbacks.Callback):
+    """Halves every trainable weight at the end of epoch `epoch` (a callback that changes the
+    weights, as no shipped one does)."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if epoch == self.epoch:
+            for v in self.model.trainable_variables:
+                v.assign(v.value * 0.5)
+
+
+@jax_only
+@pytest.mark.parametrize("shrink", [None, 1])
+def test_the_pipelined_loop_trains_as_the_loop_in_turn(signal_h5, shrink):
+    # Rule: dispatching the next epoch before this one's callbacks run changes no number: the
+    # histories are equal, and a callback that changes the weights at an epoch end has the next
+    # epoch start from its weights (the epoch dispatched ahead is dropped); the learning rate the
+    # epoch log reads is the epoch's, not one queued behind the next epoch.
+    from hpo.model.builder import build_model
+    from hpo.model.builder import InputStats
+    from hpo.model.losses import LOSSES
+    from hpo.training.callbacks import learning_rate
+    from hpo.training.device_data import place
+    from hpo.training.device_loop import DeviceEvaluator
+    from hpo.training.device_loop import fit_on_device
+    from hpo.training.optimizers import build_optimizer
+
+    ds = load_dataset(signal_h5)
+    cfg = apply_overrides({**SMALL, "model.dropout.placement": "none",
+                           "train.schedule": {"type": "cosine"}})
+    stats = InputStats.fit(ds.images, ds.redshift, ds.log_mass, "log1p")
+    data = place(ds, np.arange(160), np.arange(160, 200), exposure=False)
+
+    def run(pipeline: bool) -> tuple[dict[str, list[float]], list[float]]:
+        keras.utils.set_random_seed(0)
+        model = build_model(cfg.model, image_shape=ds.image_shape, stats=stats, seed=0)
+        model.compile(optimizer=build_optimizer(cfg.train.optimizer, cfg.train.schedule, 5, 4),
+                      loss=LOSSES["mse"])
+        rates: list[float] = []
+
+        class Rate(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+                rates.append(learning_rate(self.model))
+
+        evaluator = DeviceEvaluator(ds.log_mass[160:200], monitor="val_residual_std")
+        fit_on_device(model, data, loss=LOSSES["mse"], batch_size=32, seed=0, initial_epoch=0,
+                      epochs=4, evaluator=evaluator, dispatch="epoch", pipeline=pipeline,
+                      callbacks=[Rate()] + ([Shrink(shrink)] if shrink is not None else []))
+        return evaluator.history, rates
+
+    (ahead, ahead_rates), (in_turn, in_turn_rates) = run(True), run(False)
+    assert ahead.keys() == in_turn.keys()
+    for key, values in in_turn.items():
+        np.testing.assert_allclose(ahead[key], values, rtol=1e-6, err_msg=key)
+    np.testing.assert_allclose(ahead_rates, in_turn_rates, rtol=1e-6)
+    assert in_turn_rates[0] > in_turn_rates[-1]  # the cosine schedule, read at each epoch's end
