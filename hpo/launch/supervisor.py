@@ -23,6 +23,7 @@ from hpo.config.space import SearchSpace
 from hpo.errors import ConfigError
 from hpo.errors import HpoError
 from hpo.keys import WORKER_KEY
+from hpo.launch.mps import mps_for
 from hpo.launch.worker_processes import WorkerProcess
 from hpo.store.heartbeat import fail_lost
 from hpo.study.budget import Progress
@@ -54,12 +55,26 @@ def supervise(
         HpoError: workers exited with errors before the budget was spent.
         KeyboardInterrupt: after the workers were stopped.
     """
+    with mps_for([w.env.get("CUDA_VISIBLE_DEVICES") for w in processes], echo) as mps:
+        return _supervise(study, space, processes, echo, tracker, mps)
+
+
+def _supervise(
+    study: optuna.Study,
+    space: SearchSpace,
+    processes: list[WorkerProcess],
+    echo: Echo,
+    tracker: Tracker | None,
+    mps: dict[str, str],
+) -> Progress:
+    """supervise, with `mps` (mps.mps_for) in every worker's environment."""
     stop_timeout = stop_timeout_s()
     for w in processes:
         echo(f"starting {w.label}")
     # Own sessions: a terminal's Ctrl-C reaches only the launcher, which sends each worker
     # exactly one SIGINT (a second one would stop a worker before it ends its trial cleanly).
-    procs = [subprocess.Popen(w.argv, env=w.env, start_new_session=True) for w in processes]
+    procs = [subprocess.Popen(w.argv, env={**w.env, **mps}, start_new_session=True)
+             for w in processes]
     last = None
     exited: set[int] = set()
     t0 = time.monotonic()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,71 @@ def test_one_worker_command_runs_k_worker_processes(tmp_path):
     assert sum(t.state == TrialState.COMPLETE for t in trials) >= 4
     assert len({t.user_attrs["worker"] for t in trials}) == 2
     assert "worker 6: ran" in out.stdout and "worker 7: ran" in out.stdout
+
+
+FAKE_CONTROL = """#!/bin/sh
+# Stands in for NVIDIA's MPS control program (no GPU here): records each call, its pipe folder
+# and its standard input; `HPO_FAKE_MPS_FAIL` makes the start fail as a daemon would.
+echo "$* pipe=$CUDA_MPS_PIPE_DIRECTORY stdin=$(cat)" >> "$HPO_FAKE_MPS_LOG"
+if [ -n "$HPO_FAKE_MPS_FAIL" ] && [ "$1" = "-d" ]; then echo "$HPO_FAKE_MPS_FAIL" >&2; exit 1; fi
+"""
+
+
+@pytest.fixture
+def fake_control(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    control = bin_dir / "nvidia-cuda-mps-control"
+    control.write_text(FAKE_CONTROL)
+    control.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("HPO_FAKE_MPS_LOG", str(tmp_path / "calls.log"))
+    monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
+    monkeypatch.delenv("HPO_MPS", raising=False)
+    return tmp_path / "calls.log"
+
+
+def test_workers_sharing_a_gpu_get_a_private_mps_daemon_stopped_after_them(fake_control):
+    # Rule: when a GPU gets more than one worker, a private MPS daemon is started (its pipe in a
+    # folder of its own), the workers are given its pipe, and it is told to quit afterwards; one
+    # line says so. A GPU per worker, or CPU workers, start nothing.
+    from hpo.launch.mps import mps_for
+
+    said: list[str] = []
+    with mps_for(["0", "0", "1"], said.append) as env:
+        pipe = env["CUDA_MPS_PIPE_DIRECTORY"]
+        assert Path(pipe).is_dir() and Path(env["CUDA_MPS_LOG_DIRECTORY"]).is_dir()
+        assert fake_control.read_text().splitlines() == [f"-d pipe={pipe} stdin="]
+    assert fake_control.read_text().splitlines()[1] == f" pipe={pipe} stdin=quit"
+    assert not Path(pipe).exists()  # the private folder goes with the daemon
+    assert len(said) == 1 and said[0].startswith("MPS: daemon started for the workers sharing GPU 0")
+    for gpus in (["0", "1"], [None, None], []):
+        with mps_for(gpus, said.append) as env:
+            assert env == {}
+    assert len(said) == 1 and len(fake_control.read_text().splitlines()) == 2
+
+
+def test_mps_that_cannot_start_is_said_and_the_workers_run_without_it(fake_control, monkeypatch):
+    # Rule: no control program, a daemon that refuses to start, HPO_MPS=off, or a daemon of the
+    # user's own: the workers run as they are, and one line says which.
+    from hpo.launch.mps import mps_for
+
+    said: list[str] = []
+    monkeypatch.setenv("HPO_FAKE_MPS_FAIL", "An MPS control daemon is already running")
+    with mps_for(["0", "0"], said.append) as env:
+        assert env == {}
+    assert "not started (exit 1: An MPS control daemon is already running)" in said[-1]
+    monkeypatch.setenv("HPO_MPS", "off")
+    with mps_for(["0", "0"], said.append) as env:
+        assert env == {}
+    assert said[-1].startswith("MPS: off (HPO_MPS)")
+    monkeypatch.delenv("HPO_MPS")
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", "/run/mps")
+    with mps_for(["0", "0"], said.append) as env:
+        assert env == {}
+    assert said[-1] == "MPS: using the daemon of CUDA_MPS_PIPE_DIRECTORY=/run/mps"
+    monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with mps_for(["0", "0"], said.append) as env:
+        assert env == {}
+    assert said[-1].startswith("MPS: not started (no nvidia-cuda-mps-control on PATH)")

@@ -1,0 +1,87 @@
+"""NVIDIA MPS for workers that share a GPU: their kernels run side by side, not time-sliced.
+
+    hpo launch search_spaces/combined.yaml --workers-per-gpu 8     # MPS started when it can be
+
+K worker processes on one GPU otherwise take turns on it (time slicing); under the Multi-Process
+Service their small kernels run at once. When some GPU gets more than one of the local workers,
+`hpo launch` (and `hpo worker --workers-per-gpu K`) starts a private MPS control daemon (its
+pipe and log folders in a temporary folder of its own, so it neither needs root nor touches a
+daemon someone else runs), hands its pipe folder to the workers (CUDA_MPS_PIPE_DIRECTORY) and
+stops it when they have exited. It says so in one line, and says why when it cannot: no
+`nvidia-cuda-mps-control` on PATH, the daemon refused to start, or HPO_MPS=off. A daemon the
+user runs already (CUDA_MPS_PIPE_DIRECTORY set) is used as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from collections.abc import Iterator
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from hpo.errors import first_line
+
+CONTROL = "nvidia-cuda-mps-control"
+MPS_ENV = "HPO_MPS"  # off: never start it
+
+
+@contextmanager
+def mps_for(gpus: Sequence[str | None], echo: Callable[[str], None]) -> Iterator[dict[str, str]]:
+    """The environment the workers on `gpus` (each worker's CUDA_VISIBLE_DEVICES, None for a
+    CPU worker) need for MPS: empty when no GPU is shared or MPS cannot run here (said by
+    `echo`). A daemon started here is stopped on exit."""
+    shared = [g for g, n in Counter(g for g in gpus if g is not None).items() if n > 1]
+    if not shared:
+        yield {}
+        return
+    if os.environ.get(MPS_ENV, "").lower() in ("off", "0", "false", "no"):
+        echo(f"MPS: off ({MPS_ENV}); the workers sharing a GPU take turns on it")
+        yield {}
+        return
+    if os.environ.get("CUDA_MPS_PIPE_DIRECTORY"):
+        echo(f"MPS: using the daemon of CUDA_MPS_PIPE_DIRECTORY={os.environ['CUDA_MPS_PIPE_DIRECTORY']}")
+        yield {}
+        return
+    control = shutil.which(CONTROL)
+    if control is None:
+        echo(f"MPS: not started (no {CONTROL} on PATH); the workers sharing a GPU take turns on it")
+        yield {}
+        return
+    folder = Path(tempfile.mkdtemp(prefix="hpo-mps-"))
+    env = {"CUDA_MPS_PIPE_DIRECTORY": str(folder / "pipe"),
+           "CUDA_MPS_LOG_DIRECTORY": str(folder / "log")}
+    for path in env.values():
+        Path(path).mkdir()
+    started = _run([control, "-d"], env)
+    if started:
+        echo(f"MPS: not started ({started}); the workers sharing a GPU take turns on it")
+        shutil.rmtree(folder, ignore_errors=True)
+        yield {}
+        return
+    echo(f"MPS: daemon started for the workers sharing GPU {', '.join(shared)} ({folder})")
+    try:
+        yield env
+    finally:
+        stopped = _run([control], env, stdin="quit\n")
+        if stopped:
+            echo(f"MPS: the daemon did not stop cleanly ({stopped}); see {env['CUDA_MPS_LOG_DIRECTORY']}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run(argv: list[str], env: dict[str, str], stdin: str | None = None) -> str:
+    """Runs an MPS control command; '' when it succeeded, else why not in a few words."""
+    try:
+        out = subprocess.run(argv, env={**os.environ, **env}, input=stdin, capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return first_line(exc)
+    if out.returncode != 0:
+        return f"exit {out.returncode}: {first_line(out.stderr.strip() or out.stdout.strip())}"
+    return ""
