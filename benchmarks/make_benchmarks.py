@@ -57,6 +57,14 @@ BENCHMARKS = [
      "Keras' JAX backend against TensorFlow (the CPU default) for the default model on this CPU: "
      "the same `hpo.training.train` in fresh processes, alternating.",
      "a measured ratio (TensorFlow stays the CPU default unless JAX is clearly faster)"),
+    ("device_loop", "bench_device_loop.py",
+     "The device-resident loop (issue 24, part 1; `train.loop: device`): the same network trained "
+     "through Keras' `model.fit` and through the device loop, on the JAX backend, same process, "
+     "same data, alternating. On a CPU `device_dispatch: epoch` (the whole epoch one compiled "
+     "lax.scan) is slow: XLA:CPU runs the gradient convolutions inside a loop body about ten "
+     "times slower (jax-ml/jax#12868), so the CPU default is one call per step; the GPU figures "
+     "come from `benchmarks/gpu/run.sh loops`.",
+     "a measured ratio, with why"),
     ("gpu", "gpu/kbench.py",
      "Several trials per GPU: `hpo launch --workers-per-gpu K` on one GPU (run on a GPU machine by "
      "`benchmarks/gpu/run.sh kbench`; this page rebuilds its table with `kbench.py --table-from "
@@ -92,6 +100,17 @@ BENCHMARKS = [
      "`benchmarks/gpu/run.sh fused` measures it there (N = 1, 2, 4, 8, both strategies); "
      "until it has run, fusion's GPU figure is open.",
      "a measured ratio (on a CPU fusion pays only what dispatch costs)"),
+    ("epoch_calls", "bench_epoch_calls.py",
+     "What a trial's per-epoch calls to its stores (the MLflow epoch log, the study report and "
+     "the pruner's verdict, a few tens of milliseconds on SQLite) cost the device loop, which "
+     "dispatches each epoch before the previous epoch's callbacks run so that they overlap the "
+     "device's work (`fit_on_device(pipeline=True)`). A callback that then ran a device "
+     "operation (the learning rate of a schedule) waited behind the whole next epoch: the loop "
+     "reads it before dispatching. On this CPU the two cores that compute the epoch are the "
+     "ones the callbacks run on, so the overlap buys little here; at GPU speed (epochs of a few "
+     "tenths of a second) the same calls are the share the target is about, measured by "
+     "`benchmarks/gpu/run.sh epochcalls`.",
+     "the calls under 2% of an epoch at GPU speed"),
     ("shapes", "bench_shapes.py",
      "How often the trials a worker would ask at once can fuse: the combined study's own sampler "
      "(multivariate TPE, 15 random start-up trials, 100 trials) replayed with a worker asking N "
@@ -154,7 +173,7 @@ def main() -> None:
     ]
     for name, script, what, target in BENCHMARKS:
         saved = RESULTS / f"{name}.md"
-        parts += ["", f"## {name.capitalize()}", "", what, "", f"Target: {target}. "
+        parts += ["", f"## {name.replace('_', ' ').capitalize()}", "", what, "", f"Target: {target}. "
                   f"Script: [`benchmarks/{script}`](../benchmarks/{script}).", ""]
         parts.append(saved.read_text().rstrip() if saved.exists()
                      else f"_Not measured yet: run `benchmarks/make_benchmarks.py --only {name}`._")

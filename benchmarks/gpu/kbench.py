@@ -1,13 +1,17 @@
-"""Trials per hour and epochs per second with K workers sharing one GPU, K = 1, 2, 4, 8.
+"""Trials per hour and epochs per second with K workers sharing one GPU, K = 1, 2, 4, 8, each
+worker training N trials per program (study.fuse).
 
     python benchmarks/gpu/kbench.py benchmarks/gpu/combined-gpu.yaml --ks 1,2,4,8 --seconds 40 \
         --work /tmp/kbench --out kbench.json
+    python benchmarks/gpu/kbench.py benchmarks/gpu/scan-gpu.yaml --ks 1,8 --fuse 1,8 \
+        --work /tmp/kfuse --out kfuse.json
 
-For each K the combined space runs as its own study through `hpo launch --workers-per-gpu K`
+For each K (and each N of --fuse) the space runs as its own study through `hpo launch --workers-per-gpu K`
 (same sampler seed, no enqueued points, trials capped at --epochs, no models logged), each
 worker time-boxed to --seconds; nvidia-smi samples GPU utilisation and memory every second
 meanwhile. The rates are over the span from the first trial's start to the last one's end, so
-worker start-up (imports, data loading) is not counted. Baseline: K = 1.
+worker start-up (imports, data loading) is not counted. Baseline: the first row (K = 1, N = 1).
+Trials train on --loop (default device: train.loop device, Keras' JAX backend).
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ def main() -> None:
     parser.add_argument("--ks", default="1,2,4,8")
     parser.add_argument("--seconds", type=float, default=40)
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--fuse", default="1", help="study.fuse values: trials per program")
+    parser.add_argument("--loop", default="device", choices=["device", "fit"],
+                        help="train.loop of every trial")
     parser.add_argument("--work", type=Path, default=Path("/tmp/kbench"))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--table-from", type=Path, default=None,
@@ -43,9 +50,10 @@ def main() -> None:
         table(json.loads(args.table_from.read_text()), args.table_from)
         return
     rows: list[dict] = []
-    for k in args.ks.split(","):
-        rows.append(run_k(args, int(k)))
-        summarize(rows, args.out)  # after every K: a run cut short keeps what it measured
+    for fuse in args.fuse.split(","):
+        for k in args.ks.split(","):
+            rows.append(run_k(args, int(k), int(fuse)))
+            summarize(rows, args.out)  # after every run: a run cut short keeps what it measured
 
 
 def summarize(rows: list[dict], out: Path) -> None:
@@ -58,7 +66,7 @@ def summarize(rows: list[dict], out: Path) -> None:
         r["best_at_common"] = min((v for v in r["values"][:common] if v is not None), default=None)
     out.write_text(json.dumps({"common_trials": common, "rows": rows}, indent=1))
     for r in rows[-1:]:
-        print(f"K={r['k']}: {r['finished']} trials, {r['trials_per_hour']:.0f} trials/h "
+        print(f"K={r['k']} N={r.get('fuse', 1)}: {r['finished']} trials, {r['trials_per_hour']:.0f} trials/h "
               f"(x{r['trials_per_hour_ratio'] or 0:.2f}), {r['epochs_per_s']:.2f} epochs/s, "
               f"GPU util {r['gpu_util_mean']}%, best of first {common}: {r['best_at_common']}", flush=True)
 
@@ -74,14 +82,14 @@ def table(result: dict, source: Path) -> None:
         f"{rows[0]['epochs'] // max(rows[0]['finished'], 1)} epochs, each worker time-boxed; rates over "
         f"the span from the first trial's start to the last one's end (`{source.name}`):",
         "",
-        "| K | trials | failed | trials/h | ratio | epochs/s | ratio | GPU util (mean, busy) | GPU memory peak | best val residual std, first "
+        "| K | N per program | trials | failed | trials/h | ratio | epochs/s | ratio | GPU util (mean, busy) | GPU memory peak | best val residual std, first "
         f"{result['common_trials']} trial(s) |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         best = f"{r['best_at_common']:.3f}" if r.get("best_at_common") is not None else "-"
         lines.append(
-            f"| {r['k']}{' (baseline)' if r is rows[0] else ''} | {r['finished']} | {r['failed']} | "
+            f"| {r['k']}{' (baseline)' if r is rows[0] else ''} | {r.get('fuse', 1)} | {r['finished']} | {r['failed']} | "
             f"{r['trials_per_hour']:.0f} | {r['trials_per_hour_ratio']:.2f} | {r['epochs_per_s']:.2f} | "
             f"{r['epochs_per_s_ratio']:.2f} | {r['gpu_util_mean']}%, {r['gpu_util_mean_busy']}% | "
             f"{r['gpu_mem_max_mib'] / 1024:.1f} GiB | {best} |")
@@ -94,13 +102,14 @@ def table(result: dict, source: Path) -> None:
     emit("gpu", "\n".join(lines))
 
 
-def run_k(args: argparse.Namespace, k: int) -> dict:
-    work = args.work / f"k{k}"
+def run_k(args: argparse.Namespace, k: int, fuse: int = 1) -> dict:
+    work = args.work / (f"k{k}" if fuse == 1 else f"k{k}-n{fuse}")
     work.mkdir(parents=True, exist_ok=True)
-    name = f"kbench-{k}"
+    name = f"kbench-{k}" if fuse == 1 else f"kbench-{k}-n{fuse}"
     space = derive_space(args.space, work / "space.yaml", {
         "study.name": name, "study.enqueue": None, "study.timeout_s": args.seconds,
-        "study.n_trials": 1000, "base.train.epochs": args.epochs, "tracking": {"log_models": "none"},
+        "study.n_trials": 1000, "study.fuse": fuse, "base.train.epochs": args.epochs,
+        "base.train.loop": args.loop, "tracking": {"log_models": "none"},
     })
     storage = f"sqlite:///{work / 'hpo.db'}"
     smi = _sampler(work / "smi.csv")
@@ -122,7 +131,7 @@ def run_k(args: argparse.Namespace, k: int) -> dict:
     epochs = sum(int(t.user_attrs.get(EPOCHS_RUN_KEY, 0)) for t in finished)
     util, busy, mem = _utilisation(work / "smi.csv")
     return {
-        "k": k, "wall_s": wall, "span_s": span, "finished": len(finished),
+        "k": k, "fuse": fuse, "loop": args.loop, "wall_s": wall, "span_s": span, "finished": len(finished),
         "complete": sum(t.state == TrialState.COMPLETE for t in done),
         "pruned": sum(t.state == TrialState.PRUNED for t in done),
         "failed": sum(t.state == TrialState.FAIL for t in done), "epochs": epochs,

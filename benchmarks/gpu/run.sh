@@ -8,6 +8,9 @@
 #   benchmarks/gpu/run.sh curve                    # the learning curve: ~4 min
 #   benchmarks/gpu/run.sh loops                    # one champion trial, model.fit vs device loop: ~2 min
 #   benchmarks/gpu/run.sh fused                    # N = 1, 2, 4, 8 champion trials in one program: ~6 min
+#   benchmarks/gpu/run.sh kfuse                    # K = 1, 8 workers x N = 1, 8 trials per program (study.fuse): ~9 min
+#   benchmarks/gpu/run.sh epochcalls               # per-epoch store calls, pipelined or in turn: ~1 min
+#   benchmarks/gpu/run.sh own                      # search_spaces/combined.yaml at its own budget, then promote: <= 10 min
 #
 # Stages run in the order given; "a+b" runs a and b at the same time, sharing the GPU.
 #
@@ -16,7 +19,8 @@
 # in .whl/, installed here with --no-index. Everything runs in $HPO_GPU_WORK (default
 # /tmp/gpu-run: the MLflow store's artifact paths are absolute, so unpack it at the same path to
 # browse it) and what comes back goes to $OUT: run.log, kbench.json, curve.json and the stores
-# (hpo.db, mlflow.db, mlartifacts/) as store.tgz in parts of 15 MB, loops.json and fused.json. HPO_GPU_SCALE=tiny
+# (hpo.db, mlflow.db, mlartifacts/) as store.tgz in parts of 15 MB, loops.json, fused.json, kfuse.json and
+# epoch_calls.json. HPO_GPU_SCALE=tiny
 # runs the same stages at CPU-rehearsal size.
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -34,6 +38,8 @@ fi
 export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 export KERAS_BACKEND=${KERAS_BACKEND:-jax} PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
 export HPO_STORAGE=sqlite:///$WORK/hpo.db MLFLOW_TRACKING_URI=sqlite:///$WORK/mlflow.db
+# One persistent compilation cache for every worker and stage: a shape compiles once per run.
+export HPO_JAX_CACHE=${HPO_JAX_CACHE:-$WORK/jax-cache}
 JOBS=$(nproc)
 cd "$WORK"
 hpo() { python3 -m hpo "$@"; }
@@ -42,10 +48,14 @@ stamp() { echo "== $(date -u +%T) $*"; }
 if [ "$SCALE" = tiny ]; then
   N=600; K=2; KS=1,2; KB_S=20; KB_EPOCHS=2; SIZES=300,600; CURVE_SAMPLES=600; CURVE_MIN=2; TEST_N=300
   LOOP_N=480; LOOP_EPOCHS=2; FUSED_N=300; FUSED_VAL=100; FUSED_EPOCHS=2; FUSED_NS=1,2
+  KF_KS=1; KF_NS=1,2; EC_EPOCHS=3
+  OWN=(study.n_trials=3 study.timeout_s=30 base.train.epochs=2)
   STUDY=(study.timeout_s=20 base.train.epochs=3); REFIT=(--epochs 3 --top 2 --seeds 1)
 else
   N=10000; K=8; KS=1,2,4,8; KB_S=90; KB_EPOCHS=15; SIZES=5000,20000,80000; CURVE_SAMPLES=1.5e6; CURVE_MIN=25; TEST_N=5000
   LOOP_N=8000; LOOP_EPOCHS=8; FUSED_N=8000; FUSED_VAL=1000; FUSED_EPOCHS=3; FUSED_NS=1,2,4,8
+  KF_KS=1,8; KF_NS=1,8; EC_EPOCHS=20
+  OWN=(study.timeout_s=480)
   STUDY=(); REFIT=(--epochs 120 --top 3 --seeds 1,2)
 fi
 SPACE=$REPO/benchmarks/gpu/combined-gpu.yaml
@@ -116,6 +126,43 @@ fused() {
   XLA_PYTHON_CLIENT_PREALLOCATE=false python3 "$REPO/benchmarks/bench_fused.py" \
     --data data/results/erass8_10k.h5 --train-clusters "$FUSED_N" --val-clusters "$FUSED_VAL" \
     --epochs "$FUSED_EPOCHS" --ns "$FUSED_NS" --repeats 1 --json "$OUT/fused.json" --no-save
+}
+
+kfuse() {
+  # Issue 24 (b): K workers sharing the GPU, each training N trials per program (study.fuse), on
+  # the champion network with its optimizer and regularisation searched (scan-gpu.yaml: one
+  # shape, so every program is full); trials/h, epochs/s and the GPU's busy share per (K, N).
+  data || return 1
+  stamp "kfuse: K = $KF_KS workers x N = $KF_NS trials per program, ${KB_S} s each"
+  python3 "$REPO/benchmarks/gpu/kbench.py" "$REPO/benchmarks/gpu/scan-gpu.yaml" --ks "$KF_KS" \
+    --fuse "$KF_NS" --seconds "$KB_S" --epochs "$KB_EPOCHS" --work "$WORK/kfuse" --out "$OUT/kfuse.json"
+}
+
+own() {
+  # Issue 24 (c): search_spaces/combined.yaml at its own budget (100 trials of up to 200 epochs,
+  # median pruning) through hpo launch on the device path, K workers sharing the GPU, then its
+  # best promoted on the test split. study.timeout_s stops starting trials after 8 min, so that
+  # the command ends inside 10: how many of the 100 finished is the figure.
+  data || return 1
+  python3 -c "import sys, yaml; sys.path.insert(0, '$REPO/benchmarks'); from studies import derive_space; derive_space(sys.argv[1], sys.argv[2], {k: yaml.safe_load(v) for k, v in (a.split('=', 1) for a in sys.argv[3:])})" \
+    "$REPO/search_spaces/combined.yaml" "$WORK/combined-own.yaml" study.name=combined-own \
+    data.path=data/results/erass8_10k.h5 base.train.loop=device "tracking={log_models: improving}" \
+    "${OWN[@]}" || return 1
+  stamp "own: hpo launch combined-own (combined.yaml, its own budget) --workers-per-gpu $K"
+  hpo launch "$WORK/combined-own.yaml" --workers-per-gpu "$K" || return 1
+  hpo status combined-own
+  hpo promote combined-own --model xray-cluster-mass-own --tta --top-k 1 || return 1
+  stamp "own done"
+}
+
+epochcalls() {
+  # Issue 24 (3): an epoch's calls to the study and MLflow (SQLite stores), with the next epoch
+  # dispatched before them (pipelined) and after them (in turn), against compute alone.
+  data || return 1
+  stamp "epochcalls: the champion, $LOOP_N training clusters, calls pipelined or in turn"
+  XLA_PYTHON_CLIENT_PREALLOCATE=false python3 "$REPO/benchmarks/bench_epoch_calls.py" \
+    --data data/results/erass8_10k.h5 --train-clusters "$LOOP_N" --val-clusters "$FUSED_VAL" \
+    --epochs "$EC_EPOCHS" --network champion --repeats 2 --json "$OUT/epoch_calls.json" --no-save
 }
 
 pack() {
