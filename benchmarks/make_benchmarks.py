@@ -107,9 +107,11 @@ BENCHMARKS = [
      "device's work (`fit_on_device(pipeline=True)`). A callback that then ran a device "
      "operation (the learning rate of a schedule) waited behind the whole next epoch: the loop "
      "reads it before dispatching. On this CPU the two cores that compute the epoch are the "
-     "ones the callbacks run on, so the overlap buys little here; at GPU speed (epochs of a few "
-     "tenths of a second) the same calls are the share the target is about, measured by "
-     "`benchmarks/gpu/run.sh epochcalls`.",
+     "ones the callbacks run on, so the overlap buys nothing measurable here (the calls are "
+     "1-2% of a CPU epoch, inside this VM's noise) and costs the epoch a stopped run dispatched "
+     "ahead: pipelining is on for accelerators only (`resolve_pipeline`). At GPU speed (epochs "
+     "of a few tenths of a second) the same calls are the share the target is about, measured "
+     "by `benchmarks/gpu/run.sh epochcalls`.",
      "the calls under 2% of an epoch at GPU speed"),
     ("shapes", "bench_shapes.py",
      "How often the trials a worker would ask at once can fuse: the combined study's own sampler "

@@ -16,6 +16,9 @@ from hypothesis import settings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+# A worker run in a test process would turn JAX's persistent compilation cache on for every
+# later test of it (written to the user's ~/.cache); its own test runs it in a process of its own.
+os.environ.setdefault("HPO_JAX_CACHE", "off")
 
 # The fuzz tests (marker fuzz): a few dozen examples each in `make test`, hundreds in `make
 # test-e2e`, which sets HYPOTHESIS_PROFILE=e2e. No deadline: a loaded CI machine is slow at times,

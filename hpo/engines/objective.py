@@ -11,7 +11,6 @@ import socket
 from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
-from dataclasses import field
 
 import keras
 import optuna
@@ -56,13 +55,13 @@ class _Job:
     """What a trial runs with, between its set-up (Objective._begin) and its end."""
 
     pruning: PruningCallback
-    callbacks: list[keras.callbacks.Callback] = field(default_factory=list)
-    cfg: RunConfig = field(default=None)  # type: ignore[assignment]
-    recorder: Recorder = field(default=None)  # type: ignore[assignment]
-    checkpoint: CheckpointFile | None = None
-    log_model: Callable[[float], bool] = field(default=None)  # type: ignore[assignment]
-    resumed: Callable[[TrainingState], None] = field(default=None)  # type: ignore[assignment]
-    fusion: str = ""
+    callbacks: list[keras.callbacks.Callback]
+    cfg: RunConfig
+    recorder: Recorder
+    checkpoint: CheckpointFile | None
+    log_model: Callable[[float], bool]
+    resumed: Callable[[TrainingState], None]
+    fusion: str  # trials of one fusion key train as one program (Objective.fused)
 
 
 class Objective:
@@ -91,10 +90,7 @@ class Objective:
         job: _Job | None = None
         try:
             job = self._begin(trial)
-            outcome = run_trial(job.cfg, self.dataset, job.recorder, callbacks=job.callbacks,
-                                monitor=self.space.study.metric, log_model=job.log_model,
-                                check=self._check_data, checkpoint=job.checkpoint,
-                                on_resume=job.resumed)
+            outcome = self._alone(job)
         except BaseException as exc:  # noqa: BLE001  (_end records it and raises it)
             return self._end(trial, job, exc)
         return self._end(trial, job, outcome)
@@ -121,48 +117,44 @@ class Objective:
             if job is not None:
                 by_key.setdefault(job.fusion, []).append(i)
         for group in by_key.values():
-            members = [jobs[i] for i in group]
-            if len(members) == 1:  # nothing to fuse with: trained as __call__ trains it
-                job = members[0]
-                assert job is not None
-                try:
-                    outcome: TrialOutcome | BaseException = run_trial(
-                        job.cfg, self.dataset, job.recorder, callbacks=job.callbacks,
-                        monitor=self.space.study.metric, log_model=job.log_model,
-                        check=self._check_data, checkpoint=job.checkpoint, on_resume=job.resumed)
-                except BaseException as exc:  # noqa: BLE001
-                    outcome = exc
-                ends[group[0]] = self._ended(trials[group[0]], job, outcome)
+            if self.stop is not None and self.stop.requested:  # the later groups never start
+                for i in group:
+                    ends[i] = self._ended(trials[i], jobs[i], KeyboardInterrupt())
                 continue
+            members = [job for i in group if (job := jobs[i]) is not None]
             try:
-                outcomes = run_trials_fused(
-                    [j.cfg for j in members], self.dataset, [j.recorder for j in members],
-                    callbacks=[j.callbacks for j in members], monitor=self.space.study.metric,
-                    log_model=[j.log_model for j in members], check=self._check_data,
-                    checkpoints=[j.checkpoint for j in members],
-                    on_resume=[j.resumed for j in members], strategy=strategy)
-            except BaseException as exc:  # noqa: BLE001  (run_trials_fused ends each run first)
+                if len(members) == 1:  # nothing to fuse with: trained as __call__ trains it
+                    outcomes: list[TrialOutcome | BaseException] = [self._alone(members[0])]
+                else:
+                    outcomes = run_trials_fused(
+                        [j.cfg for j in members], self.dataset, [j.recorder for j in members],
+                        callbacks=[j.callbacks for j in members], monitor=self.space.study.metric,
+                        log_model=[j.log_model for j in members], check=self._check_data,
+                        checkpoints=[j.checkpoint for j in members],
+                        on_resume=[j.resumed for j in members], strategy=strategy)
+            except BaseException as exc:  # noqa: BLE001  (the runner ends each run first)
                 outcomes = [exc] * len(members)
             for i, job, outcome in zip(group, members, outcomes, strict=True):
                 ends[i] = self._ended(trials[i], job, outcome)
         return ends  # type: ignore[return-value]
+
+    def _alone(self, job: _Job) -> TrialOutcome:
+        """The job's trial trained by itself (trial.runner.run_trial)."""
+        return run_trial(job.cfg, self.dataset, job.recorder, callbacks=job.callbacks,
+                         monitor=self.space.study.metric, log_model=job.log_model,
+                         check=self._check_data, checkpoint=job.checkpoint, on_resume=job.resumed)
 
     def _begin(self, trial: optuna.Trial) -> _Job:
         """The trial's config, recorder, checkpoint and callbacks (its run started by the runner)."""
         trial.set_user_attr(WORKER_KEY, self.worker)
         metric = self.space.study.metric
         pruning = PruningCallback(trial, metric)
-        job = _Job(pruning)
-        job.callbacks = [pruning] if self.stop is None else [pruning, StopCheck(self.stop)]
-        job.cfg = cfg = config_for_trial(trial, self.space)
+        cfg = config_for_trial(trial, self.space)
         trial.set_user_attr(CONFIG_KEY, cfg.model_dump(mode="json"))
         # The run id goes on the trial the moment the run exists; a worker that dies before
         # that leaves a run that only its tags (hpo.study, hpo.trial) tie to the trial.
-        job.recorder = self.recorder_for(
+        recorder = self.recorder_for(
             trial.number, lambda run_id: trial.set_user_attr(MLFLOW_RUN_ID_KEY, run_id))
-        job.checkpoint = self._checkpoint(trial, cfg)
-        job.log_model = lambda value: self._keeps_model(trial, value)
-        job.fusion = fusion_key(cfg) if cfg.train.loop == "device" else f"alone {trial.number}"
 
         def resumed(state: TrainingState) -> None:
             # The pruner sees the values the interrupted trial reported, at their epochs.
@@ -171,8 +163,16 @@ class Objective:
             trial.set_user_attr(RESUMED_KEY, {"trial": state.trial, "run": state.run_id,
                                               "epoch": state.epoch})
 
-        job.resumed = resumed
-        return job
+        return _Job(
+            pruning=pruning,
+            callbacks=[pruning] if self.stop is None else [pruning, StopCheck(self.stop)],
+            cfg=cfg,
+            recorder=recorder,
+            checkpoint=self._checkpoint(trial, cfg),
+            log_model=lambda value: self._keeps_model(trial, value),
+            resumed=resumed,
+            fusion=fusion_key(cfg) if cfg.train.loop == "device" else f"alone {trial.number}",
+        )
 
     def _end(self, trial: optuna.Trial, job: _Job | None,
              outcome: TrialOutcome | BaseException) -> float:

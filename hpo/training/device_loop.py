@@ -107,7 +107,7 @@ def fit_on_device(
     evaluator: DeviceEvaluator,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     dispatch: str = "auto",
-    pipeline: bool = True,
+    pipeline: bool | None = None,
 ) -> None:
     """Trains a compiled model for epochs `initial_epoch` .. `epochs - 1`, as model.fit would.
 
@@ -124,7 +124,7 @@ def fit_on_device(
         pipeline: dispatch each epoch before the previous one's callbacks run, so that the
             storage and tracking calls of an epoch end cost no device time (the same numbers:
             an epoch always starts from the state its predecessor ended in, as the callbacks
-            left it).
+            left it); None: on an accelerator only (resolve_pipeline).
 
     Raises:
         TrialFailed: a non-finite loss or prediction (from the evaluator), or device memory ran
@@ -138,6 +138,7 @@ def fit_on_device(
     hooks.on_train_begin()
     epoch_fn = epoch_program(model, loss, data, batch_size, resolve_dispatch(dispatch))
     key = jax.random.key(seed)
+    pipeline = resolve_pipeline(pipeline)
     ahead: Ahead | None = None
     for epoch in range(initial_epoch, epochs):
         hooks.on_epoch_begin(epoch)
@@ -159,6 +160,13 @@ def fit_on_device(
 
 
 DISPATCHES = ("epoch", "step")
+
+
+def resolve_pipeline(pipeline: bool | None) -> bool:
+    """None: pipelined on an accelerator, where the host is idle while the device computes; not
+    on a CPU, whose cores the callbacks would take from the epoch, and where the epoch a
+    stopped run dispatched ahead is work thrown away (benchmarks/bench_epoch_calls.py)."""
+    return jax.default_backend() != "cpu" if pipeline is None else pipeline
 
 
 def resolve_dispatch(dispatch: str) -> str:

@@ -54,6 +54,7 @@ from hpo.training.device_loop import epoch_program
 from hpo.training.device_loop import hand_over
 from hpo.training.device_loop import read_state
 from hpo.training.device_loop import resolve_dispatch
+from hpo.training.device_loop import resolve_pipeline
 
 # Layer attributes a member may set to its own number (or array): they enter the program as
 # vmapped arrays. Their get_config keys are left out of the equality check.
@@ -210,7 +211,7 @@ def fit_fused(
     epochs: int,
     dispatch: str = "auto",
     strategy: str = "auto",
-    pipeline: bool = True,
+    pipeline: bool | None = None,
 ) -> None:
     """Trains the members for epochs `initial_epoch` .. `epochs - 1` in one program, each as
     fit_on_device would train it alone; a member that fails or is pruned gets `error` set and
@@ -253,6 +254,7 @@ def fit_fused(
     def keys(epoch: int) -> Any:
         return jnp.stack([jax.random.fold_in(jax.random.key(m.seed), epoch) for m in live])
 
+    pipeline = resolve_pipeline(pipeline)
     ahead: Ahead | _Rows | None = None
     ahead_of: list[Member] = []  # the members `ahead` was dispatched for
     for epoch in range(initial_epoch, epochs):

@@ -88,13 +88,14 @@ def alone(ds: Any, data: Any, overrides: dict[str, Any], dispatch: str = "auto")
 
 
 def fused(ds: Any, data: Any, points: list[dict[str, Any]], prune_at: dict[int, int] | None = None,
-          dispatch: str = "auto", strategy: str = "vmap") -> list[Any]:
+          dispatch: str = "auto", strategy: str = "vmap", pipeline: bool | None = None) -> list[Any]:
     from hpo.model.losses import LOSSES
     from hpo.training.fused import fit_fused
 
     members = [member(ds, p, (prune_at or {}).get(i)) for i, p in enumerate(points)]
     fit_fused(members, data, loss=LOSSES["mse"], batch_size=32, initial_epoch=0,
-              epochs=SMALL["train.epochs"], dispatch=dispatch, strategy=strategy)
+              epochs=SMALL["train.epochs"], dispatch=dispatch, strategy=strategy,
+              pipeline=pipeline)
     return members
 
 
@@ -160,10 +161,12 @@ def test_a_nan_in_one_member_fails_only_it(ds, data):
         assert_same_run(members[i], alone(ds, data, points[i]))
 
 
-def test_a_pruned_member_leaves_the_others_unchanged(ds, data):
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_a_pruned_member_leaves_the_others_unchanged(ds, data, pipeline):
     # Rule: a member pruned after its first epoch stops there (its pruning error kept for its
-    # trial to raise); the members trained on alone are unchanged.
-    members = fused(ds, data, POINTS[:2], prune_at={0: 0})
+    # trial to raise); the members trained on alone are unchanged, also when the next epoch was
+    # dispatched for all of them before the pruning (pipelined: the rest keep their rows of it).
+    members = fused(ds, data, POINTS[:2], prune_at={0: 0}, pipeline=pipeline)
     assert isinstance(members[0].error, optuna.TrialPruned)
     assert members[0].epochs_run == 1 and len(members[0].callbacks[0].epochs) == 1
     assert members[1].error is None and members[1].epochs_run == 3
