@@ -257,18 +257,25 @@ def _run_fused(
     ended: list[FrozenTrial] = []
     stop: BaseException | None = None
     for trial, end in zip(trials, ends, strict=True):
-        if isinstance(end, BaseException) and _lost_to_peer(study, trial.number):
+        try:
+            if isinstance(end, optuna.TrialPruned):
+                told = _tell(study, trial, state=TrialState.PRUNED)
+            elif isinstance(end, BaseException):
+                told = _tell(study, trial, state=TrialState.FAIL)
+            else:
+                told = _tell(study, trial, end)
+        except Exception:
+            if not _lost_to_peer(study, trial.number):
+                raise
+            # A peer saw no heartbeat (a partition, a long outage) and failed the trial: Optuna
+            # refuses our tell, as _run_one's trial refuses its late report.
             _logger.warning("trial %d was failed by another worker (no heartbeat seen); going on",
                             trial.number)
             _rekill_lost_run(study, trial.number, tracker)
             continue
-        if isinstance(end, optuna.TrialPruned):
-            ended.append(_tell(study, trial, state=TrialState.PRUNED))
+        ended.append(told)
+        if not isinstance(end, BaseException) or isinstance(end, optuna.TrialPruned):
             continue
-        if not isinstance(end, BaseException):
-            ended.append(_tell(study, trial, end))
-            continue
-        ended.append(_tell(study, trial, state=TrialState.FAIL))
         if isinstance(end, KeyboardInterrupt):
             stop = stop or end
         elif not isinstance(end, TrialFailed) and (

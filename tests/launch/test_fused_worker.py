@@ -128,3 +128,39 @@ def test_a_fused_study_refuses_a_worker_on_tensorflow_in_one_line(tmp_path):
         run_worker("tf", storage, f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert "study.fuse 2" in str(err.value) and "KERAS_BACKEND=jax" in str(err.value)
     assert "\n" not in str(err.value) and trials_of(storage, "tf") == []
+
+
+@on_jax
+def test_a_fused_trial_a_peer_fails_as_lost_leaves_the_others_to_finish(tmp_path, monkeypatch):
+    # Rule: a member whose trial a peer fails as lost mid-program (no heartbeat seen) has its
+    # next report refused and leaves; the worker says so, leaves that trial FAIL without a reason
+    # of its own and its run KILLED, and tells the other members as they end (COMPLETE here).
+    import optuna
+
+    from hpo.engines.pruning import PruningCallback
+    from hpo.launch.worker import run_worker
+
+    report = PruningCallback.on_epoch_end
+
+    def peer_fails_trial_0(self, epoch, logs=None):
+        if self.trial.number == 0 and epoch == 1:  # as a peer's reaper would, between epochs
+            storage = self.trial.storage
+            storage.set_trial_state_values(self.trial._trial_id, optuna.trial.TrialState.FAIL)
+        report(self, epoch, logs)
+
+    monkeypatch.setattr(PruningCallback, "on_epoch_end", peer_fails_trial_0)
+    write_study_files(tmp_path, "lost", n_trials=2, base=BASE, fuse=2, max_retry=0,
+                      params={"train.optimizer.learning_rate": {"categorical": [3e-3, 1e-3]}},
+                      sampler={"type": "grid"})
+    storage = f"sqlite:///{tmp_path / 'hpo.db'}"
+    create_study(tmp_path, storage)
+    with contextlib.chdir(tmp_path):
+        ran = run_worker("lost", storage, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    trials = {t.number: t for t in trials_of(storage, "lost")}
+    assert trials[0].state == TrialState.FAIL and "fail_reason" not in trials[0].user_attrs
+    assert sorted(trials[0].intermediate_values) == [0]
+    assert trials[1].state == TrialState.COMPLETE and sorted(trials[1].intermediate_values) == [0, 1, 2]
+    assert ran == 1
+    client = mlflow_client(tmp_path)
+    assert client.get_run(trials[0].user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    assert client.get_run(trials[1].user_attrs["mlflow_run_id"]).info.status == "FINISHED"
