@@ -211,11 +211,7 @@ def _run_one(
             # frozen process) and failed the trial: Optuna refuses our late report or result
             # (UpdateFinishedTrialError, "Cannot tell a FAIL trial", or its "Should not reach"
             # when the peer came between our last write and the result).
-            _logger.warning(
-                "trial %s was failed by another worker (no heartbeat seen); going on",
-                objective.trial_number,
-            )
-            _rekill_lost_run(study, objective.trial_number, tracker)
+            _lost(study, objective.trial_number, tracker)
             return None
         # A trial's own error (Keras refusing a layer, a GPU out of memory, a library bug) ends
         # that trial FAIL with its reason, recorded by the objective; the worker goes on. Storage
@@ -269,9 +265,7 @@ def _run_fused(
                 raise
             # A peer saw no heartbeat (a partition, a long outage) and failed the trial: Optuna
             # refuses our tell, as _run_one's trial refuses its late report.
-            _logger.warning("trial %d was failed by another worker (no heartbeat seen); going on",
-                            trial.number)
-            _rekill_lost_run(study, trial.number, tracker)
+            _lost(study, trial.number, tracker)
             continue
         ended.append(told)
         if not isinstance(end, BaseException) or isinstance(end, optuna.TrialPruned):
@@ -332,7 +326,9 @@ def _lost_to_peer(study: optuna.Study, number: int | None) -> bool:
     return mine is not None and mine.state == TrialState.FAIL and FAIL_REASON_KEY not in mine.user_attrs
 
 
-def _rekill_lost_run(study: optuna.Study, number: int | None, tracker: Tracker) -> None:
+def _lost(study: optuna.Study, number: int | None, tracker: Tracker) -> None:
+    """Says that a peer failed trial `number` as lost, and leaves its run KILLED."""
+    _logger.warning("trial %s was failed by another worker (no heartbeat seen); going on", number)
     # The peer failed the trial and ended its run KILLED; if that fell between this worker's last
     # write to the trial and its end of the run, the run ended FINISHED after the peer's KILLED.
     mine = _this_trial(study, number)

@@ -102,7 +102,9 @@ def learning_rate(model: keras.Model) -> float:
     that whole epoch.
     """
     known = getattr(model, "_epoch_learning_rate", None)
-    if known is not None:
-        return float(known)
-    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    return current_learning_rate(model) if known is None else float(known)
 
+
+def current_learning_rate(model: keras.Model) -> float:
+    """The optimizer's learning rate computed now (a device operation on JAX)."""
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))

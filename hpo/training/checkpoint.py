@@ -117,14 +117,14 @@ class CheckpointFile:
                 EOFError) as exc:  # a truncated, foreign or hand-edited file
             why = f"cannot be read ({first_line(exc)})"
         else:
-            later = state[0].trial
-            if self.trial is not None and later is not None and later > self.trial:
+            if self._by_later_copy(state[0].trial):
                 # Copies of a trial share its folder and are numbered after it: this attempt
                 # was failed as lost while it was away, and its copy trains on.
                 self.superseded = True
                 _logger.warning("checkpoint %s was written by trial %d, a later copy of trial %d "
                                 "(a peer failed this attempt as lost): it is left to the copy, and "
-                                "this attempt writes no checkpoint", self.path, later, self.trial)
+                                "this attempt writes no checkpoint", self.path, state[0].trial,
+                                self.trial)
                 return None
             why = self._mismatch(state[1])
             if not why:
@@ -165,7 +165,7 @@ class CheckpointFile:
         empty (the trial has ended and needs it no more); a folder that a later copy of the
         trial writes is the copy's, and stays."""
         self.wait()
-        if self.superseded or self._later_copy() is not None:
+        if self.superseded or self._by_later_copy(self._writer_on_disk()):
             return
         for leftover in [self.path, *self.folder.glob(f".{FILE}.*")]:
             leftover.unlink(missing_ok=True)
@@ -175,16 +175,18 @@ class CheckpointFile:
             except OSError:
                 return  # not empty (another trial's checkpoints, a foreign file) or gone
 
-    def _later_copy(self) -> int | None:
-        """The number of the later copy of this trial that wrote the checkpoint, if one did."""
-        if self.trial is None:
-            return None
+    def _by_later_copy(self, writer: Any) -> bool:
+        """Whether trial `writer` (of a checkpoint's meta) is a later copy of this trial."""
+        return self.trial is not None and isinstance(writer, int) and writer > self.trial
+
+    def _writer_on_disk(self) -> Any:
+        """The trial that wrote the checkpoint on disk; None when there is none or it cannot
+        be read (no copy's to keep)."""
         try:
             with np.load(self.path, allow_pickle=False) as npz:
-                writer = json.loads(str(npz["meta"])).get("trial")
+                return json.loads(str(npz["meta"])).get("trial")
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
-            return None  # none, or not readable: no copy's to keep
-        return writer if isinstance(writer, int) and writer > self.trial else None
+            return None
 
     def _write(self, arrays: dict[str, Any]) -> None:
         tmp = self.folder / f".{FILE}.{os.getpid()}.{threading.get_ident()}"

@@ -40,7 +40,7 @@ import numpy as np
 from hpo.errors import TrialFailed
 from hpo.model.metrics import StreamingResidual
 from hpo.training.callbacks import EpochEvaluator
-from hpo.training.callbacks import learning_rate
+from hpo.training.callbacks import current_learning_rate
 from hpo.training.device_data import DeviceData
 
 State = tuple[list[Any], list[Any], list[Any]]  # trainable, non-trainable, optimizer variables
@@ -371,9 +371,8 @@ def hand_over(model: keras.Model, evaluator: DeviceEvaluator, state: State,
     """Gives an epoch's end to the model (its variables) and its evaluator (the state and the
     validation predictions, n_val rows), so that the callbacks see it as after model.fit's."""
     write_back(model, state)
-    model._epoch_learning_rate = None
     # Read now, while the device is idle (callbacks.learning_rate).
-    model._epoch_learning_rate = learning_rate(model)
+    model._epoch_learning_rate = current_learning_rate(model)
     evaluator.state = state
     with_sigma = val_out.shape[-1] > 1
     evaluator.predictions = (val_out[:, 0], val_out[:, 1] if with_sigma else None)

@@ -29,10 +29,10 @@ from hpo.errors import first_line
 from hpo.errors import HpoError
 from hpo.errors import TrackingError
 from hpo.errors import TrialFailed
+from hpo.keys import FUSED_TAG
 from hpo.keys import METRIC
 from hpo.keys import METRICS
 from hpo.keys import RESUMED_AT_TAG
-from hpo.keys import FUSED_TAG
 from hpo.keys import RESUMES_RUN_TAG
 from hpo.redact import redact_text
 from hpo.training.callbacks import learning_rate
@@ -189,10 +189,7 @@ def run_trials_fused(
         try:
             recorders[i].set_tags({FUSED_TAG: len(fused)})
         except Exception as exc:  # noqa: BLE001  (the tracking store: the trial fails with it)
-            try:
-                outcomes[i] = _conclude(steps[i], exc)
-            except BaseException as end:  # noqa: BLE001
-                outcomes[i] = end
+            outcomes[i] = _outcome(steps[i], exc)
     fused = [i for i in fused if outcomes[i] is None]
     results: list[TrainResult | BaseException] = [RuntimeError("not trained")] * n
     if fused:
@@ -215,10 +212,7 @@ def run_trials_fused(
                                    resume=calls[i].resume, on_resume=calls[i].on_resume)
             except BaseException as exc:  # noqa: BLE001
                 results[i] = exc
-        try:
-            outcomes[i] = _conclude(steps[i], results[i])
-        except BaseException as exc:  # noqa: BLE001
-            outcomes[i] = exc
+        outcomes[i] = _outcome(steps[i], results[i])
     return outcomes  # type: ignore[return-value]
 
 
@@ -315,6 +309,15 @@ def _conclude(steps: Generator[_TrainCall, TrainResult, TrialOutcome],
     except StopIteration as done:
         return done.value
     raise RuntimeError("a trial's steps train once")
+
+
+def _outcome(steps: Generator[_TrainCall, TrainResult, TrialOutcome],
+             result: TrainResult | BaseException) -> TrialOutcome | BaseException:
+    """_conclude's outcome, or the exception it raised (a fused trial's, for its engine)."""
+    try:
+        return _conclude(steps, result)
+    except BaseException as exc:  # noqa: BLE001
+        return exc
 
 
 def drop(checkpoint: CheckpointFile | None) -> None:
