@@ -7,9 +7,13 @@ Service their small kernels run at once. When some GPU gets more than one of the
 `hpo launch` (and `hpo worker --workers-per-gpu K`) starts a private MPS control daemon (its
 pipe and log folders in a temporary folder of its own, so it neither needs root nor touches a
 daemon someone else runs), hands its pipe folder to the workers (CUDA_MPS_PIPE_DIRECTORY) and
-stops it when they have exited. It says so in one line, and says why when it cannot: no
-`nvidia-cuda-mps-control` on PATH, the daemon refused to start, or HPO_MPS=off. A daemon the
-user runs already (CUDA_MPS_PIPE_DIRECTORY set) is used as it is.
+stops it when they have exited. Before any worker starts, one CUDA client per shared GPU is
+started under the daemon (a context created and a megabyte allocated through the driver), so a
+daemon that starts but cannot serve (a GPU in a compute mode MPS refuses, a container without
+its devices) is stopped instead of failing every worker. It says so in one line, and says why
+when it cannot: no `nvidia-cuda-mps-control` on PATH, the daemon refused to start, a client
+could not start under it, or HPO_MPS=off. A daemon the user runs already
+(CUDA_MPS_PIPE_DIRECTORY set) is used as it is.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable
@@ -29,6 +34,30 @@ from hpo.errors import first_line
 
 CONTROL = "nvidia-cuda-mps-control"
 MPS_ENV = "HPO_MPS"  # off: never start it
+PROBE_TIMEOUT_S = 60
+
+# A CUDA client through the driver alone (no JAX import: a second, not ten): under MPS creating
+# the context is what starts the daemon's server, so a server that cannot start fails here.
+_PROBE = r"""
+import ctypes, sys
+try:
+    cuda = ctypes.CDLL("libcuda.so.1")
+except OSError as exc:
+    sys.exit(f"no CUDA driver ({exc})")
+def check(rc, what):
+    if rc:
+        name = ctypes.c_char_p()
+        cuda.cuGetErrorName(rc, ctypes.byref(name))
+        sys.exit(f"{what}: {(name.value or b'error').decode()} ({rc})")
+dev, ctx, mem = ctypes.c_int(), ctypes.c_void_p(), ctypes.c_uint64()
+check(cuda.cuInit(0), "cuInit")
+check(cuda.cuDeviceGet(ctypes.byref(dev), 0), "cuDeviceGet")
+check(cuda.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev), "cuDevicePrimaryCtxRetain")
+check(cuda.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
+check(cuda.cuMemAlloc_v2(ctypes.byref(mem), ctypes.c_size_t(1 << 20)), "cuMemAlloc")
+check(cuda.cuMemFree_v2(mem), "cuMemFree")
+check(cuda.cuDevicePrimaryCtxRelease_v2(dev), "cuDevicePrimaryCtxRelease")
+"""
 
 
 @contextmanager
@@ -64,22 +93,41 @@ def mps_for(gpus: Sequence[str | None], echo: Callable[[str], None]) -> Iterator
         shutil.rmtree(folder, ignore_errors=True)
         yield {}
         return
+    refused = next((f"GPU {gpu}: {why}" for gpu in shared if (why := client_starts(gpu, env))), "")
+    if refused:
+        echo(f"MPS: not used (a CUDA client could not start under it, {refused}); "
+             "the workers sharing a GPU take turns on it")
+        _stop(control, env, folder, echo)
+        yield {}
+        return
     echo(f"MPS: daemon started for the workers sharing GPU {', '.join(shared)} ({folder})")
     try:
         yield env
     finally:
-        stopped = _run([control], env, stdin="quit\n")
-        if stopped:
-            echo(f"MPS: the daemon did not stop cleanly ({stopped}); see {env['CUDA_MPS_LOG_DIRECTORY']}")
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
+        _stop(control, env, folder, echo)
 
 
-def _run(argv: list[str], env: dict[str, str], stdin: str | None = None) -> str:
+def client_starts(gpu: str, env: dict[str, str]) -> str:
+    """'' when a CUDA client on `gpu` starts under the MPS daemon of `env`, else why not."""
+    return _run([sys.executable, "-c", _PROBE], {**env, "CUDA_VISIBLE_DEVICES": gpu},
+                timeout=PROBE_TIMEOUT_S)
+
+
+def _stop(control: str, env: dict[str, str], folder: Path, echo: Callable[[str], None]) -> None:
+    """Tells the daemon to quit; its folder goes with it, or stays (named) for its log."""
+    stopped = _run([control], env, stdin="quit\n")
+    if stopped:
+        echo(f"MPS: the daemon did not stop cleanly ({stopped}); see {env['CUDA_MPS_LOG_DIRECTORY']}")
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run(argv: list[str], env: dict[str, str], stdin: str | None = None,
+         timeout: float = 30) -> str:
     """Runs an MPS control command; '' when it succeeded, else why not in a few words."""
     try:
         out = subprocess.run(argv, env={**os.environ, **env}, input=stdin, capture_output=True,
-                             text=True, timeout=30)
+                             text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return first_line(exc)
     if out.returncode != 0:

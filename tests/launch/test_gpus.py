@@ -162,6 +162,15 @@ def fake_control(tmp_path, monkeypatch):
     monkeypatch.setenv("HPO_FAKE_MPS_LOG", str(tmp_path / "calls.log"))
     monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
     monkeypatch.delenv("HPO_MPS", raising=False)
+    # No GPU here for the real client probe: a stand-in records it, and starts unless told not to.
+    clients = tmp_path / "clients.log"
+
+    def client_starts(gpu, env):
+        with clients.open("a") as log:
+            log.write(f"{gpu} pipe={env['CUDA_MPS_PIPE_DIRECTORY']}\n")
+        return os.environ.get("HPO_FAKE_MPS_CLIENT_FAIL", "")
+
+    monkeypatch.setattr("hpo.launch.mps.client_starts", client_starts)
     return tmp_path / "calls.log"
 
 
@@ -179,6 +188,8 @@ def test_workers_sharing_a_gpu_get_a_private_mps_daemon_stopped_after_them(fake_
     assert fake_control.read_text().splitlines()[1] == f" pipe={pipe} stdin=quit"
     assert not Path(pipe).exists()  # the private folder goes with the daemon
     assert len(said) == 1 and said[0].startswith("MPS: daemon started for the workers sharing GPU 0")
+    # one client was started under the daemon on the shared GPU before any worker
+    assert (fake_control.parent / "clients.log").read_text() == f"0 pipe={pipe}\n"
     for gpus in (["0", "1"], [None, None], []):
         with mps_for(gpus, said.append) as env:
             assert env == {}
@@ -209,3 +220,35 @@ def test_mps_that_cannot_start_is_said_and_the_workers_run_without_it(fake_contr
     with mps_for(["0", "0"], said.append) as env:
         assert env == {}
     assert said[-1].startswith("MPS: not started (no nvidia-cuda-mps-control on PATH)")
+
+
+def test_a_daemon_that_cannot_serve_a_client_is_stopped_and_workers_run_without_it(
+        fake_control, monkeypatch):
+    # Rule: a daemon that starts but under which no CUDA client can start (a GPU in a compute mode
+    # MPS refuses, a container without its devices) would fail every worker: it is told to quit
+    # before any worker starts, its folder goes with it, and one line says why.
+    from hpo.launch.mps import mps_for
+
+    why = "exit 1: cuDevicePrimaryCtxRetain: CUDA_ERROR_MPS_SERVER_NOT_READY (805)"
+    monkeypatch.setenv("HPO_FAKE_MPS_CLIENT_FAIL", why)
+    said: list[str] = []
+    with mps_for(["0", "0"], said.append) as env:
+        assert env == {}
+    calls = fake_control.read_text().splitlines()
+    assert calls[0].startswith("-d pipe=") and calls[1].endswith("stdin=quit") and len(calls) == 2
+    assert not Path(calls[0].split("pipe=")[1].split()[0]).exists()
+    assert said == [(f"MPS: not used (a CUDA client could not start under it, GPU 0: {why}); "
+                     "the workers sharing a GPU take turns on it")]
+
+
+def test_the_client_probe_says_why_in_one_line_where_there_is_no_cuda_driver(monkeypatch):
+    # Rule: the real probe (a CUDA context through the driver, no JAX) answers '' only where a
+    # client started; on this GPU-less machine it names the missing driver in one line.
+    import ctypes.util
+
+    from hpo.launch.mps import client_starts
+
+    if ctypes.util.find_library("cuda"):
+        pytest.skip("a CUDA driver is here: the probe's failure path needs a machine without one")
+    why = client_starts("0", {})
+    assert why.startswith("exit 1: no CUDA driver (") and "\n" not in why
