@@ -55,7 +55,12 @@ def main() -> None:
     """Entry point of the `hpo` script."""
     # A process started with `&` from a script inherits SIGINT ignored, and Python keeps it so;
     # then `kill -INT` (how launchers, tests and schedulers ask for a clean stop) does nothing.
+    # SIGTERM (docker stop, scancel, systemd, `timeout`) stops a command as Ctrl-C does: without
+    # this, `hpo launch` would die at once and leave its workers (in sessions of their own)
+    # training, and a command writing a file would leave its temporary file behind. `hpo worker`
+    # installs its own handler for both (training/stop.py).
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         if not _only_help(sys.argv[1:]):
             load_secrets_file()  # help shows whatever the file holds

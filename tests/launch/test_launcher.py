@@ -161,3 +161,29 @@ def test_sigterm_to_a_worker_group_stops_its_workers_and_kills_a_stuck_one(tmp_p
     assert_interrupted_and_requeued(tmp_path, storage, "group", [clean])
     assert_interrupted_and_requeued(tmp_path, storage, "group", [stuck],
                                     "interrupted: worker killed by the launcher")
+
+
+def test_sigterm_to_hpo_launch_stops_its_workers_as_ctrl_c_does(tmp_path):
+    # Rule: SIGTERM to `hpo launch` (scancel, docker stop, systemd, `timeout`) is a clean stop, as
+    # Ctrl-C is: the launcher stops its workers (in sessions of their own, so they would outlive
+    # it), each running trial ends FAIL "interrupted" and is queued again, its MLflow run and the
+    # study's parent run KILLED; exit code 130, and no worker process is left.
+    write_study_files(tmp_path, "term", n_trials=4, base=LONG, heartbeat_s=30, grace_s=600)
+    storage = f"sqlite:///{tmp_path / 'hpo.db'}"
+    launcher = _launch(tmp_path, storage)
+    try:
+        running = wait_for(lambda: _running(storage, "term", 2), 180, "two trials training",
+                           poll=0.5)
+    finally:
+        launcher.send_signal(signal.SIGTERM)
+        code = finish(launcher, 90, tmp_path / "launch.log")
+    assert code == 130
+    assert "interrupted: stopping workers" in (tmp_path / "launch.log").read_text()
+    for trial in running:
+        with pytest.raises(ProcessLookupError):
+            os.kill(_pid(trial), 0)
+    assert_interrupted_and_requeued(tmp_path, storage, "term", running)
+    parent = optuna.load_study(study_name="term", storage=storage).user_attrs[
+        "mlflow_parent_run_id"
+    ]
+    assert mlflow_client(tmp_path).get_run(parent).info.status == "KILLED"
