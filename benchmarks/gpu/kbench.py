@@ -12,6 +12,12 @@ worker time-boxed to --seconds; nvidia-smi samples GPU utilisation and memory ev
 meanwhile. The rates are over the span from the first trial's start to the last one's end, so
 worker start-up (imports, data loading) is not counted. Baseline: the first row (K = 1, N = 1).
 Trials train on --loop (default device: train.loop device, Keras' JAX backend).
+
+    python benchmarks/gpu/kbench.py --account combined-own --storage sqlite:///hpo.db \
+        --smi own-smi.csv --wall 470 --out own.json
+
+accounts for a study that ran otherwise (run.sh own: combined.yaml at its own budget) the same
+way: trials by state, epochs/s and trials/h over the span, the GPU's busy share from --smi.
 """
 
 from __future__ import annotations
@@ -45,9 +51,24 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--table-from", type=Path, default=None,
                         help="write benchmarks/results/gpu.md from a kbench JSON instead of running")
+    parser.add_argument("--account", metavar="STUDY", default=None,
+                        help="account for a study that ran already (with --storage, --smi, --wall)")
+    parser.add_argument("--storage", default=None)
+    parser.add_argument("--smi", type=Path, default=None, help="nvidia-smi samples (utilisation, MiB)")
+    parser.add_argument("--wall", type=float, default=float("nan"), help="the launch's wall time, s")
     args = parser.parse_args()
     if args.table_from is not None:
         table(json.loads(args.table_from.read_text()), args.table_from)
+        return
+    if args.account is not None:
+        row = account(args.account, args.storage, args.smi, args.wall)
+        args.out.write_text(json.dumps(row, indent=1))
+        print(f"{args.account}: {row['finished']} of {row['trials']} trials started finished "
+              f"({row['complete']} complete, {row['pruned']} pruned, {row['failed']} failed) in "
+              f"{row['span_s']:.0f} s; {row['epochs_per_s']:.2f} epochs/s, "
+              + (f"GPU util {row['gpu_util_mean']}% (busy {row['gpu_util_mean_busy']}%)"
+                 if row["gpu_util_mean"] is not None else "no GPU samples")
+              + f", best {row['best']}", flush=True)
         return
     rows: list[dict] = []
     for fuse in args.fuse.split(","):
@@ -99,7 +120,28 @@ def table(result: dict, source: Path) -> None:
                   "per K (each K's window was short, and a trial's first epoch compiles), so one trial more "
                   "or less moves a ratio by a lot; rerun `benchmarks/gpu/run.sh kbench` with a longer "
                   "KB_S for a firm number."]
+    own = source.parent / "own.json"
+    if own.exists():
+        lines += ["", *own_table(json.loads(own.read_text()), own.name)]
     emit("gpu", "\n".join(lines))
+
+
+def own_table(r: dict, name: str) -> list[str]:
+    """The lines for run.sh own's account: combined.yaml at its own budget in one command."""
+    best = f"{r['best']:.3f}" if r.get("best") is not None else "-"
+    util = (f"{r['gpu_util_mean']}%, {r['gpu_util_mean_busy']}%" if r.get("gpu_util_mean") is not None
+            else "no samples")
+    return [
+        f"search_spaces/combined.yaml at its own budget (100 trials of up to 200 epochs, median pruning) "
+        f"through `hpo launch` on the device path, K workers sharing the GPU, stopped starting trials "
+        f"after 7 min and stopped at the command's deadline (`benchmarks/gpu/run.sh own`, `{name}`):",
+        "",
+        "| trials started | complete | pruned | failed | epochs | epochs/s | trials/h | GPU util (mean, busy) "
+        "| launch wall, s | best val rmse |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| {r['trials']} | {r['complete']} | {r['pruned']} | {r['failed']} | {r['epochs']} | "
+        f"{r['epochs_per_s']:.2f} | {r['trials_per_hour']:.0f} | {util} | {r['wall_s']:.0f} | {best} |",
+    ]
 
 
 def run_k(args: argparse.Namespace, k: int, fuse: int = 1) -> dict:
@@ -121,6 +163,12 @@ def run_k(args: argparse.Namespace, k: int, fuse: int = 1) -> dict:
     if smi is not None:
         smi.terminate()
         smi.wait()
+    return {"k": k, "fuse": fuse, "loop": args.loop, **account(name, storage, work / "smi.csv", wall)}
+
+
+def account(name: str, storage: str, smi: Path | None, wall: float) -> dict:
+    """A finished launch of study `name`: trials by state, rates over the span from the first
+    trial's start to the last one's end, the GPU's utilisation from the samples in `smi`."""
     study = optuna.load_study(study_name=name, storage=storage)
     done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()
             and t.datetime_start and t.datetime_complete]
@@ -129,16 +177,19 @@ def run_k(args: argparse.Namespace, k: int, fuse: int = 1) -> dict:
     span = ((max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
             if done else float("nan"))
     epochs = sum(int(t.user_attrs.get(EPOCHS_RUN_KEY, 0)) for t in finished)
-    util, busy, mem = _utilisation(work / "smi.csv")
+    util, busy, mem = _utilisation(smi) if smi is not None else (None, None, None)
+    values = [t.value for t in finished if t.state == TrialState.COMPLETE]
     return {
-        "k": k, "fuse": fuse, "loop": args.loop, "wall_s": wall, "span_s": span, "finished": len(finished),
-        "complete": sum(t.state == TrialState.COMPLETE for t in done),
+        "wall_s": wall, "span_s": span,
+        "trials": sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False)),
+        "finished": len(finished), "complete": sum(t.state == TrialState.COMPLETE for t in done),
         "pruned": sum(t.state == TrialState.PRUNED for t in done),
         "failed": sum(t.state == TrialState.FAIL for t in done), "epochs": epochs,
         "trials_per_hour": len(finished) / span * 3600 if span > 0 else 0.0,
         "epochs_per_s": epochs / span if span > 0 else 0.0,
         # in the order trials finished; None for a pruned one
         "values": [t.value if t.state == TrialState.COMPLETE else None for t in finished],
+        "best": min(values, default=None),
         "gpu_util_mean": util, "gpu_util_mean_busy": busy, "gpu_mem_max_mib": mem,
     }
 
