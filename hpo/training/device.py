@@ -9,13 +9,17 @@ trains on TensorFlow and on JAX; only the thread and memory settings below are p
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import stat
 import subprocess
 from functools import lru_cache
 from pathlib import Path
 
 import keras
+
+_logger = logging.getLogger(__name__)
 
 
 def configure(threads: int | None = None, memory_mb: int | None = None) -> None:
@@ -50,8 +54,10 @@ def compilation_cache(folder: str | None = None) -> str | None:
 
     The folder: `folder`, else JAX_COMPILATION_CACHE_DIR, else HPO_JAX_CACHE, else
     ~/.cache/xray-hpo/jax (the user's own: a cache is trusted code, never a folder others can
-    write); HPO_JAX_CACHE=off leaves it off. Programs that compile in under a second are not
-    kept. Returns the folder, or None when off.
+    write); HPO_JAX_CACHE=off leaves it off. A folder that cannot be made, is no folder, cannot
+    be written or can be written by others turns it off with one warning line: the trials run,
+    compiling every program themselves. Programs that compile in under a second are not kept.
+    Returns the folder, or None when off.
     """
     import jax
 
@@ -59,9 +65,31 @@ def compilation_cache(folder: str | None = None) -> str | None:
               or str(Path.home() / ".cache" / "xray-hpo" / "jax"))
     if folder == "off":
         return None
+    why = _unusable(Path(folder))
+    if why:
+        _logger.warning("JAX compilation cache off: %s %s; every worker compiles its programs",
+                        folder, why)
+        return None
     jax.config.update("jax_compilation_cache_dir", folder)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     return folder
+
+
+def _unusable(folder: Path) -> str:
+    """Why `folder` cannot hold the compilation cache, '' when it can (made if missing)."""
+    if folder.exists() and not folder.is_dir():
+        return "is not a folder"
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot be made ({exc.strerror or exc})"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return "cannot be written by this user"
+    # Entries are compiled code that workers load and run: one planted by another user would run
+    # as this one.
+    if folder.stat().st_mode & stat.S_IWOTH:
+        return "can be written by other users (a cache holds compiled code that workers run)"
+    return ""
 
 
 def backend() -> str:

@@ -7,6 +7,7 @@ stopping, failures and saved model as model.fit.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -385,3 +386,32 @@ def test_the_pipelined_loop_trains_as_the_loop_in_turn(signal_h5, shrink):
         np.testing.assert_allclose(ahead[key], values, rtol=1e-6, err_msg=key)
     np.testing.assert_allclose(ahead_rates, in_turn_rates, rtol=1e-6)
     assert in_turn_rates[0] > in_turn_rates[-1]  # the cosine schedule, read at each epoch's end
+
+
+@pytest.mark.parametrize("kind", ["file", "in /proc", "unwritable", "world-writable"])
+def test_a_cache_folder_that_cannot_serve_turns_the_cache_off_in_one_line(tmp_path, caplog, kind):
+    # Rule: HPO_JAX_CACHE naming a file, a folder this user cannot write, or one others can write
+    # (its entries are compiled code the workers run) turns the cache off with one warning line
+    # naming the folder and why; training goes on without it. Nothing is set in JAX's config.
+    import jax
+
+    from hpo.training import device
+
+    folder = tmp_path / "cache"
+    if kind == "file":
+        folder.write_text("not a folder")
+    elif kind == "in /proc":
+        folder = Path("/proc/xray-hpo-cache")
+    else:
+        folder.mkdir()
+        folder.chmod(0o500 if kind == "unwritable" else 0o777)
+    if kind == "unwritable" and os.access(folder, os.W_OK):
+        pytest.skip("running as root: every folder is writable")
+    before = jax.config.jax_compilation_cache_dir
+    with caplog.at_level("WARNING", logger="hpo.training.device"):
+        assert device.compilation_cache(str(folder)) is None
+    assert jax.config.jax_compilation_cache_dir == before
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith(f"JAX compilation cache off: {folder} ")
+    assert {"file": "is not a folder", "in /proc": "cannot be made", "unwritable": "cannot be written",
+            "world-writable": "can be written by other users"}[kind] in line
