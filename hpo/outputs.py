@@ -17,6 +17,7 @@ folder, or lies under a file, or in a folder that cannot be created or written t
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import secrets
 from collections.abc import Iterable
@@ -124,6 +125,31 @@ def sqlite_file(url: str | None) -> str | None:
         return None
     path = url.removeprefix("sqlite:///").split("?")[0]
     return path if path and path != ":memory:" else None
+
+
+@contextmanager
+def one_sqlite_creator(url: str | None) -> Iterator[None]:
+    """Inside, no other process opens a store on the SQLite file of `url` through this guard.
+
+    Opening a store creates and migrates its tables (Optuna's and MLflow's alike), and processes
+    that open one new file at once (two `hpo launch`es, workers starting together) collide:
+    "table studies already exists", "index ... already exists". The lock is held on the file's
+    folder, so it leaves no file behind; other URLs, and a folder that cannot be opened (the
+    store then says why), are not locked.
+    """
+    path = sqlite_file(url)
+    try:
+        fd = None if path is None else os.open(Path(path).parent, os.O_RDONLY)
+    except OSError:
+        fd = None
+    if fd is None:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # and the lock with it
 
 
 def _same_file(out: Path, given: Path) -> bool:

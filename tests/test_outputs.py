@@ -210,3 +210,41 @@ def test_a_writable_folder_passes_and_is_left_as_found(tmp_path):
     (tmp_path / "kept").mkdir()
     check_writable_folder(tmp_path / "kept", option="study.checkpoint_dir")
     assert [p.name for p in tmp_path.iterdir()] == ["kept"] and not list((tmp_path / "kept").iterdir())
+
+
+OPEN_AT = """
+import sys, time
+from pathlib import Path
+ready = Path(sys.argv[3])
+(ready / sys.argv[4]).touch()
+while len(list(ready.iterdir())) < int(sys.argv[5]):  # every process imported: go together
+    time.sleep(0.01)
+if sys.argv[1] == "optuna":
+    import optuna
+    from hpo.store.storage import make_storage
+    optuna.create_study(study_name="s", storage=make_storage(sys.argv[2]), load_if_exists=True)
+else:
+    from hpo.tracking import Tracker
+    Tracker(sys.argv[2]).check()
+"""
+
+
+@pytest.mark.parametrize("store", ["optuna", "mlflow"])
+def test_processes_opening_one_new_sqlite_store_at_once_all_succeed(tmp_path, store):
+    # Rule: two `hpo launch`es, or workers starting together, on one new SQLite study storage or
+    # MLflow store all get a working store: its tables are created by one of them, not raced by
+    # several ("table studies already exists", "index ... already exists"); and no lock file is
+    # left beside the store.
+    import subprocess
+    import sys
+
+    folder, ready = tmp_path / "store", tmp_path / "ready"
+    folder.mkdir()
+    ready.mkdir()
+    url = f"sqlite:///{folder / 'store.db'}"
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT, store, url, str(ready), str(i), "4"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(4)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err[-1500:] for _, err in outs]
+    assert [f.name for f in folder.iterdir()] == ["store.db"]

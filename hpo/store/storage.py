@@ -21,6 +21,7 @@ from hpo.errors import first_line
 from hpo.errors import HpoError
 from hpo.keys import BEAT_KEY
 from hpo.keys import WORKER_KEY
+from hpo.outputs import one_sqlite_creator
 from hpo.redact import redact
 from hpo.store.heartbeat import SilenceWatch
 from hpo.store.retry import RETRY_WINDOW_S
@@ -86,7 +87,8 @@ def make_storage(
             },
         )
     try:
-        storage = ResilientRDBStorage(url, engine_kwargs=engine_kwargs)
+        with one_sqlite_creator(url):
+            storage = ResilientRDBStorage(url, engine_kwargs=engine_kwargs)
     except (
         sqlalchemy.exc.SQLAlchemyError,
         optuna.exceptions.StorageInternalError,

@@ -33,6 +33,7 @@ from hpo.config.overrides import flatten
 from hpo.config.tree import RunConfig
 from hpo.errors import first_line
 from hpo.errors import TrackingError
+from hpo.outputs import one_sqlite_creator
 from hpo.redact import redact
 from hpo.tracking import system_metrics
 from hpo.tracking.logged_model import model_metadata
@@ -102,7 +103,9 @@ class Tracker:
         # Model.log resolves the store from the fluent URI; a worker talks to one store, so set once.
         mlflow.set_tracking_uri(self.uri)
         window = default_window_s() if retry_window_s is None else retry_window_s
-        self.client: Any = RetryingClient(MlflowClient(self.uri), self.uri, window)
+        with one_sqlite_creator(self.uri):
+            client = MlflowClient(self.uri)
+        self.client: Any = RetryingClient(client, self.uri, window)
         self._monitors: dict[str, Any] = {}  # run id -> its system-metrics sampler
 
     def check(self) -> None:
