@@ -146,7 +146,10 @@ def one_sqlite_creator(url: str | None) -> Iterator[None]:
         yield
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass  # a file system without locks (some network mounts): as before, unguarded
         yield
     finally:
         os.close(fd)  # and the lock with it
