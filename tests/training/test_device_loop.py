@@ -81,6 +81,7 @@ def test_one_step_changes_the_weights_as_keras_train_step_does(signal_h5, optimi
 
     keras_model, device_model = compiled(), compiled()
     device_model.set_weights(keras_model.get_weights())
+    before = keras_model.get_weights()
     keras_model.train_on_batch({"images": ds.images[batch], "redshift": ds.redshift[batch, None]},
                                ds.log_mass[batch])
     data = place(ds, batch, np.arange(32, 64), exposure=False)
@@ -88,9 +89,17 @@ def test_one_step_changes_the_weights_as_keras_train_step_does(signal_h5, optimi
                   epochs=1, dispatch=dispatch,
                   evaluator=DeviceEvaluator(ds.log_mass[32:64], monitor="val_residual_std"))
     assert int(device_model.optimizer.iterations.numpy()) == 1
-    for ours, theirs, var in zip(device_model.get_weights(), keras_model.get_weights(),
-                                 keras_model.weights, strict=True):
-        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6, err_msg=var.path)
+    # Each variable's step equals Keras' to a thousandth of its largest element: the device sums
+    # the batch in another order, and float32 rounding of that order is amplified where a
+    # gradient cancels (through batch norm's centring: measured 7e-6 on a conv kernel whose
+    # steps reach 1e-2) or sits near Adam's epsilon (lr * g / (|g| + 1e-7)); a wrong gradient,
+    # learning rate, regulariser or batch-norm update moves a weight by the order of its step.
+    for ours, theirs, start, var in zip(device_model.get_weights(), keras_model.get_weights(),
+                                        before, keras_model.weights, strict=True):
+        step = theirs - start
+        np.testing.assert_allclose(ours - start, step, rtol=0,
+                                   atol=1e-3 * float(np.max(np.abs(step))) + 1e-7,
+                                   err_msg=var.path)
     # The optimizer state holds the gradient itself (momentum, moments), summed over the batch in
     # another order (the device shuffles within it): equal to float32 rounding of the gradients'
     # scale (a conv bias before batch norm has a gradient of pure rounding noise).
