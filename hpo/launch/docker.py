@@ -92,6 +92,7 @@ class DockerWorker:
     name: str
     run: list[str]
     kill: list[str]
+    gpu: str | None = None  # the GPU it is given (--gpus device=...), None for a CPU container
 
     @property
     def key(self) -> str:
@@ -177,7 +178,7 @@ def docker_workers(
             cmd += ["-e", f"{SECRETS_FILE_ENV}={SECRETS_MOUNT}"]
             cmd += ["-v", f"{secrets_file}:{SECRETS_MOUNT}:ro"]
         cmd += [*mounts, image, "worker", "--worker-index", str(i)]
-        out.append(DockerWorker(name=name, run=cmd, kill=["docker", "kill", name]))
+        out.append(DockerWorker(name=name, run=cmd, kill=["docker", "kill", name], gpu=gpu))
     return out
 
 

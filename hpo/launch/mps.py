@@ -107,6 +107,18 @@ def mps_for(gpus: Sequence[str | None], echo: Callable[[str], None]) -> Iterator
         _stop(control, env, folder, echo)
 
 
+def across_containers(gpus: Sequence[str | None]) -> str:
+    """What to say when worker containers (each's GPU in `gpus`) share a GPU: MPS is started
+    inside a container for its own workers, not across containers, so those take turns."""
+    shared = {g: n for g, n in Counter(g for g in gpus if g is not None).items() if n > 1}
+    if not shared:
+        return ""
+    each = ", ".join(f"GPU {g}: {n} containers" for g, n in shared.items())
+    return (f"MPS: not used across worker containers ({each}), which take turns on their GPU; "
+            "--workers-per-gpu K runs K workers side by side in one container, under MPS where "
+            f"its image has {CONTROL}")
+
+
 def client_starts(gpu: str, env: dict[str, str]) -> str:
     """'' when a CUDA client on `gpu` starts under the MPS daemon of `env`, else why not."""
     return _run([sys.executable, "-c", _PROBE], {**env, "CUDA_VISIBLE_DEVICES": gpu},

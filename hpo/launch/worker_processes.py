@@ -10,6 +10,7 @@ they return.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -28,6 +29,9 @@ from hpo.launch.gpus import gpu_env
 from hpo.launch.gpus import gpu_memory_mb
 from hpo.launch.gpus import round_robin
 from hpo.launch.gpus import sharing
+from hpo.launch.mps import across_containers
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,8 @@ def container_workers(plan: Plan) -> list[WorkerProcess]:
     )
     files = [plan.data_path, *([plan.calibration_path] if plan.calibration_path else [])]
     check_readable(files, cwd=plan.cwd, image=plan.image, user=user)
+    if notice := across_containers([c.gpu for c in containers]):
+        _logger.warning(notice)
     return [WorkerProcess(c.name, c.run, plan.env, c.kill, c.key) for c in containers]
 
 

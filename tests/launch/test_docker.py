@@ -309,3 +309,19 @@ def test_defaults_agree_with_the_worker_image_and_compose():
         "MLFLOW_TRACKING_USERNAME",
         "MLFLOW_TRACKING_PASSWORD",
     } <= env
+
+
+def test_containers_sharing_a_gpu_are_told_they_take_turns_on_it():
+    # Rule: MPS runs inside a container for its own K workers (--workers-per-gpu K), not across
+    # containers: when more containers than GPUs share one, one line says so and what to do
+    # instead; one container per GPU, or CPU containers, say nothing.
+    from hpo.launch.mps import across_containers
+
+    three = _workers(workers=3, gpus=["0", "1"])
+    assert [c.gpu for c in three] == ["0", "1", "0"]
+    assert across_containers([c.gpu for c in three]) == (
+        "MPS: not used across worker containers (GPU 0: 2 containers), which take turns on their "
+        "GPU; --workers-per-gpu K runs K workers side by side in one container, under MPS where "
+        "its image has nvidia-cuda-mps-control")
+    assert across_containers([c.gpu for c in _workers()]) == ""
+    assert across_containers([c.gpu for c in _workers(workers=3, gpus=[])]) == ""
