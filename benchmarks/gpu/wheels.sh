@@ -8,7 +8,7 @@ TMP=$(mktemp -d)
 python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any -d "$TMP" \
-  keras==3.15.1 optuna==5.0.0 mlflow==3.17.2 pydantic==2.14.4 typer==0.29.2
+  keras==3.15.1 optuna==5.1.0 mlflow==3.17.2 pydantic==2.14.4 typer==0.29.2
 # Already on the GPU image (its Python packages, as this workplace lists them).
 KEEP="absl-py anyio attrs certifi charset-normalizer click cloudpickle contourpy cycler filelock
 fonttools fsspec grpcio h11 h5py httpcore httpx idna jinja2 joblib kiwisolver markdown-it-py
