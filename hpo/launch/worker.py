@@ -32,6 +32,7 @@ from hpo.errors import HpoError
 from hpo.errors import TrialFailed
 from hpo.keys import DATA_FINGERPRINT_KEY
 from hpo.keys import FAIL_REASON_KEY
+from hpo.keys import LOST_WORKER_REASON
 from hpo.keys import MLFLOW_EXPERIMENT_KEY
 from hpo.keys import MLFLOW_PARENT_RUN_KEY
 from hpo.keys import MLFLOW_RUN_ID_KEY
@@ -331,11 +332,13 @@ def _lost(study: optuna.Study, number: int | None, tracker: Tracker) -> None:
     _logger.warning("trial %s was failed by another worker (no heartbeat seen); going on", number)
     # The peer failed the trial and ended its run KILLED; if that fell between this worker's last
     # write to the trial and its end of the run, the run ended FINISHED after the peer's KILLED.
+    # A run the peer found ended already (this worker ended it after the trial's last write, and
+    # its tell was then refused) has no reason from the peer: it gets the lost worker's.
     mine = _this_trial(study, number)
     run_id = mine.user_attrs.get(MLFLOW_RUN_ID_KEY) if mine is not None else None
     try:
         if run_id and tracker.run_status(run_id) != "KILLED":
-            tracker.finish_trial_run(run_id, "KILLED")  # the peer's reason stays
+            tracker.finish_trial_run(run_id, "KILLED", reason=LOST_WORKER_REASON)
     except Exception as exc:  # noqa: BLE001  the next settle_tracking pass leaves it as it is
         _logger.warning("could not end MLflow run %s of lost trial %s KILLED: %s", run_id,
                         number, first_line(exc))

@@ -32,7 +32,6 @@ from tests._servers import mlflow_server
 from tests._workers import TINY
 from tests._workers import clean_env
 from tests._workers import finish
-from tests._workers import running_trial_of
 from tests._workers import start_hpo
 from tests._workers import trials_of
 from tests._workers import wait_for
@@ -95,15 +94,18 @@ class Host:
         _ip("netns", "del", self.ns)  # takes the veth pair with it
         _ip("link", "del", self.link)
 
-    def python(self, *args: str, **popen: Any) -> subprocess.Popen:
+    def python(self, *args: str, env: dict[str, str] | None = None,
+               **popen: Any) -> subprocess.Popen:
         """`python ARGS` inside the namespace (`ip netns exec` execs it: same pid)."""
         argv = ["ip", "netns", "exec", self.ns, sys.executable, *args]
-        return subprocess.Popen(argv, env=clean_env(), **popen)
+        return subprocess.Popen(argv, env={**clean_env(), **(env or {})}, **popen)
 
-    def start_hpo(self, cwd: Path, *args: str, log: str) -> subprocess.Popen:
-        """`hpo ARGS` inside the namespace, output in cwd/log."""
+    def start_hpo(self, cwd: Path, *args: str, log: str,
+                  env: dict[str, str] | None = None) -> subprocess.Popen:
+        """`hpo ARGS` inside the namespace, output in cwd/log; `env` adds variables."""
         out = open(cwd / log, "w")  # noqa: SIM115  closed with the process
-        return self.python("-m", "hpo", *args, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        return self.python("-m", "hpo", *args, cwd=cwd, env=env, stdout=out,
+                           stderr=subprocess.STDOUT)
 
 
 @pytest.fixture
@@ -127,19 +129,32 @@ def _rerun_of(storage, study: str, number: int, pid: int):
     return None
 
 
-def test_a_partitioned_worker_writes_nothing_into_its_lost_trial(tmp_path, pg_url, host):
+@pytest.mark.parametrize("fuse", [1, 2], ids=["alone", "fused"])
+def test_a_partitioned_worker_writes_nothing_into_its_lost_trial(tmp_path, pg_url, host, fuse):
     # Rule: a worker cut off from PostgreSQL and MLflow for longer than the grace loses its trial
     # to a peer, which fails it (run KILLED, reason no heartbeat) and reruns its parameters. Once
     # the link heals, the cut worker's late writes land nowhere: the failed trial keeps its state,
     # reports and attributes, its run stays KILLED; the worker goes on and exits 0 without a
-    # traceback; exactly n_trials trials end COMPLETE.
+    # traceback; exactly n_trials trials end COMPLETE. The same for a worker training its trials
+    # as one fused program (study.fuse 2, the device path on JAX): it holds both trials, whose
+    # heartbeats beat from a thread of their own, and loses both.
     from mlflow import MlflowClient
 
     from hpo.launch.launcher import launch
 
-    study = "partition"
-    base = {**TINY, "train": {**TINY["train"], "epochs": EPOCHS}}
-    write_study_files(tmp_path, study, n_trials=2, heartbeat_s=1, grace_s=4, base=base)
+    study = "partition" if fuse == 1 else "partition-fused"
+    train = {**TINY["train"], "epochs": EPOCHS}
+    fused = {}
+    if fuse > 1:
+        # Two points of one network shape (a dropout rate of 0 and one above it are two
+        # programs), and, as an epoch of TINY on JAX takes a third of a second, enough epochs
+        # that the cut lands mid-program.
+        train = {**train, "loop": "device", "epochs": 100}
+        fused = {"sampler": {"type": "grid"},
+                 "params": {"train.optimizer.learning_rate": {"categorical": [3e-3, 1e-3]}}}
+    write_study_files(tmp_path, study, n_trials=2, heartbeat_s=1, grace_s=4,
+                      base={**TINY, "train": train}, fuse=fuse, **fused)
+    env = {"KERAS_BACKEND": "jax"} if fuse > 1 else None
     db = optuna.storages.RDBStorage(pg_url)  # one pool for all the polling below
     with mlflow_server(tmp_path / "mlflow") as tracking, contextlib.ExitStack() as stack:
         stack.callback(db.engine.dispose)
@@ -152,48 +167,69 @@ def test_a_partitioned_worker_writes_nothing_into_its_lost_trial(tmp_path, pg_ur
         stack.callback(mlflow_relay.down)
         far_db = pg_url.replace(f"@127.0.0.1:{PG_PORT}/", f"@{host.ip}:{db_relay.port}/")
         a = host.start_hpo(tmp_path, "worker", "--study", study, "--storage", far_db,
-                           "--tracking-uri", mlflow_relay.url, log="a.log")
+                           "--tracking-uri", mlflow_relay.url, log="a.log", env=env)
         stack.callback(_kill, a)
-        b = start_hpo(tmp_path, "worker", "--study", study, "--storage", pg_url,
-                      "--tracking-uri", tracking, log="b.log")
-        stack.callback(_kill, b)
 
-        lost = wait_for(lambda: running_trial_of(db, study, a.pid), 180,
-                        "a running trial of worker A (to be cut off)")
+        def start_b() -> subprocess.Popen:
+            b = start_hpo(tmp_path, "worker", "--study", study, "--storage", pg_url,
+                          "--tracking-uri", tracking, log="b.log", env=env)
+            stack.callback(_kill, b)
+            return b
+
+        if fuse == 1:
+            b = start_b()
+            lost = wait_for(lambda: _running_of(db, study, a.pid) or None, 180,
+                            "a running trial of worker A (to be cut off)")
+        else:  # A asks the whole budget at once: cut it mid-program, then B takes over
+            lost = wait_for(lambda: _running_of(db, study, a.pid, epochs=1)
+                            if len(_running_of(db, study, a.pid, epochs=1)) == fuse else None,
+                            240, f"worker A training {fuse} trials as one program")
         host.cut()
         cut_at = time.monotonic()
-        rerun = wait_for(lambda: _rerun_of(db, study, lost.number, b.pid), 120,
-                         "worker B to fail A's trial and rerun it", poll=0.5)
-        failed = next(t for t in trials_of(db, study) if t.number == lost.number)
+        if fuse > 1:
+            b = start_b()
+        for trial in lost:
+            wait_for(lambda t=trial: _rerun_of(db, study, t.number, b.pid), 120,
+                     f"worker B to fail A's trial {trial.number} and rerun it", poll=0.5)
+        failed = {t.number: t for t in trials_of(db, study) if t.number in {x.number for x in lost}}
         host.heal()
         cut_s = time.monotonic() - cut_at
-        assert finish(b, 120, tmp_path / "b.log") == 0
+        assert finish(b, 240, tmp_path / "b.log") == 0
         assert finish(a, 120, tmp_path / "a.log") == 0
         a_log = (tmp_path / "a.log").read_text()
         print(f"cut for {cut_s:.1f} s; worker A's log:\n{a_log}")
 
         trials = trials_of(db, study)
-        states = [t.state.name for t in trials]
-        assert sorted(states) == ["COMPLETE", "COMPLETE", "FAIL"], states
-        after = next(t for t in trials if t.number == lost.number)
-        assert failed.state == after.state == TrialState.FAIL
-        assert after.value is None
-        assert after.intermediate_values == failed.intermediate_values
-        assert after.user_attrs == failed.user_attrs
-        rerun = next(t for t in trials if t.number == rerun.number)
-        assert rerun.state == TrialState.COMPLETE and rerun.params == lost.params
-
+        states = sorted(t.state.name for t in trials)
+        assert states == ["COMPLETE"] * 2 + ["FAIL"] * len(lost), states
         client = MlflowClient(tracking)
-        run = client.get_run(lost.user_attrs["mlflow_run_id"])
-        assert run.info.status == "KILLED", (run.info.status, run.data.tags)
-        assert "no heartbeat" in run.data.tags["hpo.fail_reason"], run.data.tags
-        assert "epochs_run" not in run.data.metrics
-        # Training stopped at the first epoch end after the heal (its report refused).
-        epochs = client.get_metric_history(run.info.run_id, "val_residual_std")
-        assert len(epochs) <= len(failed.intermediate_values) + 1, epochs
-        runs = client.search_runs([run.info.experiment_id], f"tags.`hpo.trial` = '{lost.number}'")
-        assert len(runs) == 1
+        for number, before in failed.items():
+            after = next(t for t in trials if t.number == number)
+            assert before.state == after.state == TrialState.FAIL
+            assert after.value is None
+            assert after.intermediate_values == before.intermediate_values
+            assert after.user_attrs == before.user_attrs
+            rerun = next(t for t in trials if t.system_attrs.get("failed_trial") == number)
+            assert rerun.state == TrialState.COMPLETE and rerun.params == after.params
+
+            run = client.get_run(after.user_attrs["mlflow_run_id"])
+            assert run.info.status == "KILLED", (run.info.status, run.data.tags)
+            assert "no heartbeat" in run.data.tags.get("hpo.fail_reason", ""), (number, run.data.tags)
+            assert "epochs_run" not in run.data.metrics
+            # Training stopped at the first epoch end after the heal (its report refused).
+            epochs = client.get_metric_history(run.info.run_id, "val_residual_std")
+            assert len(epochs) <= len(before.intermediate_values) + 1, epochs
+            runs = client.search_runs([run.info.experiment_id], f"tags.`hpo.trial` = '{number}'")
+            assert len(runs) == 1
         assert "Traceback" not in a_log and "failed by another worker" in a_log
+
+
+def _running_of(storage, study: str, pid: int, epochs: int = 0) -> list:
+    """The RUNNING trials of worker `pid` that have started their MLflow run (and reported
+    `epochs` epochs or more)."""
+    return [t for t in trials_of(storage, study) if t.state == TrialState.RUNNING
+            and str(t.user_attrs.get("worker", "")).endswith(f":{pid}")
+            and "mlflow_run_id" in t.user_attrs and len(t.intermediate_values) >= epochs]
 
 
 def _kill(proc: subprocess.Popen) -> None:
