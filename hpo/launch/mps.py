@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections import Counter
 from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hpo.errors import first_line
+from hpo.launch.gpus import sharing
 
 CONTROL = "nvidia-cuda-mps-control"
 MPS_ENV = "HPO_MPS"  # off: never start it
@@ -65,7 +65,7 @@ def mps_for(gpus: Sequence[str | None], echo: Callable[[str], None]) -> Iterator
     """The environment the workers on `gpus` (each worker's CUDA_VISIBLE_DEVICES, None for a
     CPU worker) need for MPS: empty when no GPU is shared or MPS cannot run here (said by
     `echo`). A daemon started here is stopped on exit."""
-    shared = [g for g, n in Counter(g for g in gpus if g is not None).items() if n > 1]
+    shared = list(_shared(gpus))
     if not shared:
         yield {}
         return
@@ -110,13 +110,18 @@ def mps_for(gpus: Sequence[str | None], echo: Callable[[str], None]) -> Iterator
 def across_containers(gpus: Sequence[str | None]) -> str:
     """What to say when worker containers (each's GPU in `gpus`) share a GPU: MPS is started
     inside a container for its own workers, not across containers, so those take turns."""
-    shared = {g: n for g, n in Counter(g for g in gpus if g is not None).items() if n > 1}
+    shared = _shared(gpus)
     if not shared:
         return ""
     each = ", ".join(f"GPU {g}: {n} containers" for g, n in shared.items())
     return (f"MPS: not used across worker containers ({each}), which take turns on their GPU; "
             "--workers-per-gpu K runs K workers side by side in one container, under MPS where "
             f"its image has {CONTROL}")
+
+
+def _shared(gpus: Sequence[str | None]) -> dict[str, int]:
+    """{gpu: how many of `gpus` name it} for the GPUs named more than once."""
+    return {g: n for g, n in sharing(list(gpus)).items() if n > 1}
 
 
 def client_starts(gpu: str, env: dict[str, str]) -> str:

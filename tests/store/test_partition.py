@@ -181,9 +181,8 @@ def test_a_partitioned_worker_writes_nothing_into_its_lost_trial(tmp_path, pg_ur
             lost = wait_for(lambda: _running_of(db, study, a.pid) or None, 180,
                             "a running trial of worker A (to be cut off)")
         else:  # A asks the whole budget at once: cut it mid-program, then B takes over
-            lost = wait_for(lambda: _running_of(db, study, a.pid, epochs=1)
-                            if len(_running_of(db, study, a.pid, epochs=1)) == fuse else None,
-                            240, f"worker A training {fuse} trials as one program")
+            lost = wait_for(lambda: r if len(r := _running_of(db, study, a.pid, epochs=1)) == fuse
+                            else None, 240, f"worker A training {fuse} trials as one program")
         host.cut()
         cut_at = time.monotonic()
         if fuse > 1:
